@@ -1,0 +1,32 @@
+//! `redoubt`: the one binary. Parses the command line and hands off to the library crates;
+//! nothing here decides anything a library could.
+
+mod cli;
+mod config_cmd;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if !failure.message.is_empty() {
+                eprintln!("redoubt: {}", failure.message);
+            }
+            ExitCode::from(failure.code as u8)
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Config(command) => config_cmd::run(command),
+    }
+}
