@@ -26,17 +26,29 @@ pub fn direct_supported(directory: &Path) -> bool {
 
 /// Creates a container with one LV of `size_bytes` opened in `io_mode`.
 pub fn volume_in(directory: &Path, size_bytes: u64, io_mode: IoMode) -> (Container, Volume) {
-    let mut container = Container::create(&directory.join("replication"), ContainerKind::Replication, 64 * MIB).unwrap();
-    let volume = container.create_lv("lv0", size_bytes, CreateLvOptions::default(), io_mode).unwrap();
+    let mut container = Container::create(
+        &directory.join("replication"),
+        ContainerKind::Replication,
+        64 * MIB,
+    )
+    .unwrap();
+    let volume = container
+        .create_lv("lv0", size_bytes, CreateLvOptions::default(), io_mode)
+        .unwrap();
     if io_mode == IoMode::Buffered {
         assert!(!volume.is_direct());
     } else if direct_supported(directory) {
-        assert!(volume.is_direct(), "Auto must pick O_DIRECT where the filesystem supports it");
+        assert!(
+            volume.is_direct(),
+            "Auto must pick O_DIRECT where the filesystem supports it"
+        );
     }
     (container, volume)
 }
 
 /// Deterministic, position-dependent bytes so misplaced data is caught.
 pub fn pattern(length: usize, seed: u8) -> Vec<u8> {
-    (0..length).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+    (0..length)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1)
+        .collect()
 }

@@ -3,7 +3,9 @@ mod common;
 use std::sync::Arc;
 
 use common::{pattern, volume_in, MIB};
-use redoubt_volume::{AlignedBuf, IoMode, TrimOutcome, Volume, VolumeError, DIRECT_IO_ALIGNMENT_BYTES};
+use redoubt_volume::{
+    AlignedBuf, IoMode, TrimOutcome, Volume, VolumeError, DIRECT_IO_ALIGNMENT_BYTES,
+};
 
 const MODES: [IoMode; 2] = [IoMode::Auto, IoMode::Buffered];
 
@@ -39,7 +41,10 @@ fn unaligned_round_trips_in_both_modes() {
             assert_eq!(back, data, "{mode:?} offset {offset} length {length}");
         }
         // Neighbouring bytes of every edge block survived the read-modify-write.
-        assert!(raw_contents(&volume) == model, "{mode:?}: volume differs from model");
+        assert!(
+            raw_contents(&volume) == model,
+            "{mode:?}: volume differs from model"
+        );
     }
 }
 
@@ -77,12 +82,28 @@ fn out_of_bounds_is_refused_without_writing() {
                 "{error}"
             );
             let mut buffer = [0u8; 100];
-            assert!(matches!(volume.read_at(&mut buffer, offset), Err(VolumeError::OutOfBounds { .. })));
+            assert!(matches!(
+                volume.read_at(&mut buffer, offset),
+                Err(VolumeError::OutOfBounds { .. })
+            ));
         }
-        assert!(matches!(volume.write_zeroes(MIB - 1, 2), Err(VolumeError::OutOfBounds { .. })));
-        assert!(matches!(volume.write_zeroes(1, u64::MAX), Err(VolumeError::OutOfBounds { .. })));
-        assert!(matches!(volume.trim(0, MIB + 1), Err(VolumeError::OutOfBounds { .. })));
-        assert_eq!(raw_contents(&volume), before, "a refused request must not write anything");
+        assert!(matches!(
+            volume.write_zeroes(MIB - 1, 2),
+            Err(VolumeError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            volume.write_zeroes(1, u64::MAX),
+            Err(VolumeError::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            volume.trim(0, MIB + 1),
+            Err(VolumeError::OutOfBounds { .. })
+        ));
+        assert_eq!(
+            raw_contents(&volume),
+            before,
+            "a refused request must not write anything"
+        );
         assert_eq!(std::fs::metadata(volume.path()).unwrap().len(), MIB);
         // Zero-length at the very end is a valid no-op.
         volume.write_at(&[], MIB).unwrap();
@@ -103,8 +124,15 @@ fn write_zeroes_zeroes_exactly_the_range() {
         }
         let mut back = vec![0u8; MIB as usize];
         volume.read_at(&mut back, 0).unwrap();
-        assert!(back == model, "{mode:?}: write_zeroes touched the wrong bytes");
-        assert_eq!(std::fs::metadata(volume.path()).unwrap().len(), MIB, "size must not change");
+        assert!(
+            back == model,
+            "{mode:?}: write_zeroes touched the wrong bytes"
+        );
+        assert_eq!(
+            std::fs::metadata(volume.path()).unwrap().len(),
+            MIB,
+            "size must not change"
+        );
     }
 }
 
@@ -150,7 +178,10 @@ fn sub_block_writes_from_many_threads_do_not_undo_each_other() {
             for sector in 0..8usize {
                 let start = block * 4096 + sector * 512;
                 let expected = (sector as u8 + 1) ^ block as u8;
-                assert!(back[start..start + 512].iter().all(|&b| b == expected), "{mode:?} block {block} sector {sector}");
+                assert!(
+                    back[start..start + 512].iter().all(|&b| b == expected),
+                    "{mode:?} block {block} sector {sector}"
+                );
             }
         }
     }
@@ -176,7 +207,10 @@ fn source_file_volume_is_sized_by_configuration_and_never_truncated() {
         let mut head = vec![0u8; 2 * 4096];
         volume.read_at(&mut head, 0).unwrap();
         assert_eq!(head, original[..2 * 4096]);
-        assert!(volume.write_at(b"x", 2 * 4096).is_err(), "bytes past the configured size are off limits");
+        assert!(
+            volume.write_at(b"x", 2 * 4096).is_err(),
+            "bytes past the configured size are off limits"
+        );
     }
     // An unaligned configured size forces buffered mode so O_DIRECT never touches the tail.
     let volume = Volume::open_source(&source, 4096 + 10, IoMode::Auto).unwrap();
@@ -184,7 +218,11 @@ fn source_file_volume_is_sized_by_configuration_and_never_truncated() {
     volume.write_at(&[0xAB; 10], 4096).unwrap();
     volume.sync().unwrap();
     let after = std::fs::read(&source).unwrap();
-    assert_eq!(after.len(), original.len(), "source must never be truncated or extended");
+    assert_eq!(
+        after.len(),
+        original.len(),
+        "source must never be truncated or extended"
+    );
     assert_eq!(&after[4096..4106], &[0xAB; 10]);
     assert_eq!(after[4106..], original[4106..]);
 }
@@ -193,8 +231,12 @@ fn source_file_volume_is_sized_by_configuration_and_never_truncated() {
 fn source_must_be_file_or_block_device() {
     let directory = tempfile::tempdir().unwrap();
     let error = Volume::open_source(directory.path(), 4096, IoMode::Auto).unwrap_err();
-    assert!(matches!(error, VolumeError::SourceNotSupported { .. }), "{error}");
-    let error = Volume::open_source(&directory.path().join("absent"), 4096, IoMode::Auto).unwrap_err();
+    assert!(
+        matches!(error, VolumeError::SourceNotSupported { .. }),
+        "{error}"
+    );
+    let error =
+        Volume::open_source(&directory.path().join("absent"), 4096, IoMode::Auto).unwrap_err();
     assert!(matches!(error, VolumeError::Io { .. }), "{error}");
     assert!(error.to_string().contains("absent"));
 }
