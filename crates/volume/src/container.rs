@@ -289,9 +289,9 @@ impl Container {
             let _ = write_manifest(&self.path, &self.manifest);
             return Err(error);
         }
+        self.manifest = next;
         sys::sync_directory(&self.path)
             .map_err(|e| VolumeError::io("sync container directory", &self.path, e))?;
-        self.manifest = next;
         Volume::open_container_file(&path, size_bytes, options.preallocate, io_mode)
     }
 
@@ -315,34 +315,36 @@ impl Container {
                 requested_bytes: size_bytes,
             });
         }
-        if size_bytes == record.size_bytes {
-            return Ok(());
-        }
-        self.check_fits(size_bytes - record.size_bytes)?;
-        let mut next = self.manifest.clone();
-        next.lvs.insert(
-            name.to_string(),
-            LvRecord {
+        if size_bytes > record.size_bytes {
+            self.check_fits(size_bytes - record.size_bytes)?;
+            let mut next = self.manifest.clone();
+            let grown = LvRecord {
                 size_bytes,
                 preallocated: record.preallocated,
-            },
-        );
-        write_manifest(&self.path, &next)?;
-        self.manifest = next;
+            };
+            next.lvs.insert(name.to_string(), grown);
+            write_manifest(&self.path, &next)?;
+            self.manifest = next;
+        }
+        // Grow the file up to the recorded size even when the manifest already says so: a
+        // crash (or error) between the manifest write and set_len is repaired by retrying.
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| VolumeError::io("open LV file", &path, e))?;
+        let file_bytes = file
+            .metadata()
+            .map_err(|e| VolumeError::io("stat LV file", &path, e))?
+            .len();
+        if file_bytes >= size_bytes {
+            return Ok(());
+        }
         file.set_len(size_bytes)
             .map_err(|e| VolumeError::io("grow LV file", &path, e))?;
         if record.preallocated {
-            sys::fallocate(
-                &file,
-                FallocateMode::Allocate,
-                record.size_bytes,
-                size_bytes - record.size_bytes,
-            )
-            .map_err(|e| VolumeError::io("preallocate LV file", &path, e))?;
+            let grown_bytes = size_bytes - file_bytes;
+            sys::fallocate(&file, FallocateMode::Allocate, file_bytes, grown_bytes)
+                .map_err(|e| VolumeError::io("preallocate LV file", &path, e))?;
         }
         file.sync_all()
             .map_err(|e| VolumeError::io("sync LV file", &path, e))

@@ -329,3 +329,33 @@ fn preallocate_allocates_blocks() {
     assert!(blocks("sparse") < 2 * MIB);
     assert_eq!(sparse.size_bytes(), full.size_bytes());
 }
+
+#[test]
+fn grow_to_recorded_size_repairs_a_short_file() {
+    // Models a crash between the manifest write and set_len: retrying the grow finishes it.
+    let directory = tempfile::tempdir().unwrap();
+    let mut container = new_container(directory.path(), 8 * MIB);
+    drop(
+        container
+            .create_lv("r", 2 * MIB, CreateLvOptions::default(), IoMode::Auto)
+            .unwrap(),
+    );
+    let path = container.path().join("r");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(MIB)
+        .unwrap();
+    let error = container.open_lv("r", IoMode::Auto).unwrap_err();
+    assert!(
+        matches!(error, VolumeError::LvSizeMismatch { actual_bytes, .. } if actual_bytes == MIB)
+    );
+    container.grow_lv("r", 2 * MIB).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 2 * MIB);
+    assert_eq!(container.usage_bytes(), 2 * MIB);
+    assert_eq!(
+        container.open_lv("r", IoMode::Auto).unwrap().size_bytes(),
+        2 * MIB
+    );
+}
