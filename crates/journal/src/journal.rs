@@ -724,16 +724,33 @@ fn recover_partial<F: JournalFs>(
     let filled = file
         .read_exact_or_eof(0, &mut header_bytes)
         .map_err(JournalError::io("read journal segment header", &path))?;
-    if SegmentHeader::decode(&header_bytes[..filled]).is_err() {
+    if let Err(source) = SegmentHeader::decode(&header_bytes[..filled]) {
         // The header is the first thing written to the file and is synced by the first sync
-        // that covers any record of it. A bad header means no sync ever completed on this
-        // file, so it holds no durable records: start it afresh.
+        // that covers any record of it. A bad header with no valid record after it means no
+        // sync ever completed on this file: start it afresh. A bad header in front of a valid
+        // record is corruption of durable data and must not be papered over.
+        let mut scratch = Vec::new();
+        let first_record = if size_bytes >= SEGMENT_HEADER_SIZE_BYTES as u64 {
+            read_record_at(
+                &file,
+                SEGMENT_HEADER_SIZE_BYTES as u64,
+                size_bytes,
+                &mut scratch,
+            )
+            .map_err(JournalError::io("read journal segment", &path))?
+        } else {
+            RecordAt::End
+        };
+        if matches!(first_record, RecordAt::Record { .. }) {
+            return Err(JournalError::SegmentHeader { path, source });
+        }
         write_segment_header(&mut file, &path, group_id, first_seq)?;
+        let written_bytes = SEGMENT_HEADER_SIZE_BYTES as u64;
         let open = OpenSegment {
             first_seq,
             path,
             file,
-            written_bytes: SEGMENT_HEADER_SIZE_BYTES as u64,
+            written_bytes,
         };
         return Ok((open, first_seq - 1));
     }
