@@ -27,8 +27,8 @@
 //!      (`OptionError::Unknown` for a missing export). An ACKed `Go` enters transmission.
 //!    * `List` → one [`OptionReply::Server`] per export, then ACK.
 //!    * `StructuredReply` → ACK, and use structured replies for reads from then on.
-//!    * `Abort` → ACK, then close. `StartTls` → `OptionError::Policy` (no TLS on NBD; exports
-//!      are loopback or unix-socket only).
+//!    * `Abort` → ACK, then close. `StartTls` → `OptionError::Policy` (this codec has no TLS;
+//!      the spec lets a NOTLS server answer POLICY or UNSUP).
 //!    * `Unsupported` → `OptionError::Unsup`; `Malformed` → `OptionError::Invalid`.
 //! 4. **Transmission.** Loop on [`decode_request_header`] (then read the write payload into
 //!    your own buffer) or [`decode_request`] (payload borrowed from the input). Run
@@ -48,10 +48,60 @@
 //! checked against a limit from the header alone, before the caller is asked to buffer more.
 //! Encoders append to a `Vec<u8>` and panic only on caller bugs (documented per function).
 //!
+//! # Example: one GO and one READ, as the server sees them
+//!
+//! ```
+//! use redoubt_nbd_proto::{self as nbd, client, Info, InfoRequest, OptionReply, OptionRequest};
+//!
+//! // Bytes a client would send (built with the client half of this crate).
+//! let mut inbound = Vec::new();
+//! client::encode_client_flags(&mut inbound, nbd::ClientFlags::KNOWN);
+//! client::encode_go(&mut inbound, "lv0", &[InfoRequest::BlockSize]);
+//!
+//! let mut outbound = Vec::new();
+//! nbd::encode_server_greeting(&mut outbound);
+//! let (client_flags, consumed) = nbd::decode_client_flags(&inbound)?.expect("complete");
+//! inbound.drain(..consumed);
+//! assert!(client_flags.contains(nbd::ClientFlags::NO_ZEROES));
+//!
+//! let (option, consumed) = nbd::decode_option(&inbound)?.expect("complete");
+//! inbound.drain(..consumed);
+//! let OptionRequest::Go(query) = &option else { panic!("expected GO") };
+//! assert_eq!(query.name, "lv0");
+//! let export_size_bytes = 1 << 30;
+//! let flags = nbd::TransmissionFlags::HAS_FLAGS | nbd::TransmissionFlags::SEND_FLUSH;
+//! let export = Info::Export { size_bytes: export_size_bytes, transmission_flags: flags };
+//! nbd::encode_option_reply(&mut outbound, option.option(), &OptionReply::Info(export));
+//! if query.requests(InfoRequest::BlockSize) {
+//!     let block_size = Info::BlockSize(nbd::BlockSize::REDOUBT);
+//!     nbd::encode_option_reply(&mut outbound, option.option(), &OptionReply::Info(block_size));
+//! }
+//! nbd::encode_option_reply(&mut outbound, option.option(), &OptionReply::Ack);
+//!
+//! // Transmission: a read past the end is answered with EINVAL and the loop goes on.
+//! let read = nbd::RequestHeader {
+//!     flags: nbd::CommandFlags::empty(),
+//!     command: nbd::Command::Read,
+//!     handle: 7,
+//!     offset_bytes: export_size_bytes,
+//!     length_bytes: 4096,
+//! };
+//! client::encode_request(&mut inbound, &read, &[]);
+//! let (request, consumed) = nbd::decode_request(&inbound)?.expect("complete");
+//! assert_eq!(consumed, nbd::REQUEST_HEADER_BYTES);
+//! let verdict = nbd::validate(&request.header, export_size_bytes, false)
+//!     .and_then(|()| nbd::validate_negotiated(&request.header, flags));
+//! assert_eq!(verdict, Err(nbd::NbdErrno::EINVAL));
+//! nbd::encode_simple_reply(&mut outbound, request.header.handle, verdict.err());
+//! # Ok::<(), nbd::ProtocolError>(())
+//! ```
+//!
 //! # Limits
 //!
 //! See [`limits`]: export names ≤ 4096 bytes (the spec's string limit), option data
 //! ≤ 8 KiB, write payloads ≤ 32 MiB. The [`client`] module mirrors the server side for tests.
+
+#![deny(missing_docs)]
 
 pub mod client;
 mod error;
@@ -77,7 +127,7 @@ pub use transmission::{
     RequestHeader, REQUEST_HEADER_BYTES, REQUEST_MAGIC, SIMPLE_REPLY_HEADER_BYTES,
     SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_HEADER_BYTES, STRUCTURED_REPLY_MAGIC,
 };
-pub use validate::{validate, validate_negotiated};
+pub use validate::{validate, validate_block_size, validate_negotiated};
 
 /// Every bound this crate enforces. Each exists so a hostile or broken peer cannot make the
 /// server buffer an unbounded amount.

@@ -21,6 +21,7 @@
 //! be sent as one chunk, and every read we accept fits one chunk.
 
 use crate::flags::{CommandFlags, TransmissionFlags};
+use crate::handshake::BlockSize;
 use crate::limits::REQUEST_PAYLOAD_BYTES_MAX;
 use crate::transmission::{Command, NbdErrno, RequestHeader};
 
@@ -110,6 +111,42 @@ pub fn validate_negotiated(
     } else {
         Err(NbdErrno::EINVAL)
     }
+}
+
+/// Checks alignment to an advertised minimum block size and length against the advertised
+/// maximum (proto.md "Block size constraints": the server SHOULD answer EINVAL).
+///
+/// Only meaningful once the client has agreed to the constraints, i.e. it sent `NBD_OPT_GO`
+/// with an `NBD_INFO_BLOCK_SIZE` request; otherwise clients may legitimately send unaligned
+/// requests and the server must serve them. Trim and write-zeroes are exempt from the maximum
+/// (they carry no payload); write-zeroes with `FAST_ZERO` is exempt as the spec says.
+pub fn validate_block_size(request: &RequestHeader, block_size: BlockSize) -> Result<(), NbdErrno> {
+    assert!(
+        block_size.is_valid(),
+        "invalid block size constraints {block_size:?}"
+    );
+    let ranged = matches!(
+        request.command,
+        Command::Read | Command::Write | Command::Trim | Command::WriteZeroes
+    );
+    if !ranged {
+        return Ok(());
+    }
+    let minimum_bytes = u64::from(block_size.minimum_bytes);
+    let aligned = request.offset_bytes % minimum_bytes == 0
+        && u64::from(request.length_bytes) % minimum_bytes == 0;
+    if !aligned {
+        return Err(NbdErrno::EINVAL);
+    }
+    let bounded_by_maximum = match request.command {
+        Command::Read | Command::Write => true,
+        Command::WriteZeroes => !request.flags.contains(CommandFlags::FAST_ZERO),
+        _ => false,
+    };
+    if bounded_by_maximum && request.length_bytes > block_size.maximum_bytes {
+        return Err(NbdErrno::EINVAL);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -314,5 +351,41 @@ mod tests {
         for header in plain {
             assert_eq!(validate_negotiated(&header, minimal), Ok(()));
         }
+    }
+
+    #[test]
+    fn block_size_constraints_apply_to_ranged_commands() {
+        let block_size = BlockSize {
+            minimum_bytes: 512,
+            preferred_bytes: 4096,
+            maximum_bytes: 1 << 20,
+        };
+        let check = |header: RequestHeader| validate_block_size(&header, block_size);
+        assert_eq!(check(request(Command::Read, 512, 1024)), Ok(()));
+        assert_eq!(
+            check(request(Command::Read, 100, 512)),
+            Err(NbdErrno::EINVAL)
+        );
+        assert_eq!(
+            check(request(Command::Write, 512, 100)),
+            Err(NbdErrno::EINVAL)
+        );
+        assert_eq!(check(request(Command::Trim, 1, 512)), Err(NbdErrno::EINVAL));
+        assert_eq!(
+            check(request(Command::Write, 0, (1 << 20) + 512)),
+            Err(NbdErrno::EINVAL)
+        );
+        assert_eq!(
+            check(request(Command::Trim, 0, 1 << 30)),
+            Ok(()),
+            "trim has no maximum"
+        );
+        let big_zeroes = request(Command::WriteZeroes, 0, 1 << 30);
+        assert_eq!(check(big_zeroes), Err(NbdErrno::EINVAL));
+        assert_eq!(
+            check(with_flags(big_zeroes, CommandFlags::FAST_ZERO)),
+            Ok(())
+        );
+        assert_eq!(check(request(Command::Flush, 0, 0)), Ok(()));
     }
 }
