@@ -31,25 +31,67 @@ impl fmt::Display for ContainerKind {
 pub enum Change {
     GroupAdded,
     GroupRemoved,
-    VolumeAdded { volume: String, size_bytes: u64 },
-    VolumeRemoved { volume: String },
-    VolumeGrown { volume: String, old_size_bytes: u64, new_size_bytes: u64 },
+    VolumeAdded {
+        volume: String,
+        size_bytes: u64,
+    },
+    VolumeRemoved {
+        volume: String,
+    },
+    VolumeGrown {
+        volume: String,
+        old_size_bytes: u64,
+        new_size_bytes: u64,
+    },
     /// Not supported: the planner refuses it (a replica cannot be shrunk safely under apply).
-    VolumeShrunk { volume: String, old_size_bytes: u64, new_size_bytes: u64 },
+    VolumeShrunk {
+        volume: String,
+        old_size_bytes: u64,
+        new_size_bytes: u64,
+    },
     /// Not supported: the planner refuses it (production data would silently change identity).
-    VolumeSourceChanged { volume: String, old: Option<PathBuf>, new: Option<PathBuf> },
-    ContainerResized { container: ContainerKind, old_bytes: u64, new_bytes: u64 },
+    VolumeSourceChanged {
+        volume: String,
+        old: Option<PathBuf>,
+        new: Option<PathBuf>,
+    },
+    ContainerResized {
+        container: ContainerKind,
+        old_bytes: u64,
+        new_bytes: u64,
+    },
     /// The server's data_dir changed, so every container of the group on it moves.
-    ContainersMoved { server: String, role: Role },
-    RecoveryServerAdded { server: String },
-    RecoveryServerRemoved { server: String },
+    ContainersMoved {
+        server: String,
+        role: Role,
+    },
+    RecoveryServerAdded {
+        server: String,
+    },
+    RecoveryServerRemoved {
+        server: String,
+    },
     /// Same recovery servers, recovery 1 and recovery 2 exchanged.
     RecoveryOrderChanged,
     /// A new production server; `swapped` when it was a recovery server of the group before.
-    ProductionChanged { old: String, new: String, swapped: bool },
-    TunableChanged { field: &'static str, old: String, new: String },
-    ServerAddressChanged { server: String, old: String, new: String },
-    NbdListenChanged { server: String },
+    ProductionChanged {
+        old: String,
+        new: String,
+        swapped: bool,
+    },
+    TunableChanged {
+        field: &'static str,
+        old: String,
+        new: String,
+    },
+    ServerAddressChanged {
+        server: String,
+        old: String,
+        new: String,
+    },
+    NbdListenChanged {
+        server: String,
+    },
 }
 
 impl fmt::Display for Change {
@@ -61,13 +103,21 @@ impl fmt::Display for Change {
                 write!(f, "volume {volume} added ({})", Bytes(*size_bytes))
             }
             Change::VolumeRemoved { volume } => write!(f, "volume {volume} removed"),
-            Change::VolumeGrown { volume, old_size_bytes, new_size_bytes } => write!(
+            Change::VolumeGrown {
+                volume,
+                old_size_bytes,
+                new_size_bytes,
+            } => write!(
                 f,
                 "volume {volume} grown from {} to {}",
                 Bytes(*old_size_bytes),
                 Bytes(*new_size_bytes)
             ),
-            Change::VolumeShrunk { volume, old_size_bytes, new_size_bytes } => write!(
+            Change::VolumeShrunk {
+                volume,
+                old_size_bytes,
+                new_size_bytes,
+            } => write!(
                 f,
                 "volume {volume} shrunk from {} to {}",
                 Bytes(*old_size_bytes),
@@ -79,7 +129,11 @@ impl fmt::Display for Change {
                 show_source(old),
                 show_source(new)
             ),
-            Change::ContainerResized { container, old_bytes, new_bytes } => write!(
+            Change::ContainerResized {
+                container,
+                old_bytes,
+                new_bytes,
+            } => write!(
                 f,
                 "{container} resized from {} to {}",
                 Bytes(*old_bytes),
@@ -93,10 +147,18 @@ impl fmt::Display for Change {
                 write!(f, "recovery server {server} removed")
             }
             Change::RecoveryOrderChanged => write!(f, "recovery 1 and recovery 2 exchanged"),
-            Change::ProductionChanged { old, new, swapped: true } => {
+            Change::ProductionChanged {
+                old,
+                new,
+                swapped: true,
+            } => {
                 write!(f, "roles swapped: production {old} -> {new}")
             }
-            Change::ProductionChanged { old, new, swapped: false } => {
+            Change::ProductionChanged {
+                old,
+                new,
+                swapped: false,
+            } => {
                 write!(f, "production server replaced: {old} -> {new}")
             }
             Change::TunableChanged { field, old, new } => write!(f, "{field}: {old} -> {new}"),
@@ -111,7 +173,9 @@ impl fmt::Display for Change {
 fn show_source(source: &Option<PathBuf>) -> String {
     source
         .as_ref()
-        .map_or("(created by Redoubt)".to_string(), |path| path.display().to_string())
+        .map_or("(created by Redoubt)".to_string(), |path| {
+            path.display().to_string()
+        })
 }
 
 /// The changes of one group, in a stable order.
@@ -150,7 +214,12 @@ pub fn diff(old: Option<&Config>, new: &Config) -> Vec<GroupDiff> {
     diffs
 }
 
-fn group_changes(old_config: &Config, old: &Group, new_config: &Config, new: &Group) -> Vec<Change> {
+fn group_changes(
+    old_config: &Config,
+    old: &Group,
+    new_config: &Config,
+    new: &Group,
+) -> Vec<Change> {
     let mut changes = Vec::new();
     volume_changes(old, new, &mut changes);
     let containers = [
@@ -164,11 +233,19 @@ fn group_changes(old_config: &Config, old: &Group, new_config: &Config, new: &Gr
             old.containers.log_record_file_bytes,
             new.containers.log_record_file_bytes,
         ),
-        (ContainerKind::Snapshot, old.containers.snapshot_bytes, new.containers.snapshot_bytes),
+        (
+            ContainerKind::Snapshot,
+            old.containers.snapshot_bytes,
+            new.containers.snapshot_bytes,
+        ),
     ];
     for (container, old_bytes, new_bytes) in containers {
         if old_bytes != new_bytes {
-            changes.push(Change::ContainerResized { container, old_bytes, new_bytes });
+            changes.push(Change::ContainerResized {
+                container,
+                old_bytes,
+                new_bytes,
+            });
         }
     }
     membership_changes(old, new, &mut changes);
@@ -178,7 +255,8 @@ fn group_changes(old_config: &Config, old: &Group, new_config: &Config, new: &Gr
         if old.role_of(name).is_none() {
             continue;
         }
-        let (Some(old_server), Some(new_server)) = (old_config.server(name), new_config.server(name))
+        let (Some(old_server), Some(new_server)) =
+            (old_config.server(name), new_config.server(name))
         else {
             continue;
         };
@@ -220,7 +298,9 @@ fn volume_changes(old: &Group, new: &Group, changes: &mut Vec<Change>) {
     }
     for volume in &old.volumes {
         if new.volume(&volume.name).is_none() {
-            changes.push(Change::VolumeRemoved { volume: volume.name.clone() });
+            changes.push(Change::VolumeRemoved {
+                volume: volume.name.clone(),
+            });
         }
     }
 }
@@ -235,14 +315,18 @@ fn membership_changes(old: &Group, new: &Group, changes: &mut Vec<Change>) {
     }
     for server in &new.recovery {
         if old.role_of(server).is_none() {
-            changes.push(Change::RecoveryServerAdded { server: server.clone() });
+            changes.push(Change::RecoveryServerAdded {
+                server: server.clone(),
+            });
         }
     }
     // An old production that leaves the group is covered by ProductionChanged: it is never
     // treated as a removed recovery server, whose containers would be deleted.
     for (server, role) in old.members() {
         if role.is_recovery() && new.role_of(server).is_none() {
-            changes.push(Change::RecoveryServerRemoved { server: server.to_string() });
+            changes.push(Change::RecoveryServerRemoved {
+                server: server.to_string(),
+            });
         }
     }
     if old.production == new.production
@@ -303,9 +387,14 @@ fn server_changes(old: &Server, new: &Server, role: Role, changes: &mut Vec<Chan
         });
     }
     if old.data_dir != new.data_dir {
-        changes.push(Change::ContainersMoved { server: new.name.clone(), role });
+        changes.push(Change::ContainersMoved {
+            server: new.name.clone(),
+            role,
+        });
     }
     if old.nbd_listen != new.nbd_listen && role == Role::Production {
-        changes.push(Change::NbdListenChanged { server: new.name.clone() });
+        changes.push(Change::NbdListenChanged {
+            server: new.name.clone(),
+        });
     }
 }

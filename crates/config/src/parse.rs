@@ -46,7 +46,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, Vec<Diagnostic>> {
         checker.error(
             0..0,
             "(file)",
-            format!("the file has {} bytes; the limit is {CONFIG_FILE_BYTES_MAX}", text.len()),
+            format!(
+                "the file has {} bytes; the limit is {CONFIG_FILE_BYTES_MAX}",
+                text.len()
+            ),
         );
         return Err(checker.diagnostics);
     }
@@ -79,7 +82,10 @@ pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
                 line: 1,
                 column: 1,
                 field: "(file)".into(),
-                reason: format!("not UTF-8 text (first bad byte at offset {})", error.utf8_error().valid_up_to()),
+                reason: format!(
+                    "not UTF-8 text (first bad byte at offset {})",
+                    error.utf8_error().valid_up_to()
+                ),
             }]),
         },
         Err(error) => Err(vec![Diagnostic {
@@ -93,6 +99,12 @@ pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
 }
 
 type Span = Range<usize>;
+
+/// Where a server's fields that cross-server checks report on are written.
+struct ServerSpans {
+    address: Span,
+    nbd_listen: Span,
+}
 
 struct Checker<'s> {
     file: String,
@@ -164,7 +176,7 @@ impl<'s> Checker<'s> {
             known: TOP_FIELDS,
         };
         self.unknown_fields(&top);
-        let mut server_spans: Vec<(Server, Span)> = Vec::new();
+        let mut server_spans: Vec<(Server, ServerSpans)> = Vec::new();
         // Names of every [[server]], valid or not, so that one bad field does not also make
         // every group that names the server report it as unknown.
         let mut named: Vec<(String, Span)> = Vec::new();
@@ -174,7 +186,7 @@ impl<'s> Checker<'s> {
                 named.push((name, entry_span.clone()));
             }
             if let Some(server) = server {
-                server_spans.push((server, entry_span));
+                server_spans.push(server);
             }
         }
         self.check_server_names(&named);
@@ -191,7 +203,10 @@ impl<'s> Checker<'s> {
                     self.error(
                         entry_span,
                         format!("group[{}].name", group.name),
-                        format!("duplicate group name `{}` (first defined on line {previous_line})", group.name),
+                        format!(
+                            "duplicate group name `{}` (first defined on line {previous_line})",
+                            group.name
+                        ),
                     );
                     continue;
                 }
@@ -212,7 +227,11 @@ impl<'s> Checker<'s> {
             if !reader.known.contains(&name) {
                 let field = join(&reader.path, name);
                 let known = reader.known.join(", ");
-                self.error(key.span(), field, format!("unknown field `{name}`; expected one of: {known}"));
+                self.error(
+                    key.span(),
+                    field,
+                    format!("unknown field `{name}`; expected one of: {known}"),
+                );
             }
         }
     }
@@ -244,25 +263,41 @@ impl<'s> Checker<'s> {
             other => self.error(
                 value.span(),
                 join(&reader.path, key),
-                format!("expected tables written as [[{key}]], found {}", other.type_str()),
+                format!(
+                    "expected tables written as [[{key}]], found {}",
+                    other.type_str()
+                ),
             ),
         }
         entries
     }
 
-    fn string(&mut self, reader: &TableReader<'_, '_>, key: &str, required: bool) -> Option<(String, Span)> {
+    fn string(
+        &mut self,
+        reader: &TableReader<'_, '_>,
+        key: &str,
+        required: bool,
+    ) -> Option<(String, Span)> {
         let field = join(&reader.path, key);
         match reader.table.get(key) {
             None => {
                 if required {
-                    self.error(reader.span.clone(), field, format!("missing required field `{key}`"));
+                    self.error(
+                        reader.span.clone(),
+                        field,
+                        format!("missing required field `{key}`"),
+                    );
                 }
                 None
             }
             Some(value) => match value.get_ref() {
                 DeValue::String(text) => Some((text.to_string(), value.span())),
                 other => {
-                    self.error(value.span(), field, format!("expected a string, found {}", other.type_str()));
+                    self.error(
+                        value.span(),
+                        field,
+                        format!("expected a string, found {}", other.type_str()),
+                    );
                     None
                 }
             },
@@ -274,7 +309,11 @@ impl<'s> Checker<'s> {
         let field = join(&reader.path, key);
         let value = match reader.table.get(key) {
             None => {
-                self.error(reader.span.clone(), field, format!("missing required field `{key}`"));
+                self.error(
+                    reader.span.clone(),
+                    field,
+                    format!("missing required field `{key}`"),
+                );
                 return None;
             }
             Some(value) => value,
@@ -283,7 +322,10 @@ impl<'s> Checker<'s> {
             DeValue::String(text) => parse_size_bytes(text),
             DeValue::Integer(integer) => u64::from_str_radix(integer.as_str(), integer.radix())
                 .map_err(|_| format!("`{}` is not a byte count", integer.as_str())),
-            other => Err(format!("expected a size such as \"10GiB\", found {}", other.type_str())),
+            other => Err(format!(
+                "expected a size such as \"10GiB\", found {}",
+                other.type_str()
+            )),
         };
         match parsed {
             Ok(bytes) => Some((bytes, value.span())),
@@ -309,10 +351,20 @@ impl<'s> Checker<'s> {
         Some((name, span))
     }
 
-    fn server(&mut self, table: &DeTable<'_>, span: Span, index: usize) -> (Option<String>, Option<Server>) {
+    fn server(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Span,
+        index: usize,
+    ) -> (Option<String>, Option<(Server, ServerSpans)>) {
         let mut name = None;
-        let server = self.server_fields(table, span, index, &mut name);
-        (name, server)
+        let server = self.server_fields(table, span.clone(), index, &mut name);
+        let key_span = |key: &str| table.get(key).map_or(span.clone(), |value| value.span());
+        let spans = ServerSpans {
+            address: key_span("address"),
+            nbd_listen: key_span("nbd_listen"),
+        };
+        (name, server.map(|server| (server, spans)))
     }
 
     fn server_fields(
@@ -342,19 +394,21 @@ impl<'s> Checker<'s> {
                 None
             }
         });
-        let data_dir = self.string(&reader, "data_dir", true).and_then(|(dir, span)| {
-            let path = PathBuf::from(&dir);
-            if path.is_absolute() && !dir.contains('\0') {
-                Some(path)
-            } else {
-                self.error(
+        let data_dir =
+            self.string(&reader, "data_dir", true)
+                .and_then(|(dir, span)| {
+                    let path = PathBuf::from(&dir);
+                    if path.is_absolute() && !dir.contains('\0') {
+                        Some(path)
+                    } else {
+                        self.error(
                     span,
                     join(&reader.path, "data_dir"),
                     format!("`{dir}` must be an absolute path (agents may run from any directory)"),
                 );
-                None
-            }
-        });
+                        None
+                    }
+                });
         let mut nbd_ok = true;
         let nbd_listen = match self.string(&reader, "nbd_listen", false) {
             None => None,
@@ -390,12 +444,12 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn check_servers(&mut self, servers: &[(Server, Span)]) {
+    fn check_servers(&mut self, servers: &[(Server, ServerSpans)]) {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut addresses: HashMap<&str, (&str, usize)> = HashMap::new();
         let mut listens: HashMap<String, (&str, usize)> = HashMap::new();
-        for (server, span) in servers {
-            let line = self.line_of(span.start);
+        for (server, spans) in servers {
+            let line = self.line_of(spans.address.start);
             if names.contains_key(server.name.as_str()) {
                 // Reported by check_server_names.
                 continue;
@@ -403,9 +457,12 @@ impl<'s> Checker<'s> {
             names.insert(&server.name, line);
             if let Some((other, _)) = addresses.get(server.address.as_str()) {
                 self.error(
-                    span.clone(),
+                    spans.address.clone(),
                     format!("server[{}].address", server.name),
-                    format!("address `{}` is already used by server `{other}`", server.address),
+                    format!(
+                        "address `{}` is already used by server `{other}`",
+                        server.address
+                    ),
                 );
             } else {
                 addresses.insert(&server.address, (&server.name, line));
@@ -414,7 +471,7 @@ impl<'s> Checker<'s> {
                 let key = listen.to_string();
                 if let Some((other, _)) = listens.get(&key) {
                     self.error(
-                        span.clone(),
+                        spans.nbd_listen.clone(),
                         format!("server[{}].nbd_listen", server.name),
                         format!("nbd_listen `{key}` is already used by server `{other}`"),
                     );
@@ -425,7 +482,13 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn group(&mut self, table: &DeTable<'_>, span: Span, index: usize, servers: &[&str]) -> Option<Group> {
+    fn group(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Span,
+        index: usize,
+        servers: &[&str],
+    ) -> Option<Group> {
         let mut reader = TableReader {
             table,
             span: span.clone(),
@@ -451,7 +514,11 @@ impl<'s> Checker<'s> {
                 valid = false;
             }
         }
-        let recovery = self.recovery(&reader, servers, production.as_ref().map(|(p, _)| p.as_str()));
+        let recovery = self.recovery(
+            &reader,
+            servers,
+            production.as_ref().map(|(p, _)| p.as_str()),
+        );
         valid &= recovery.is_some();
 
         let mode = match self.string(&reader, "mode", false) {
@@ -460,7 +527,11 @@ impl<'s> Checker<'s> {
                 "async" => Some(Mode::Async),
                 "sync" => Some(Mode::Sync),
                 other => {
-                    self.error(span, join(&path, "mode"), format!("unknown mode `{other}`: use \"async\" or \"sync\""));
+                    self.error(
+                        span,
+                        join(&path, "mode"),
+                        format!("unknown mode `{other}`: use \"async\" or \"sync\""),
+                    );
                     None
                 }
             },
@@ -469,7 +540,11 @@ impl<'s> Checker<'s> {
             None => Some(DEFAULT_RETENTION_SECONDS),
             Some((text, span)) => match parse_duration_seconds(&text) {
                 Ok(0) => {
-                    self.error(span, join(&path, "retention"), "retention must be longer than 0s");
+                    self.error(
+                        span,
+                        join(&path, "retention"),
+                        "retention must be longer than 0s",
+                    );
                     None
                 }
                 Ok(seconds) => Some(seconds),
@@ -512,7 +587,12 @@ impl<'s> Checker<'s> {
                 let span = reader
                     .table
                     .get("containers")
-                    .and_then(|c| c.get_ref().as_table().and_then(|t| t.get("replication")).map(|v| v.span()))
+                    .and_then(|c| {
+                        c.get_ref()
+                            .as_table()
+                            .and_then(|t| t.get("replication"))
+                            .map(|v| v.span())
+                    })
                     .unwrap_or(span.clone());
                 self.error(
                     span,
@@ -542,10 +622,19 @@ impl<'s> Checker<'s> {
         })
     }
 
-    fn recovery(&mut self, reader: &TableReader<'_, '_>, servers: &[&str], production: Option<&str>) -> Option<Vec<String>> {
+    fn recovery(
+        &mut self,
+        reader: &TableReader<'_, '_>,
+        servers: &[&str],
+        production: Option<&str>,
+    ) -> Option<Vec<String>> {
         let field = join(&reader.path, "recovery");
         let Some(value) = reader.table.get("recovery") else {
-            self.error(reader.span.clone(), field, "missing required field `recovery` (1 or 2 recovery server names)");
+            self.error(
+                reader.span.clone(),
+                field,
+                "missing required field `recovery` (1 or 2 recovery server names)",
+            );
             return None;
         };
         let items: Vec<(String, Span)> = match value.get_ref() {
@@ -555,7 +644,11 @@ impl<'s> Checker<'s> {
                     match item.get_ref() {
                         DeValue::String(name) => names.push((name.to_string(), item.span())),
                         other => {
-                            self.error(item.span(), field.clone(), format!("expected a server name, found {}", other.type_str()));
+                            self.error(
+                                item.span(),
+                                field.clone(),
+                                format!("expected a server name, found {}", other.type_str()),
+                            );
                             return None;
                         }
                     }
@@ -564,7 +657,14 @@ impl<'s> Checker<'s> {
             }
             DeValue::String(name) => vec![(name.to_string(), value.span())],
             other => {
-                self.error(value.span(), field, format!("expected a list of server names, found {}", other.type_str()));
+                self.error(
+                    value.span(),
+                    field,
+                    format!(
+                        "expected a list of server names, found {}",
+                        other.type_str()
+                    ),
+                );
                 return None;
             }
         };
@@ -579,7 +679,11 @@ impl<'s> Checker<'s> {
         }
         for (index, (name, span)) in items.iter().enumerate() {
             if !servers.contains(&name.as_str()) {
-                self.error(span.clone(), field.clone(), format!("unknown server `{name}`: no [[server]] has this name"));
+                self.error(
+                    span.clone(),
+                    field.clone(),
+                    format!("unknown server `{name}`: no [[server]] has this name"),
+                );
                 valid = false;
             } else if Some(name.as_str()) == production {
                 self.error(
@@ -589,7 +693,11 @@ impl<'s> Checker<'s> {
                 );
                 valid = false;
             } else if items[..index].iter().any(|(other, _)| other == name) {
-                self.error(span.clone(), field.clone(), format!("server `{name}` is listed twice"));
+                self.error(
+                    span.clone(),
+                    field.clone(),
+                    format!("server `{name}` is listed twice"),
+                );
                 valid = false;
             }
         }
@@ -607,7 +715,11 @@ impl<'s> Checker<'s> {
             return None;
         };
         let DeValue::Table(table) = value.get_ref() else {
-            self.error(value.span(), field, format!("expected a table, found {}", value.get_ref().type_str()));
+            self.error(
+                value.span(),
+                field,
+                format!("expected a table, found {}", value.get_ref().type_str()),
+            );
             return None;
         };
         let reader = TableReader {
@@ -625,7 +737,10 @@ impl<'s> Checker<'s> {
                 self.error(
                     span.clone(),
                     join(&reader.path, "log_record_file"),
-                    format!("the log record file container must hold at least {}", Bytes(LOG_RECORD_FILE_BYTES_MIN)),
+                    format!(
+                        "the log record file container must hold at least {}",
+                        Bytes(LOG_RECORD_FILE_BYTES_MIN)
+                    ),
                 );
                 return None;
             }
@@ -651,7 +766,10 @@ impl<'s> Checker<'s> {
             self.error(
                 group.span.clone(),
                 join(&group.path, "volume"),
-                format!("a group has at most {VOLUMES_PER_GROUP_MAX} volumes, found {}", entries.len()),
+                format!(
+                    "a group has at most {VOLUMES_PER_GROUP_MAX} volumes, found {}",
+                    entries.len()
+                ),
             );
             return None;
         }
@@ -667,7 +785,9 @@ impl<'s> Checker<'s> {
                     self.error(
                         span,
                         format!("{}.volume[{name}].name", group.path),
-                        format!("duplicate volume name `{name}` (first defined on line {first_line})"),
+                        format!(
+                            "duplicate volume name `{name}` (first defined on line {first_line})"
+                        ),
                     );
                     valid = false;
                     continue;
@@ -681,7 +801,10 @@ impl<'s> Checker<'s> {
                             self.error(
                                 span.clone(),
                                 format!("{}.volume[{}].source", group.path, volume.name),
-                                format!("source `{}` is already used by volume `{other}`", source.display()),
+                                format!(
+                                    "source `{}` is already used by volume `{other}`",
+                                    source.display()
+                                ),
                             );
                             valid = false;
                         }
@@ -737,7 +860,11 @@ impl<'s> Checker<'s> {
                 if path.is_absolute() && !text.contains('\0') {
                     Some(path)
                 } else {
-                    self.error(span, join(&reader.path, "source"), format!("`{text}` must be an absolute path"));
+                    self.error(
+                        span,
+                        join(&reader.path, "source"),
+                        format!("`{text}` must be an absolute path"),
+                    );
                     source_ok = false;
                     None
                 }
@@ -765,7 +892,9 @@ fn join(path: &str, key: &str) -> String {
 /// `host:port` or `[v6]:port`, port 1..=65535.
 pub fn check_host_port(text: &str) -> Result<(), String> {
     let Some((host, port)) = text.rsplit_once(':') else {
-        return Err(format!("`{text}` is not host:port (e.g. \"127.0.0.1:7411\")"));
+        return Err(format!(
+            "`{text}` is not host:port (e.g. \"127.0.0.1:7411\")"
+        ));
     };
     let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         inner.parse::<std::net::Ipv6Addr>().is_ok()
@@ -777,7 +906,9 @@ pub fn check_host_port(text: &str) -> Result<(), String> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
     };
     if !host_ok {
-        return Err(format!("`{host}` in `{text}` is not a host name or IP address"));
+        return Err(format!(
+            "`{host}` in `{text}` is not a host name or IP address"
+        ));
     }
     match port.parse::<u16>() {
         Ok(port) if port > 0 => Ok(()),

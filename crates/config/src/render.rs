@@ -12,7 +12,11 @@ pub fn render_toml(config: &Config) -> String {
         out.push_str("[[server]]\n");
         let _ = writeln!(out, "name = {}", quote(&server.name));
         let _ = writeln!(out, "address = {}", quote(&server.address));
-        let _ = writeln!(out, "data_dir = {}", quote(&server.data_dir.display().to_string()));
+        let _ = writeln!(
+            out,
+            "data_dir = {}",
+            quote(&server.data_dir.display().to_string())
+        );
         if let Some(listen) = &server.nbd_listen {
             let _ = writeln!(out, "nbd_listen = {}", quote(&listen.to_string()));
         }
@@ -29,7 +33,11 @@ pub fn render_toml(config: &Config) -> String {
             Mode::Sync => "sync",
         };
         let _ = writeln!(out, "mode = {}", quote(mode));
-        let _ = writeln!(out, "retention = {}", quote(&Seconds(group.retention_seconds).to_string()));
+        let _ = writeln!(
+            out,
+            "retention = {}",
+            quote(&Seconds(group.retention_seconds).to_string())
+        );
         let throttle = if group.throttle_bytes_per_second == 0 {
             "0".to_string()
         } else {
@@ -43,13 +51,29 @@ pub fn render_toml(config: &Config) -> String {
         let _ = writeln!(out, "compression = {}", quote(compression));
         out.push_str("\n[group.containers]\n");
         let containers = &group.containers;
-        let _ = writeln!(out, "replication = {}", quote(&Bytes(containers.replication_bytes).to_string()));
-        let _ = writeln!(out, "log_record_file = {}", quote(&Bytes(containers.log_record_file_bytes).to_string()));
-        let _ = writeln!(out, "snapshot = {}", quote(&Bytes(containers.snapshot_bytes).to_string()));
+        let _ = writeln!(
+            out,
+            "replication = {}",
+            quote(&Bytes(containers.replication_bytes).to_string())
+        );
+        let _ = writeln!(
+            out,
+            "log_record_file = {}",
+            quote(&Bytes(containers.log_record_file_bytes).to_string())
+        );
+        let _ = writeln!(
+            out,
+            "snapshot = {}",
+            quote(&Bytes(containers.snapshot_bytes).to_string())
+        );
         for volume in &group.volumes {
             out.push_str("\n[[group.volume]]\n");
             let _ = writeln!(out, "name = {}", quote(&volume.name));
-            let _ = writeln!(out, "size = {}", quote(&Bytes(volume.size_bytes).to_string()));
+            let _ = writeln!(
+                out,
+                "size = {}",
+                quote(&Bytes(volume.size_bytes).to_string())
+            );
             if let Some(source) = &volume.source {
                 let _ = writeln!(out, "source = {}", quote(&source.display().to_string()));
             }

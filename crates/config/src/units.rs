@@ -170,7 +170,7 @@ mod tests {
             let bytes = parse_size_bytes(text).unwrap();
             assert_eq!(Bytes(bytes).to_string(), text);
         }
-        for text in ["24h", "90s", "7d", "30m"] {
+        for text in ["36h", "90s", "7d", "30m"] {
             let seconds = parse_duration_seconds(text).unwrap();
             assert_eq!(Seconds(seconds).to_string(), text);
         }

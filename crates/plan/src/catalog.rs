@@ -27,27 +27,75 @@ pub const CATALOG: [CatalogStep; STEP_COUNT] = [
     step(1, "Save configuration", Rows::One),
     step(2, "Copy configuration to S", Rows::ProductionAndRecovery),
     step(3, "Delete internal logical volumes", Rows::One),
-    step(4, "Delete replication container logical volumes on S", Rows::ProductionAndRecovery),
-    step(5, "Delete log record file container and snapshot logical volumes on S", Rows::Recovery),
-    step(6, "Delete replication container and snapshot logical volumes on S", Rows::Recovery),
-    step(7, "Delete all containers and logical volumes on S", Rows::Recovery),
+    step(
+        4,
+        "Delete replication container logical volumes on S",
+        Rows::ProductionAndRecovery,
+    ),
+    step(
+        5,
+        "Delete log record file container and snapshot logical volumes on S",
+        Rows::Recovery,
+    ),
+    step(
+        6,
+        "Delete replication container and snapshot logical volumes on S",
+        Rows::Recovery,
+    ),
+    step(
+        7,
+        "Delete all containers and logical volumes on S",
+        Rows::Recovery,
+    ),
     step(8, "Delete snapshot logical volumes on S", Rows::Recovery),
-    step(9, "Delete snapshot container logical volumes on S", Rows::Recovery),
-    step(10, "Delete replication container, snapshot, and log record file container logical volumes", Rows::One),
-    step(11, "Create containers and logical volumes on S", Rows::ProductionAndRecovery),
+    step(
+        9,
+        "Delete snapshot container logical volumes on S",
+        Rows::Recovery,
+    ),
+    step(
+        10,
+        "Delete replication container, snapshot, and log record file container logical volumes",
+        Rows::One,
+    ),
+    step(
+        11,
+        "Create containers and logical volumes on S",
+        Rows::ProductionAndRecovery,
+    ),
     step(12, "Set all logical volumes as replicated", Rows::One),
-    step(13, "Set new logical volume X as requiring replication", Rows::PerVolume),
+    step(
+        13,
+        "Set new logical volume X as requiring replication",
+        Rows::PerVolume,
+    ),
     step(14, "Reset send process (LCA)", Rows::One),
     step(15, "Reset apply process (ABA) on S", Rows::Recovery),
     step(16, "Load drivers on S", Rows::ProductionAndRecovery),
-    step(17, "Delete logical volume device special files on S", Rows::ProductionAndRecovery),
-    step(18, "Delete failover context on S", Rows::ProductionAndRecovery),
-    step(19, "Delete failover context on S", Rows::ProductionAndRecovery),
+    step(
+        17,
+        "Delete logical volume device special files on S",
+        Rows::ProductionAndRecovery,
+    ),
+    step(
+        18,
+        "Delete failover context on S",
+        Rows::ProductionAndRecovery,
+    ),
+    step(
+        19,
+        "Delete failover context on S",
+        Rows::ProductionAndRecovery,
+    ),
     step(20, "Verify configuration on S", Rows::ProductionAndRecovery),
 ];
 
 const fn step(number: u8, title: &'static str, rows: Rows) -> CatalogStep {
-    CatalogStep { number, title, rows }
+    CatalogStep {
+        number,
+        title,
+        rows,
+    }
 }
 
 /// The catalog entry of a step number (1..=20).

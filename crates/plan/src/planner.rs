@@ -39,9 +39,13 @@ pub struct Deletion {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Deleted {
     /// A replica LV on a recovery server.
-    Replica { volume: String },
+    Replica {
+        volume: String,
+    },
     /// A production LV. Only ever planned for a deleted group with `destroy_production_data`.
-    ProductionVolume { volume: String },
+    ProductionVolume {
+        volume: String,
+    },
     Journal,
     Snapshots,
     SnapshotContainer,
@@ -91,7 +95,11 @@ impl fmt::Display for PlanError {
 }
 
 /// The plans of every group that changed; an empty list means there is nothing to do.
-pub fn plan(old: Option<&Config>, new: &Config, options: PlanOptions) -> Result<Vec<GroupPlan>, Vec<PlanError>> {
+pub fn plan(
+    old: Option<&Config>,
+    new: &Config,
+    options: PlanOptions,
+) -> Result<Vec<GroupPlan>, Vec<PlanError>> {
     let mut plans = Vec::new();
     let mut errors = Vec::new();
     for group_diff in diff(old, new) {
@@ -115,6 +123,9 @@ pub fn plan(old: Option<&Config>, new: &Config, options: PlanOptions) -> Result<
     }
 }
 
+/// Steps whose rows delete LVs on their server.
+const LV_DELETING_STEPS: [u8; 3] = [4, 6, 7];
+
 #[derive(Default)]
 struct StepRows {
     rows: Vec<Row>,
@@ -131,7 +142,12 @@ struct Builder<'a> {
 }
 
 impl<'a> Builder<'a> {
-    fn new(group: &'a str, old: Option<&'a Group>, new: Option<&'a Group>, options: PlanOptions) -> Self {
+    fn new(
+        group: &'a str,
+        old: Option<&'a Group>,
+        new: Option<&'a Group>,
+        options: PlanOptions,
+    ) -> Self {
         Builder {
             group,
             old,
@@ -144,7 +160,10 @@ impl<'a> Builder<'a> {
 
     /// The group's members in the new config, or the old one for a deleted group.
     fn current(&self) -> Vec<(&'a str, Role)> {
-        self.new.or(self.old).map(Group::members).unwrap_or_default()
+        self.new
+            .or(self.old)
+            .map(Group::members)
+            .unwrap_or_default()
     }
 
     /// Every server of the old or the new version, each once, with its current role (the
@@ -162,11 +181,17 @@ impl<'a> Builder<'a> {
     }
 
     fn recovery(&self) -> Vec<(&'a str, Role)> {
-        self.current().into_iter().filter(|(_, role)| role.is_recovery()).collect()
+        self.current()
+            .into_iter()
+            .filter(|(_, role)| role.is_recovery())
+            .collect()
     }
 
     fn production(&self) -> Vec<(&'a str, Role)> {
-        self.current().into_iter().filter(|(_, role)| !role.is_recovery()).collect()
+        self.current()
+            .into_iter()
+            .filter(|(_, role)| !role.is_recovery())
+            .collect()
     }
 
     fn role(&self, server: &str) -> Option<Role> {
@@ -180,9 +205,31 @@ impl<'a> Builder<'a> {
         self.steps.entry(number).or_default();
     }
 
+    /// Whether the server holds production data of this group: it is production in the old
+    /// or in the new version. Steps that delete LVs never get a row there, whatever
+    /// combination of changes asked for it, unless the user asked to destroy a deleted group.
+    fn holds_production_data(&self, server: &str) -> bool {
+        [self.old, self.new]
+            .into_iter()
+            .flatten()
+            .any(|group| group.production == server)
+    }
+
     fn on(&mut self, number: u8, servers: &[(&str, Role)]) {
+        let destroying = self.new.is_none() && self.options.destroy_production_data;
+        let protected: Vec<bool> = servers
+            .iter()
+            .map(|(server, _)| {
+                LV_DELETING_STEPS.contains(&number)
+                    && !destroying
+                    && self.holds_production_data(server)
+            })
+            .collect();
         let entry = self.steps.entry(number).or_default();
-        for (server, role) in servers {
+        for ((server, role), protected) in servers.iter().zip(protected) {
+            if protected {
+                continue;
+            }
             let row = Row::Server {
                 role: *role,
                 server: server.to_string(),
@@ -204,6 +251,13 @@ impl<'a> Builder<'a> {
     }
 
     fn delete(&mut self, number: u8, server: Option<&str>, what: Deleted, description: String) {
+        let lv_deleting = matches!(
+            what,
+            Deleted::Replica { .. } | Deleted::ReplicationContainer | Deleted::AllContainers
+        );
+        if lv_deleting && server.is_some_and(|server| self.holds_production_data(server)) {
+            return;
+        }
         let entry = self.steps.entry(number).or_default();
         let deletion = Deletion {
             server: server.map(str::to_string),
@@ -215,7 +269,13 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn delete_on(&mut self, number: u8, servers: &[(&str, Role)], what: Deleted, describe: impl Fn(&str) -> String) {
+    fn delete_on(
+        &mut self,
+        number: u8,
+        servers: &[(&str, Role)],
+        what: Deleted,
+        describe: impl Fn(&str) -> String,
+    ) {
         for (server, _) in servers {
             self.delete(number, Some(server), what.clone(), describe(server));
         }
@@ -263,10 +323,18 @@ impl<'a> Builder<'a> {
                 let recovery = self.recovery();
                 // Only the replica side: the production LV stays where it is (safety rule).
                 self.on(4, &recovery);
-                let size = self.old.and_then(|g| g.volume(volume)).map_or(0, |v| v.size_bytes);
-                self.delete_on(4, &recovery, Deleted::Replica { volume: volume.clone() }, |server| {
-                    format!("deletes replica LV {volume} ({}) on {server}", Bytes(size))
-                });
+                let size = self
+                    .old
+                    .and_then(|g| g.volume(volume))
+                    .map_or(0, |v| v.size_bytes);
+                self.delete_on(
+                    4,
+                    &recovery,
+                    Deleted::Replica {
+                        volume: volume.clone(),
+                    },
+                    |server| format!("deletes replica LV {volume} ({}) on {server}", Bytes(size)),
+                );
                 self.once(14);
                 self.on(15, &recovery);
                 self.on(16, &all);
@@ -332,7 +400,12 @@ impl<'a> Builder<'a> {
                 );
                 self.once(14);
                 self.on(17, &target);
-                self.delete(17, Some(server), Deleted::DeviceFiles, format!("removes the exports of {group} on {server}"));
+                self.delete(
+                    17,
+                    Some(server),
+                    Deleted::DeviceFiles,
+                    format!("removes the exports of {group} on {server}"),
+                );
                 let all = self.all();
                 self.on(18, &all);
                 self.delete_on(18, &all, Deleted::FailoverContext, |server| {
@@ -340,7 +413,9 @@ impl<'a> Builder<'a> {
                 });
                 self.verify();
             }
-            Change::ProductionChanged { old, new, swapped } => self.production_changed(old, new, *swapped),
+            Change::ProductionChanged { old, new, swapped } => {
+                self.production_changed(old, new, *swapped)
+            }
             Change::RecoveryOrderChanged
             | Change::TunableChanged { .. }
             | Change::ServerAddressChanged { .. } => {
@@ -356,7 +431,12 @@ impl<'a> Builder<'a> {
                 self.copy_config();
                 self.on(16, &target);
                 self.on(17, &target);
-                self.delete(17, Some(server), Deleted::DeviceFiles, format!("removes the old NBD exports of {group} on {server}"));
+                self.delete(
+                    17,
+                    Some(server),
+                    Deleted::DeviceFiles,
+                    format!("removes the old NBD exports of {group} on {server}"),
+                );
                 self.verify();
             }
         }
@@ -376,13 +456,27 @@ impl<'a> Builder<'a> {
             3,
             None,
             Deleted::InternalVolumes,
-            format!("deletes the internal LVs of {group} (sequence state, bitmaps, redo journal on {})", old.production),
+            format!(
+                "deletes the internal LVs of {group} (sequence state, bitmaps, redo journal on {})",
+                old.production
+            ),
         );
         self.on(4, &recovery);
         for volume in &old.volumes {
-            self.delete_on(4, &recovery, Deleted::Replica { volume: volume.name.clone() }, |server| {
-                format!("deletes replica LV {} ({}) on {server}", volume.name, Bytes(volume.size_bytes))
-            });
+            self.delete_on(
+                4,
+                &recovery,
+                Deleted::Replica {
+                    volume: volume.name.clone(),
+                },
+                |server| {
+                    format!(
+                        "deletes replica LV {} ({}) on {server}",
+                        volume.name,
+                        Bytes(volume.size_bytes)
+                    )
+                },
+            );
         }
         if self.options.destroy_production_data {
             let production = self.production();
@@ -391,7 +485,9 @@ impl<'a> Builder<'a> {
                 self.delete(
                     4,
                     Some(&old.production),
-                    Deleted::ProductionVolume { volume: volume.name.clone() },
+                    Deleted::ProductionVolume {
+                        volume: volume.name.clone(),
+                    },
                     format!(
                         "DESTROYS production LV {} ({}) on {} (requested with --destroy)",
                         volume.name,
@@ -411,7 +507,9 @@ impl<'a> Builder<'a> {
             format!("deletes every container of {group} on {server}: journal and snapshots")
         });
         self.on(17, &all);
-        self.delete_on(17, &all, Deleted::DeviceFiles, |server| format!("removes the exports of {group} on {server}"));
+        self.delete_on(17, &all, Deleted::DeviceFiles, |server| {
+            format!("removes the exports of {group} on {server}")
+        });
         self.on(18, &all);
         self.delete_on(18, &all, Deleted::FailoverContext, |server| {
             format!("deletes the failover context of {group} on {server}")
@@ -502,7 +600,12 @@ impl<'a> Builder<'a> {
         let recovery = self.recovery();
         self.copy_config();
         self.once(3);
-        self.delete(3, None, Deleted::InternalVolumes, format!("deletes the internal LVs of {group} (sequence state, bitmaps)"));
+        self.delete(
+            3,
+            None,
+            Deleted::InternalVolumes,
+            format!("deletes the internal LVs of {group} (sequence state, bitmaps)"),
+        );
         // Step 10 deletes journals and snapshots, which describe the old direction. It keeps
         // the replica LVs: they may be the only copy if the new production fails during the
         // full sync of step 12, which overwrites them anyway.
@@ -512,7 +615,12 @@ impl<'a> Builder<'a> {
         });
         let old_recovery: Vec<(&str, Role)> = self
             .old
-            .map(|g| g.members().into_iter().filter(|(_, role)| role.is_recovery()).collect())
+            .map(|g| {
+                g.members()
+                    .into_iter()
+                    .filter(|(_, role)| role.is_recovery())
+                    .collect()
+            })
             .unwrap_or_default();
         self.delete_on(10, &old_recovery, Deleted::Snapshots, |server| {
             format!("deletes every snapshot of {group} on {server}")
@@ -523,7 +631,9 @@ impl<'a> Builder<'a> {
         self.on(15, &recovery);
         self.on(16, &current);
         self.on(17, &all);
-        self.delete_on(17, &all, Deleted::DeviceFiles, |server| format!("removes the exports of {group} on {server}"));
+        self.delete_on(17, &all, Deleted::DeviceFiles, |server| {
+            format!("removes the exports of {group} on {server}")
+        });
         self.on(18, &all);
         self.delete_on(18, &all, Deleted::FailoverContext, |server| {
             format!("deletes the failover context of {group} on {server}")
@@ -536,7 +646,13 @@ impl<'a> Builder<'a> {
         if !swapped {
             let created: Vec<&str> = self
                 .new
-                .map(|g| g.volumes.iter().filter(|v| v.source.is_none()).map(|v| v.name.as_str()).collect())
+                .map(|g| {
+                    g.volumes
+                        .iter()
+                        .filter(|v| v.source.is_none())
+                        .map(|v| v.name.as_str())
+                        .collect()
+                })
                 .unwrap_or_default();
             if !created.is_empty() {
                 self.warnings.push(format!(
@@ -555,6 +671,10 @@ impl<'a> Builder<'a> {
             let Some(catalog) = catalog_step(number) else {
                 continue;
             };
+            // A per-server step whose every row was withheld (production data) does not run.
+            if catalog.rows != Rows::One && step.rows.is_empty() {
+                continue;
+            }
             step.rows.sort();
             // Deletions read in the same order as the rows: production, recovery 1, recovery 2.
             let position = |server: &Option<String>| {
@@ -563,7 +683,9 @@ impl<'a> Builder<'a> {
                     .position(|row| matches!(row, Row::Server { server: s, .. } if Some(s) == server.as_ref()))
                     .unwrap_or(usize::MAX)
             };
-            step.deletes.sort_by(|a, b| (position(&a.server), &a.what).cmp(&(position(&b.server), &b.what)));
+            step.deletes.sort_by(|a, b| {
+                (position(&a.server), &a.what).cmp(&(position(&b.server), &b.what))
+            });
             steps.push(PlannedStep {
                 number,
                 title: catalog.title,

@@ -95,7 +95,11 @@ pub fn to_text(plans: &[GroupPlan]) -> String {
         for change in &plan.changes {
             let _ = writeln!(out, "    - {change}");
         }
-        let _ = writeln!(out, "  Configuration initialization ({} steps):", plan.steps.len());
+        let _ = writeln!(
+            out,
+            "  Configuration initialization ({} steps):",
+            plan.steps.len()
+        );
         for step in &plan.steps {
             let destructive = step.deletes.iter().any(|d| d.what.is_data());
             let flag = if destructive { "   [DELETES DATA]" } else { "" };

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "redoubt", version, about = "Continuous, write-ordered replication of Linux block volumes")]
+#[command(
+    name = "redoubt",
+    version,
+    about = "Continuous, write-ordered replication of Linux block volumes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -103,7 +103,11 @@ fn load(path: &Path) -> Result<Config, Failure> {
         }
         Failure::new(
             ExitCodeKind::Invalid,
-            format!("{} is not a valid configuration ({} error(s))", path.display(), diagnostics.len()),
+            format!(
+                "{} is not a valid configuration ({} error(s))",
+                path.display(),
+                diagnostics.len()
+            ),
         )
     })
 }
@@ -144,7 +148,12 @@ fn diff(old: &Path, new: &Path, format: Format) -> Result<(), Failure> {
     Ok(())
 }
 
-fn plan_command(from: Option<&Path>, new: &Path, destroy: bool, format: Format) -> Result<(), Failure> {
+fn plan_command(
+    from: Option<&Path>,
+    new: &Path,
+    destroy: bool,
+    format: Format,
+) -> Result<(), Failure> {
     let old = from.map(load).transpose()?;
     let new = load(new)?;
     let options = PlanOptions {
@@ -154,7 +163,10 @@ fn plan_command(from: Option<&Path>, new: &Path, destroy: bool, format: Format) 
         for error in &errors {
             eprintln!("refused: {error}");
         }
-        Failure::new(ExitCodeKind::Invalid, format!("the change cannot be planned ({} problem(s))", errors.len()))
+        Failure::new(
+            ExitCodeKind::Invalid,
+            format!("the change cannot be planned ({} problem(s))", errors.len()),
+        )
     })?;
     match format {
         Format::Json => print_json(&report::to_json(&plans))?,
