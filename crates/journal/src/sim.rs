@@ -78,6 +78,23 @@ struct SimState {
     entries_durable: BTreeMap<PathBuf, u64>,
     files: HashMap<u64, FileData>,
     sync_fails: bool,
+    /// Mutating operations left before the simulated machine dies; `None` = never.
+    crash_countdown: Option<u64>,
+}
+
+impl SimState {
+    /// Count one mutating operation; fail it and all later ones once the countdown is over,
+    /// so a power cut can land between any two I/O calls, not just between journal calls.
+    fn mutate(&mut self) -> io::Result<()> {
+        match self.crash_countdown.as_mut() {
+            None => Ok(()),
+            Some(0) => Err(io::Error::other("simulated machine crash")),
+            Some(left) => {
+                *left -= 1;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The simulated file system. Clones share state.
@@ -139,6 +156,13 @@ impl SimFs {
         }
         state.entries = state.entries_durable.clone();
         state.generation += 1;
+        state.crash_countdown = None;
+    }
+
+    /// Let `operations` more mutating calls succeed, then fail every one until the next
+    /// [`SimFs::power_cut`].
+    pub fn crash_after(&self, operations: u64) {
+        lock(&self.state).crash_countdown = Some(operations);
     }
 
     /// Make every later `sync_data`/`sync_dir` fail (or succeed again), like a dying disk.
@@ -191,6 +215,7 @@ impl JournalFs for SimFs {
 
     fn create_new(&self, path: &Path) -> io::Result<SimFile> {
         let mut state = lock(&self.state);
+        state.mutate()?;
         let parent_exists = path
             .parent()
             .is_some_and(|parent| state.dirs.contains(parent));
@@ -233,12 +258,14 @@ impl JournalFs for SimFs {
 
     fn remove(&self, path: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
+        state.mutate()?;
         state.entries.remove(path).ok_or_else(|| not_found(path))?;
         Ok(())
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = lock(&self.state);
+        state.mutate()?;
         if state.sync_fails {
             return Err(io::Error::other("simulated sync failure"));
         }
@@ -256,10 +283,17 @@ impl JournalFs for SimFs {
 }
 
 impl SimFile {
-    fn with_data<T>(&self, action: impl FnOnce(&mut FileData, bool) -> T) -> io::Result<T> {
+    fn with_data<T>(
+        &self,
+        mutating: bool,
+        action: impl FnOnce(&mut FileData, bool) -> T,
+    ) -> io::Result<T> {
         let mut state = lock(&self.state);
         if state.generation != self.generation {
             return Err(io::Error::other("file handle from before a power cut"));
+        }
+        if mutating {
+            state.mutate()?;
         }
         let sync_fails = state.sync_fails;
         let data = state.files.entry(self.file_id).or_default();
@@ -269,11 +303,11 @@ impl SimFile {
 
 impl SegmentFile for SimFile {
     fn len_bytes(&self) -> io::Result<u64> {
-        self.with_data(|data, _| data.current.len() as u64)
+        self.with_data(false, |data, _| data.current.len() as u64)
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        self.with_data(|data, _| {
+        self.with_data(false, |data, _| {
             let start = usize::try_from(offset)
                 .unwrap_or(usize::MAX)
                 .min(data.current.len());
@@ -286,7 +320,7 @@ impl SegmentFile for SimFile {
 
     fn write_all_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let offset = usize::try_from(offset).map_err(io::Error::other)?;
-        self.with_data(|data, _| {
+        self.with_data(true, |data, _| {
             let end = offset + bytes.len();
             if data.current.len() < end {
                 data.current.resize(end, 0);
@@ -296,7 +330,7 @@ impl SegmentFile for SimFile {
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
-        self.with_data(|data, sync_fails| {
+        self.with_data(true, |data, sync_fails| {
             if sync_fails {
                 return Err(io::Error::other("simulated sync failure"));
             }
@@ -307,7 +341,7 @@ impl SegmentFile for SimFile {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
-        self.with_data(|data, _| data.current.resize(len, 0))
+        self.with_data(true, |data, _| data.current.resize(len, 0))
     }
 }
 
