@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use crate::error::JournalError;
 use crate::fs::{join, JournalFs, SegmentFile, StdFs};
 use crate::reader::{check_segment_header, read_record_at, JournalReader, RecordAt, SegmentRef};
-use crate::record::{encode, encoded_size_bytes, Record, RecordHeader, RecordKind};
+use crate::record::{encode, encoded_size_bytes, DecodeError, Record, RecordHeader, RecordKind};
 use crate::segment::{
-    parse_segment_file_name, segment_file_name, GroupId, SegmentHeader, SEGMENT_HEADER_SIZE_BYTES,
+    parse_segment_file_name, segment_file_name, GroupId, SegmentHeader, SegmentHeaderError,
+    SEGMENT_HEADER_SIZE_BYTES,
 };
 
 /// Default segment size: big enough that seal fsyncs are rare, small enough to ship and
@@ -725,6 +726,9 @@ fn recover_partial<F: JournalFs>(
         .read_exact_or_eof(0, &mut header_bytes)
         .map_err(JournalError::io("read journal segment header", &path))?;
     if let Err(source) = SegmentHeader::decode(&header_bytes[..filled]) {
+        if matches!(source, SegmentHeaderError::UnsupportedVersion { .. }) {
+            return Err(JournalError::SegmentHeader { path, source });
+        }
         // The header is the first thing written to the file and is synced by the first sync
         // that covers any record of it. A bad header with no valid record after it means no
         // sync ever completed on this file: start it afresh. A bad header in front of a valid
@@ -758,12 +762,23 @@ fn recover_partial<F: JournalFs>(
     let mut scratch = Vec::new();
     let mut offset_bytes = SEGMENT_HEADER_SIZE_BYTES as u64;
     let mut seq_expected = first_seq;
-    while let RecordAt::Record {
-        header,
-        size_bytes: record_bytes,
-    } = read_record_at(&file, offset_bytes, size_bytes, &mut scratch)
-        .map_err(JournalError::io("read journal segment", &path))?
-    {
+    loop {
+        let at = read_record_at(&file, offset_bytes, size_bytes, &mut scratch)
+            .map_err(JournalError::io("read journal segment", &path))?;
+        let (header, record_bytes) = match at {
+            RecordAt::Record { header, size_bytes } => (header, size_bytes),
+            RecordAt::End | RecordAt::Incomplete => break,
+            // A checksummed header of a newer version is data this build cannot read, not a
+            // torn write: truncating it would destroy records a newer build wrote.
+            RecordAt::Corrupt(source @ DecodeError::UnsupportedVersion { .. }) => {
+                return Err(JournalError::CorruptRecord {
+                    path,
+                    offset_bytes,
+                    source,
+                });
+            }
+            RecordAt::Corrupt(_) => break,
+        };
         if header.seq != seq_expected {
             // A checksummed record with the wrong seq is not a torn write: it is a bug or
             // tampering, and truncating would destroy evidence.

@@ -534,3 +534,36 @@ fn config_limits_are_enforced() {
         );
     }
 }
+
+#[test]
+fn newer_record_version_in_open_segment_is_refused_not_truncated() {
+    let fs = SimFs::new();
+    let mut journal = Journal::open(fs.clone(), dir(), small_config()).unwrap();
+    append_writes(&mut journal, 2);
+    journal.sync().unwrap();
+    drop(journal);
+    let partial = dir().join(segment_file_name(1, true));
+    let mut bytes = fs.file_bytes(&partial).unwrap();
+    let header = RecordHeader {
+        kind: RecordKind::Write,
+        lv_id: 3,
+        offset_bytes: 0,
+        length_bytes: 1,
+        seq: 3,
+        timestamp_ns: 0,
+    };
+    let start = bytes.len();
+    encode(&header, b"n", &mut bytes);
+    // Rewrite as a (future) version 2 record with a correct header checksum.
+    bytes[start + 4..start + 6].copy_from_slice(&2u16.to_le_bytes());
+    bytes[start + 60..start + 64].fill(0);
+    let crc = crc32c::crc32c(&bytes[start..start + RECORD_HEADER_SIZE_BYTES]);
+    bytes[start + 60..start + 64].copy_from_slice(&crc.to_le_bytes());
+    fs.set_file_bytes(&partial, bytes.clone()).unwrap();
+    let error = Journal::open(fs.clone(), dir(), small_config()).unwrap_err();
+    assert!(
+        matches!(&error, JournalError::CorruptRecord { offset_bytes, .. } if *offset_bytes == start as u64),
+        "{error:?}"
+    );
+    assert_eq!(fs.file_bytes(&partial).unwrap(), bytes, "nothing truncated");
+}
