@@ -20,6 +20,32 @@ pub enum Command {
     /// Validate, compare and plan configurations.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Serve LVs over NBD through the datatap (journal + LV) without a console: for
+    /// benchmarks, tests and single-host use.
+    Datatap(DatatapArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DatatapArgs {
+    /// Directory that holds the group's containers (created if missing).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Group name (directory name under DIR/groups).
+    #[arg(long, default_value = "datatap")]
+    pub group: String,
+    /// A volume to serve: NAME:SIZE (created in the replication container) or
+    /// NAME:SIZE:SOURCE (an existing file or block device). Repeatable.
+    #[arg(long = "volume", required = true)]
+    pub volumes: Vec<String>,
+    /// host:port, or unix:/path for a unix socket.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    pub listen: String,
+    /// Capacity of the log record file container (journal).
+    #[arg(long, default_value = "1GiB")]
+    pub journal_capacity: String,
+    /// Use the page cache for the LVs instead of O_DIRECT.
+    #[arg(long)]
+    pub buffered: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

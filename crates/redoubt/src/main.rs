@@ -3,6 +3,7 @@
 
 mod cli;
 mod config_cmd;
+mod datatap_cmd;
 mod exit;
 
 use std::process::ExitCode;
@@ -14,6 +15,13 @@ use crate::exit::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REDOUBT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -28,5 +36,6 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Config(command) => config_cmd::run(command),
+        Command::Datatap(args) => datatap_cmd::run(args),
     }
 }

@@ -1,0 +1,693 @@
+//! The group engine: the one place where a replication group's writes get their order.
+//!
+//! ```text
+//!  NBD connections ──Op──▶ queue (bounded) ──▶ commit thread:
+//!                                                1. append every op of the batch to the journal
+//!                                                2. one fdatasync for the batch (group commit)
+//!                                                3. apply the ops to the LVs, in seq order
+//!                                                4. acknowledge
+//! ```
+//!
+//! # Durability contract
+//!
+//! A write is acknowledged only after its journal record is durable (fdatasync) and the LV
+//! write was issued. So every acknowledged write survives a power cut, which makes FLUSH a
+//! barrier and FUA free. The LVs themselves are synced only at checkpoints; on start, the
+//! journal records after the last checkpoint are replayed onto them.
+//!
+//! The LV write comes *after* the journal sync on purpose: were it issued first, a power cut
+//! could keep the LV block and lose its record, and the replicas (fed from the journal) would
+//! never learn of a write that production holds.
+//!
+//! # Ordering
+//!
+//! One thread appends and applies, so the LVs receive writes in journal order even when a
+//! client has overlapping writes in flight: production's LVs and the journal never disagree
+//! about which of two overlapping writes came last.
+//!
+//! # Journal overflow
+//!
+//! When the journal is full even after a checkpoint and a prune (records not yet shipped to
+//! a recovery server are kept), writes go straight to the LVs and the group is marked as
+//! needing a resync, persisted before the first such write. Client writes never fail or
+//! block because a recovery server is away.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redoubt_journal::{
+    Entry, GroupId, Journal, JournalConfig, JournalError, OwnedRecord, RecordKind, StdFs,
+};
+use redoubt_volume::{CreateLvOptions, GroupStore, IoMode, Volume, VolumeSpec};
+use tokio::sync::oneshot;
+
+use crate::error::DatatapError;
+use crate::state::GroupState;
+
+/// Ops waiting for the commit thread; senders wait beyond this (backpressure).
+pub const QUEUE_DEPTH_MAX: usize = 1024;
+/// Most ops in one group commit.
+pub const BATCH_OPS_MAX: usize = 512;
+/// Most payload bytes in one group commit.
+pub const BATCH_BYTES_MAX: u64 = 64 << 20;
+/// Default journal bytes written between two checkpoints.
+pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 256 << 20;
+/// An idle engine checkpoints after this long, so a restart replays little.
+pub const CHECKPOINT_IDLE_MS_DEFAULT: u64 = 2000;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub group: String,
+    pub journal_capacity_bytes: u64,
+    pub segment_size_bytes: u64,
+    pub checkpoint_interval_bytes: u64,
+    pub checkpoint_idle_ms: u64,
+    pub io_mode: IoMode,
+}
+
+impl EngineConfig {
+    pub fn new(group: &str, journal_capacity_bytes: u64) -> EngineConfig {
+        // A segment is at most an eighth of the container, so pruning can free space in steps.
+        let segment_size_bytes = (journal_capacity_bytes / 8).clamp(
+            redoubt_journal::SEGMENT_SIZE_BYTES_MIN,
+            redoubt_journal::SEGMENT_SIZE_BYTES_DEFAULT,
+        );
+        EngineConfig {
+            group: group.to_string(),
+            journal_capacity_bytes,
+            segment_size_bytes,
+            checkpoint_interval_bytes: CHECKPOINT_INTERVAL_BYTES_DEFAULT
+                .min(journal_capacity_bytes / 2),
+            checkpoint_idle_ms: CHECKPOINT_IDLE_MS_DEFAULT,
+            io_mode: IoMode::Auto,
+        }
+    }
+}
+
+/// What a connection asks of the group.
+#[derive(Debug)]
+pub enum Op {
+    Write {
+        lv_id: u32,
+        offset_bytes: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    WriteZeroes {
+        lv_id: u32,
+        offset_bytes: u64,
+        length_bytes: u32,
+        fua: bool,
+    },
+    Trim {
+        lv_id: u32,
+        offset_bytes: u64,
+        length_bytes: u32,
+    },
+    /// Completes once everything submitted before it is durable.
+    Flush,
+    /// A named point in the history (`redoubt mark`).
+    Marker { name: String },
+    /// Syncs the LVs and records a checkpoint now.
+    Checkpoint,
+}
+
+impl Op {
+    fn payload_bytes(&self) -> u64 {
+        match self {
+            Op::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("the group's data path has stopped: {0}")]
+    Stopped(String),
+}
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<u64, OpError>>,
+}
+
+/// Watermarks for status and tests. `applied ≤ durable ≤ appended`, `checkpoint ≤ applied`.
+#[derive(Debug, Default)]
+pub struct Watermarks {
+    pub appended_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+    pub applied_seq: AtomicU64,
+    pub checkpoint_seq: AtomicU64,
+    pub journal_bytes: AtomicU64,
+    pub needs_resync: AtomicBool,
+    /// The LCA raises this as targets acknowledge; the journal is pruned only up to it.
+    /// `u64::MAX` while the group has no send process.
+    pub shipped_seq: AtomicU64,
+}
+
+struct Shared {
+    group: String,
+    volumes: BTreeMap<u32, Arc<Volume>>,
+    watermarks: Arc<Watermarks>,
+    failure: Mutex<Option<String>>,
+}
+
+/// A handle on a group's engine; cheap to clone, one per connection.
+#[derive(Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+    queue: flume::Sender<Pending>,
+}
+
+pub struct OpenedVolume {
+    pub name: String,
+    pub lv_id: u32,
+    pub volume: Arc<Volume>,
+}
+
+impl Engine {
+    /// Opens (or creates) the group's LVs and journal, replays the journal past the last
+    /// checkpoint onto the LVs, and starts the commit thread.
+    pub fn open(
+        store: &mut GroupStore,
+        specs: &[VolumeSpec],
+        config: EngineConfig,
+    ) -> Result<(Engine, Vec<OpenedVolume>, std::thread::JoinHandle<()>), DatatapError> {
+        let group_dir = store.layout().group_dir().to_path_buf();
+        let mut state = match GroupState::load(&group_dir)? {
+            Some(state) => state,
+            None => GroupState::new(rand::random()),
+        };
+        let mut opened = Vec::new();
+        for spec in specs {
+            let lv_id = state.lv_id(&spec.name);
+            let volume = store.ensure_volume(spec, CreateLvOptions::default(), config.io_mode)?;
+            opened.push(OpenedVolume {
+                name: spec.name.clone(),
+                lv_id,
+                volume: Arc::new(volume),
+            });
+        }
+        // The ids must be durable before any record carrying them is.
+        state.save(&group_dir)?;
+        let group_id = state
+            .group_id_bytes()
+            .ok_or_else(|| DatatapError::Config("bad group id in state".into()))?;
+        let mut journal_config =
+            JournalConfig::new(GroupId(group_id), config.journal_capacity_bytes);
+        journal_config.segment_size_bytes = config.segment_size_bytes;
+        journal_config.seq_first_new = state.checkpoint_seq + 1;
+        let journal = Journal::open(StdFs, store.layout().journal_dir(), journal_config)?;
+
+        let volumes: BTreeMap<u32, Arc<Volume>> =
+            opened.iter().map(|v| (v.lv_id, v.volume.clone())).collect();
+        let replayed = replay(&journal, &volumes, state.checkpoint_seq)?;
+        for volume in volumes.values() {
+            volume.sync()?;
+        }
+        state.checkpoint_seq = journal.durable_seq();
+        state.save(&group_dir)?;
+        if replayed > 0 {
+            tracing::info!(group = %config.group, replayed, "replayed journal records onto the volumes");
+        }
+
+        let watermarks = Arc::new(Watermarks::default());
+        for watermark in [
+            &watermarks.appended_seq,
+            &watermarks.durable_seq,
+            &watermarks.applied_seq,
+        ] {
+            watermark.store(journal.durable_seq(), Ordering::Relaxed);
+        }
+        watermarks
+            .checkpoint_seq
+            .store(state.checkpoint_seq, Ordering::Relaxed);
+        watermarks
+            .journal_bytes
+            .store(journal.size_bytes(), Ordering::Relaxed);
+        watermarks
+            .needs_resync
+            .store(state.needs_resync, Ordering::Relaxed);
+        watermarks.shipped_seq.store(u64::MAX, Ordering::Relaxed);
+
+        let shared = Arc::new(Shared {
+            group: config.group.clone(),
+            volumes: volumes.clone(),
+            watermarks: watermarks.clone(),
+            failure: Mutex::new(None),
+        });
+        let (sender, receiver) = flume::bounded(QUEUE_DEPTH_MAX);
+        let committer = Committer {
+            applied_seq: journal.durable_seq(),
+            journal,
+            volumes,
+            state,
+            group_dir,
+            queue: receiver,
+            shared: shared.clone(),
+            bytes_since_checkpoint: 0,
+            overflow_unsynced: false,
+            config,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("commit-{}", shared.group))
+            .spawn(move || committer.run())
+            .map_err(|source| DatatapError::io("spawn commit thread", &PathBuf::new(), source))?;
+        Ok((
+            Engine {
+                shared,
+                queue: sender,
+            },
+            opened,
+            thread,
+        ))
+    }
+
+    pub fn watermarks(&self) -> &Arc<Watermarks> {
+        &self.shared.watermarks
+    }
+
+    pub fn volume(&self, lv_id: u32) -> Option<&Arc<Volume>> {
+        self.shared.volumes.get(&lv_id)
+    }
+
+    /// Why the engine stopped, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .ok()
+            .and_then(|failure| failure.clone())
+    }
+
+    /// Submits an op and waits for its outcome: the seq it got (or the last durable seq for
+    /// a flush).
+    pub async fn submit(&self, op: Op) -> Result<u64, OpError> {
+        if let Some(reason) = self.failure() {
+            return Err(OpError::Stopped(reason));
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send_async(Pending { op, reply })
+            .await
+            .map_err(|_| OpError::Stopped("the commit thread has exited".into()))?;
+        outcome
+            .await
+            .map_err(|_| OpError::Stopped("the commit thread has exited".into()))?
+    }
+
+    /// The blocking form of [`Engine::submit`], for threads outside the runtime.
+    pub fn submit_blocking(&self, op: Op) -> Result<u64, OpError> {
+        if let Some(reason) = self.failure() {
+            return Err(OpError::Stopped(reason));
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.queue
+            .send(Pending { op, reply })
+            .map_err(|_| OpError::Stopped("the commit thread has exited".into()))?;
+        outcome
+            .blocking_recv()
+            .map_err(|_| OpError::Stopped("the commit thread has exited".into()))?
+    }
+}
+
+/// Applies the records after `checkpoint_seq` to the LVs. Idempotent: the records are
+/// whole-range overwrites applied in order, so replaying one the LV already has changes
+/// nothing.
+fn replay(
+    journal: &Journal<StdFs>,
+    volumes: &BTreeMap<u32, Arc<Volume>>,
+    checkpoint_seq: u64,
+) -> Result<u64, DatatapError> {
+    let from = checkpoint_seq + 1;
+    if journal.durable_seq() < from {
+        return Ok(0);
+    }
+    let mut count = 0;
+    for record in journal.read_from(from)? {
+        let record = record?;
+        apply_record(volumes, &record)?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn apply_record(
+    volumes: &BTreeMap<u32, Arc<Volume>>,
+    record: &OwnedRecord,
+) -> Result<(), DatatapError> {
+    let header = &record.header;
+    let Some(volume) = volumes.get(&header.lv_id) else {
+        // A record for an LV that has since been removed from the group: nothing to apply.
+        return Ok(());
+    };
+    let replay_error = |error: redoubt_volume::VolumeError| DatatapError::Replay {
+        seq: header.seq,
+        reason: error.to_string(),
+    };
+    match header.kind {
+        RecordKind::Write => volume
+            .write_at(&record.payload, header.offset_bytes)
+            .map_err(replay_error),
+        RecordKind::WriteZeroes => volume
+            .write_zeroes(header.offset_bytes, u64::from(header.length_bytes))
+            .map_err(replay_error),
+        RecordKind::Trim => volume
+            .trim(header.offset_bytes, u64::from(header.length_bytes))
+            .map(|_| ())
+            .map_err(replay_error),
+        RecordKind::Marker | RecordKind::Undo => Ok(()),
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+struct Committer {
+    journal: Journal<StdFs>,
+    volumes: BTreeMap<u32, Arc<Volume>>,
+    state: GroupState,
+    group_dir: PathBuf,
+    queue: flume::Receiver<Pending>,
+    shared: Arc<Shared>,
+    applied_seq: u64,
+    bytes_since_checkpoint: u64,
+    /// Writes went to the LVs without the journal since the last LV sync.
+    overflow_unsynced: bool,
+    config: EngineConfig,
+}
+
+/// How an op of a batch reached the journal.
+enum Logged {
+    Seq(u64),
+    /// Journal overflow: applied to the LV only.
+    Direct,
+    /// Flush and checkpoint take no seq.
+    Nothing,
+}
+
+impl Committer {
+    fn run(mut self) {
+        let idle = Duration::from_millis(self.config.checkpoint_idle_ms);
+        let mut last_activity = Instant::now();
+        loop {
+            match self.queue.recv_timeout(idle) {
+                Ok(first) => {
+                    let mut batch = vec![first];
+                    let mut bytes = batch[0].op.payload_bytes();
+                    while batch.len() < BATCH_OPS_MAX && bytes < BATCH_BYTES_MAX {
+                        match self.queue.try_recv() {
+                            Ok(pending) => {
+                                bytes += pending.op.payload_bytes();
+                                batch.push(pending);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.process(batch);
+                    last_activity = Instant::now();
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    if self.bytes_since_checkpoint > 0 && last_activity.elapsed() >= idle {
+                        self.checkpoint_or_fail();
+                    }
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    if self.bytes_since_checkpoint > 0 || self.overflow_unsynced {
+                        self.checkpoint_or_fail();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.shared
+            .failure
+            .lock()
+            .ok()
+            .and_then(|failure| failure.clone())
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(group = %self.shared.group, %reason, "datatap stopped");
+        if let Ok(mut failure) = self.shared.failure.lock() {
+            failure.get_or_insert(reason);
+        }
+    }
+
+    fn process(&mut self, batch: Vec<Pending>) {
+        if let Some(reason) = self.failure() {
+            for pending in batch {
+                let _ = pending.reply.send(Err(OpError::Stopped(reason.clone())));
+            }
+            return;
+        }
+        let mut logged = Vec::with_capacity(batch.len());
+        let mut appended = false;
+        for pending in &batch {
+            match self.log(&pending.op) {
+                Ok(outcome) => {
+                    appended |= matches!(outcome, Logged::Seq(_));
+                    logged.push(outcome);
+                }
+                Err(error) => {
+                    self.fail(format!("append to the journal: {error}"));
+                    break;
+                }
+            }
+        }
+        if appended && self.failure().is_none() {
+            match self.journal.sync() {
+                Ok(durable_seq) => self
+                    .shared
+                    .watermarks
+                    .durable_seq
+                    .store(durable_seq, Ordering::Release),
+                Err(error) => self.fail(format!("sync the journal: {error}")),
+            }
+        }
+        let watermarks = self.shared.watermarks.clone();
+        watermarks
+            .appended_seq
+            .store(self.journal.appended_seq(), Ordering::Relaxed);
+        let mut logged = logged.into_iter();
+        for pending in batch {
+            let outcome = match (self.failure(), logged.next()) {
+                (None, Some(outcome)) => self.apply(&pending.op, outcome),
+                (Some(reason), _) => Err(OpError::Stopped(reason)),
+                (None, None) => Err(OpError::Stopped("the op was not journaled".into())),
+            };
+            let _ = pending.reply.send(outcome);
+        }
+        watermarks
+            .applied_seq
+            .store(self.applied_seq, Ordering::Release);
+        watermarks
+            .journal_bytes
+            .store(self.journal.size_bytes(), Ordering::Relaxed);
+        if self.bytes_since_checkpoint >= self.config.checkpoint_interval_bytes {
+            self.checkpoint_or_fail();
+        }
+    }
+
+    /// Appends the op's record; on a full journal, checkpoints and prunes once, then falls
+    /// back to writing without the journal.
+    fn log(&mut self, op: &Op) -> Result<Logged, DatatapError> {
+        let timestamp_ns = now_ns();
+        let entry = match op {
+            Op::Write {
+                lv_id,
+                offset_bytes,
+                data,
+                ..
+            } => Entry::write(*lv_id, *offset_bytes, data, timestamp_ns),
+            Op::WriteZeroes {
+                lv_id,
+                offset_bytes,
+                length_bytes,
+                ..
+            } => Entry::write_zeroes(*lv_id, *offset_bytes, *length_bytes, timestamp_ns),
+            Op::Trim {
+                lv_id,
+                offset_bytes,
+                length_bytes,
+            } => Entry::trim(*lv_id, *offset_bytes, *length_bytes, timestamp_ns),
+            Op::Marker { name } => Entry::marker(name, timestamp_ns),
+            Op::Flush | Op::Checkpoint => return Ok(Logged::Nothing),
+        };
+        match self.journal.append(&entry) {
+            Ok(seq) => Ok(Logged::Seq(seq)),
+            Err(JournalError::JournalFull { .. }) => {
+                // Records of this batch appended so far are not applied yet, so the checkpoint
+                // covers only what the LVs already hold.
+                self.journal.sync()?;
+                self.checkpoint()?;
+                match self.journal.append(&entry) {
+                    Ok(seq) => Ok(Logged::Seq(seq)),
+                    Err(JournalError::JournalFull { .. }) if !matches!(op, Op::Marker { .. }) => {
+                        if !self.state.needs_resync {
+                            self.state.needs_resync = true;
+                            self.state.save(&self.group_dir)?;
+                            self.shared
+                                .watermarks
+                                .needs_resync
+                                .store(true, Ordering::Relaxed);
+                            tracing::warn!(group = %self.shared.group, "journal full: writing without the journal; replicas need a resync");
+                        }
+                        Ok(Logged::Direct)
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn apply(&mut self, op: &Op, logged: Logged) -> Result<u64, OpError> {
+        let result = match op {
+            Op::Write {
+                lv_id,
+                offset_bytes,
+                data,
+                fua,
+            } => {
+                let volume = self.volume(*lv_id)?;
+                volume
+                    .write_at(data, *offset_bytes)
+                    .and_then(|()| self.sync_if_direct(&volume, &logged, *fua))
+            }
+            Op::WriteZeroes {
+                lv_id,
+                offset_bytes,
+                length_bytes,
+                fua,
+            } => {
+                let volume = self.volume(*lv_id)?;
+                volume
+                    .write_zeroes(*offset_bytes, u64::from(*length_bytes))
+                    .and_then(|()| self.sync_if_direct(&volume, &logged, *fua))
+            }
+            Op::Trim {
+                lv_id,
+                offset_bytes,
+                length_bytes,
+            } => {
+                let volume = self.volume(*lv_id)?;
+                volume
+                    .trim(*offset_bytes, u64::from(*length_bytes))
+                    .map(|_| ())
+            }
+            Op::Marker { .. } => Ok(()),
+            Op::Flush => {
+                if self.overflow_unsynced {
+                    match self.sync_volumes() {
+                        Ok(()) => self.overflow_unsynced = false,
+                        Err(error) => {
+                            self.fail(format!("sync the volumes: {error}"));
+                            return Err(OpError::Io(error.to_string()));
+                        }
+                    }
+                }
+                return Ok(self.journal.durable_seq());
+            }
+            Op::Checkpoint => {
+                return match self.checkpoint() {
+                    Ok(()) => Ok(self.state.checkpoint_seq),
+                    Err(error) => {
+                        self.fail(format!("checkpoint: {error}"));
+                        Err(OpError::Io(error.to_string()))
+                    }
+                };
+            }
+        };
+        if let Err(error) = result {
+            // The journal holds the record but the LV did not take it: stop rather than let
+            // the LV and the journal disagree; a restart replays the record.
+            self.fail(format!("write to a volume: {error}"));
+            return Err(OpError::Io(error.to_string()));
+        }
+        match logged {
+            Logged::Seq(seq) => {
+                debug_assert!(seq > self.applied_seq, "ops are applied in seq order");
+                self.applied_seq = seq;
+                self.bytes_since_checkpoint += op.payload_bytes().max(1);
+                Ok(seq)
+            }
+            Logged::Direct => {
+                self.overflow_unsynced = true;
+                Ok(self.applied_seq)
+            }
+            Logged::Nothing => Ok(self.applied_seq),
+        }
+    }
+
+    fn volume(&self, lv_id: u32) -> Result<Arc<Volume>, OpError> {
+        self.volumes
+            .get(&lv_id)
+            .cloned()
+            .ok_or_else(|| OpError::Io(format!("no volume with lv_id {lv_id}")))
+    }
+
+    fn sync_if_direct(
+        &self,
+        volume: &Volume,
+        logged: &Logged,
+        fua: bool,
+    ) -> redoubt_volume::Result<()> {
+        if fua && matches!(logged, Logged::Direct) {
+            volume.sync()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn sync_volumes(&self) -> Result<(), DatatapError> {
+        for volume in self.volumes.values() {
+            volume.sync()?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint_or_fail(&mut self) {
+        if let Err(error) = self.checkpoint() {
+            self.fail(format!("checkpoint: {error}"));
+        }
+    }
+
+    /// Syncs the LVs, records that every applied record is in them, and prunes the journal
+    /// up to what is both checkpointed and shipped.
+    fn checkpoint(&mut self) -> Result<(), DatatapError> {
+        self.sync_volumes()?;
+        self.overflow_unsynced = false;
+        assert!(self.applied_seq <= self.journal.durable_seq());
+        if self.applied_seq > self.state.checkpoint_seq {
+            self.state.checkpoint_seq = self.applied_seq;
+            self.state.save(&self.group_dir)?;
+        }
+        let watermarks = &self.shared.watermarks;
+        watermarks
+            .checkpoint_seq
+            .store(self.state.checkpoint_seq, Ordering::Release);
+        let shipped_seq = watermarks.shipped_seq.load(Ordering::Acquire);
+        let prunable_seq = self.state.checkpoint_seq.min(shipped_seq);
+        self.journal.prune_through(prunable_seq)?;
+        watermarks
+            .journal_bytes
+            .store(self.journal.size_bytes(), Ordering::Relaxed);
+        self.bytes_since_checkpoint = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,23 @@
+//! The datatap: the write splitter on a production server. Every write to a protected LV goes
+//! to the group's redo journal and to the LV, in one global order across all LVs of the group;
+//! users reach the LVs through an NBD export per LV.
+//!
+//! ```text
+//!  NBD client ─▶ server (one export per LV) ─▶ engine (commit thread) ─▶ journal ─▶ LCA
+//!                                                        └────────────▶ LVs
+//! ```
+//!
+//! **Architecture invariant:** the datatap never ships or applies records to replicas; it only
+//! produces the journal. The NBD wire format lives in `redoubt-nbd-proto`, the journal format in
+//! `redoubt-journal`, the LV files in `redoubt-volume`.
+
+pub mod engine;
+pub mod error;
+pub mod listen;
+pub mod server;
+pub mod state;
+
+pub use engine::{Engine, EngineConfig, Op, OpError, OpenedVolume, Watermarks};
+pub use error::DatatapError;
+pub use listen::{bind, serve, Bound, Listen};
+pub use server::{serve_connection, Export, Exports};

@@ -1,0 +1,112 @@
+//! Accept loops for TCP and unix-socket listeners.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+
+use crate::server::{serve_connection, Exports};
+
+/// Connections served at once by one listener; more wait in the kernel's backlog.
+pub const CONNECTIONS_MAX: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+pub enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl Bound {
+    /// The NBD URI of an export on this listener, as qemu-io, nbdinfo and fio accept it.
+    pub fn uri(&self, export: &str) -> String {
+        match self {
+            Bound::Tcp(listener) => match listener.local_addr() {
+                Ok(address) => format!("nbd://{address}/{export}"),
+                Err(_) => format!("nbd:///{export}"),
+            },
+            Bound::Unix(_, path) => format!("nbd+unix:///{export}?socket={}", path.display()),
+        }
+    }
+}
+
+pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
+    match listen {
+        Listen::Tcp(address) => Ok(Bound::Tcp(TcpListener::bind(address).await?)),
+        Listen::Unix(path) => {
+            // A socket file left by a previous run would make bind fail; only a socket is removed.
+            if let Ok(metadata) = std::fs::symlink_metadata(path) {
+                use std::os::unix::fs::FileTypeExt;
+                if metadata.file_type().is_socket() {
+                    std::fs::remove_file(path)?;
+                }
+            }
+            Ok(Bound::Unix(UnixListener::bind(path)?, path.clone()))
+        }
+    }
+}
+
+/// Accepts and serves connections until `shutdown` turns true.
+pub async fn serve(
+    bound: Bound,
+    exports: Arc<Exports>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        let exports = exports.clone();
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(()),
+            accepted = accept(&bound) => match accepted {
+                Ok(Accepted::Tcp(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(async move {
+                        if let Err(error) = serve_connection(stream, exports).await {
+                            tracing::info!(%error, "NBD connection ended");
+                        }
+                        drop(slot);
+                    });
+                }
+                Ok(Accepted::Unix(stream)) => {
+                    tokio::spawn(async move {
+                        if let Err(error) = serve_connection(stream, exports).await {
+                            tracing::info!(%error, "NBD connection ended");
+                        }
+                        drop(slot);
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: log and keep serving others.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(bound: &Bound) -> std::io::Result<Accepted> {
+    match bound {
+        Bound::Tcp(listener) => listener
+            .accept()
+            .await
+            .map(|(stream, _)| Accepted::Tcp(stream)),
+        Bound::Unix(listener, _) => listener
+            .accept()
+            .await
+            .map(|(stream, _)| Accepted::Unix(stream)),
+    }
+}

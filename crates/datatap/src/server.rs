@@ -1,0 +1,534 @@
+//! The NBD server: one export per LV, over TCP or a unix socket.
+//!
+//! ```text
+//!  socket ─▶ handshake (options) ─▶ read loop ──spawn per request──▶ Engine (writes, flush)
+//!                                      │                             Volume (reads)
+//!                                      └───────────── replies ◀── writer task ◀──┘
+//! ```
+//!
+//! Requests of one connection run concurrently and may be answered out of order, as NBD
+//! allows. Each connection is bounded in requests and bytes in flight, so a client that sends
+//! faster than the disk takes only stalls itself.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redoubt_nbd_proto::{
+    self as nbd, BlockSize, Command, CommandFlags, Info, InfoRequest, NbdErrno, OptionError,
+    OptionReply, OptionRequest, ProtocolError, ReplyChunk, RequestHeader, TransmissionFlags,
+};
+use redoubt_volume::{Volume, VolumeError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::engine::{Engine, Op, OpError};
+
+/// Requests of one connection being served at once.
+pub const IN_FLIGHT_REQUESTS_MAX: u32 = 128;
+/// Payload and read-buffer bytes of one connection in flight, in MiB.
+pub const IN_FLIGHT_MIB_MAX: u32 = 256;
+/// Options one client may send before it must start transmission.
+pub const OPTIONS_PER_HANDSHAKE_MAX: usize = 256;
+/// The handshake must finish within this time, so idle sockets do not pile up.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 30_000;
+/// Bytes of replies gathered into one socket write.
+const REPLY_COALESCE_BYTES_MAX: usize = 4 << 20;
+
+const _: () = assert!(
+    IN_FLIGHT_MIB_MAX as u64 * 1024 * 1024 >= nbd::limits::REQUEST_PAYLOAD_BYTES_MAX as u64
+);
+
+/// One LV served under its name.
+pub struct Export {
+    pub name: String,
+    pub lv_id: u32,
+    pub volume: Arc<Volume>,
+    pub engine: Engine,
+    pub read_only: bool,
+    pub description: String,
+}
+
+impl Export {
+    fn size_bytes(&self) -> u64 {
+        self.volume.size_bytes()
+    }
+
+    fn transmission_flags(&self) -> TransmissionFlags {
+        let mut flags = TransmissionFlags::HAS_FLAGS
+            | TransmissionFlags::SEND_FLUSH
+            | TransmissionFlags::SEND_FUA
+            | TransmissionFlags::CAN_MULTI_CONN;
+        if self.read_only {
+            flags = flags | TransmissionFlags::READ_ONLY;
+        } else {
+            flags = flags | TransmissionFlags::SEND_TRIM | TransmissionFlags::SEND_WRITE_ZEROES;
+        }
+        flags
+    }
+}
+
+/// The exports a server offers, by exact name.
+#[derive(Default)]
+pub struct Exports {
+    by_name: BTreeMap<String, Arc<Export>>,
+}
+
+impl Exports {
+    pub fn new(exports: Vec<Export>) -> Exports {
+        Exports {
+            by_name: exports
+                .into_iter()
+                .map(|e| (e.name.clone(), Arc::new(e)))
+                .collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Export>> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the handshake took longer than {HANDSHAKE_TIMEOUT_MS} ms")]
+    HandshakeTimeout,
+    #[error("more than {OPTIONS_PER_HANDSHAKE_MAX} options")]
+    TooManyOptions,
+}
+
+struct Negotiated {
+    export: Arc<Export>,
+    structured_replies: bool,
+}
+
+/// Serves one client connection until it disconnects. Errors end only this connection.
+pub async fn serve_connection<S>(
+    mut stream: S,
+    exports: Arc<Exports>,
+) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake = tokio::time::timeout(
+        Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        handshake(&mut stream, &exports),
+    );
+    let negotiated = match handshake.await {
+        Ok(result) => result?,
+        Err(_) => return Err(ConnectionError::HandshakeTimeout),
+    };
+    match negotiated {
+        Some(negotiated) => transmission(stream, negotiated).await,
+        None => Ok(()),
+    }
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buffer: &mut Vec<u8>,
+) -> Result<(), ConnectionError> {
+    let mut chunk = [0u8; 16 * 1024];
+    let count = stream.read(&mut chunk).await?;
+    if count == 0 {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    buffer.extend_from_slice(&chunk[..count]);
+    Ok(())
+}
+
+async fn handshake<S>(
+    stream: &mut S,
+    exports: &Exports,
+) -> Result<Option<Negotiated>, ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
+    nbd::encode_server_greeting(&mut out);
+    stream.write_all(&out).await?;
+    let mut buffer = Vec::new();
+    let client_flags = loop {
+        if let Some((flags, consumed)) = nbd::decode_client_flags(&buffer)? {
+            buffer.drain(..consumed);
+            break flags;
+        }
+        read_more(stream, &mut buffer).await?;
+    };
+    let mut structured_replies = false;
+    for _ in 0..OPTIONS_PER_HANDSHAKE_MAX {
+        let option = loop {
+            match nbd::decode_option(&buffer) {
+                Ok(Some((option, consumed))) => {
+                    buffer.drain(..consumed);
+                    break option;
+                }
+                Ok(None) => read_more(stream, &mut buffer).await?,
+                Err(error @ ProtocolError::OptionTooLong { option, .. }) => {
+                    out.clear();
+                    let reply = OptionReply::Error {
+                        error: OptionError::TooBig,
+                        message: "option data too long",
+                    };
+                    nbd::encode_option_reply(&mut out, option, &reply);
+                    stream.write_all(&out).await?;
+                    return Err(error.into());
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        out.clear();
+        let code = option.option();
+        match option {
+            OptionRequest::ExportName { name } => {
+                // This option has no error reply: an unknown name closes the connection.
+                let Some(export) = exports.get(&name) else {
+                    return Ok(None);
+                };
+                nbd::encode_export_name_reply(
+                    &mut out,
+                    export.size_bytes(),
+                    export.transmission_flags(),
+                    client_flags,
+                );
+                stream.write_all(&out).await?;
+                return Ok(Some(Negotiated {
+                    export: export.clone(),
+                    structured_replies,
+                }));
+            }
+            OptionRequest::Abort => {
+                nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
+                stream.write_all(&out).await?;
+                return Ok(None);
+            }
+            OptionRequest::List => {
+                for name in exports.names() {
+                    let description = exports.get(name).map_or("", |e| e.description.as_str());
+                    nbd::encode_option_reply(
+                        &mut out,
+                        code,
+                        &OptionReply::Server { name, description },
+                    );
+                }
+                nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
+            }
+            OptionRequest::StartTls => {
+                let reply = OptionReply::Error {
+                    error: OptionError::Policy,
+                    message: "TLS is not enabled for these exports",
+                };
+                nbd::encode_option_reply(&mut out, code, &reply);
+            }
+            OptionRequest::Info(query) | OptionRequest::Go(query) => {
+                let going = code == nbd::option_code::GO;
+                match exports.get(&query.name) {
+                    None => {
+                        let message = format!(
+                            "no export named {:?}; NBD_OPT_LIST shows the exports",
+                            query.name
+                        );
+                        let reply = OptionReply::Error {
+                            error: OptionError::Unknown,
+                            message: &message,
+                        };
+                        nbd::encode_option_reply(&mut out, code, &reply);
+                    }
+                    Some(export) => {
+                        let info = Info::Export {
+                            size_bytes: export.size_bytes(),
+                            transmission_flags: export.transmission_flags(),
+                        };
+                        nbd::encode_option_reply(&mut out, code, &OptionReply::Info(info));
+                        if query.requests(InfoRequest::Name) {
+                            nbd::encode_option_reply(
+                                &mut out,
+                                code,
+                                &OptionReply::Info(Info::Name(&export.name)),
+                            );
+                        }
+                        if query.requests(InfoRequest::Description) {
+                            let description = Info::Description(&export.description);
+                            nbd::encode_option_reply(
+                                &mut out,
+                                code,
+                                &OptionReply::Info(description),
+                            );
+                        }
+                        let block_size = Info::BlockSize(BlockSize::REDOUBT);
+                        nbd::encode_option_reply(&mut out, code, &OptionReply::Info(block_size));
+                        nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
+                        if going {
+                            stream.write_all(&out).await?;
+                            return Ok(Some(Negotiated {
+                                export: export.clone(),
+                                structured_replies,
+                            }));
+                        }
+                    }
+                }
+            }
+            OptionRequest::StructuredReply => {
+                structured_replies = true;
+                nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
+            }
+            OptionRequest::Unsupported { .. } => {
+                let reply = OptionReply::Error {
+                    error: OptionError::Unsup,
+                    message: "option not supported",
+                };
+                nbd::encode_option_reply(&mut out, code, &reply);
+            }
+            OptionRequest::Malformed { reason, .. } => {
+                let message = reason.to_string();
+                let reply = OptionReply::Error {
+                    error: OptionError::Invalid,
+                    message: &message,
+                };
+                nbd::encode_option_reply(&mut out, code, &reply);
+            }
+        }
+        stream.write_all(&out).await?;
+    }
+    Err(ConnectionError::TooManyOptions)
+}
+
+async fn transmission<S>(stream: S, negotiated: Negotiated) -> Result<(), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (replies, reply_queue) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_REQUESTS_MAX as usize);
+    let writer_task = tokio::spawn(write_replies(writer, reply_queue));
+    let requests = Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX as usize));
+    let mebibytes = Arc::new(Semaphore::new(IN_FLIGHT_MIB_MAX as usize));
+    let export = negotiated.export;
+    let flags = export.transmission_flags();
+    let mut header_bytes = [0u8; nbd::REQUEST_HEADER_BYTES];
+    let outcome = loop {
+        if let Err(error) = reader.read_exact(&mut header_bytes).await {
+            // A client that closes without NBD_CMD_DISC is common (kill, crash): not an error.
+            break if error.kind() == io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(error.into())
+            };
+        }
+        let header = match nbd::decode_request_header(&header_bytes) {
+            Ok(Some((header, _))) => header,
+            Ok(None) => break Ok(()),
+            Err(error) => break Err(error.into()),
+        };
+        if header.command == Command::Disc {
+            break Ok(());
+        }
+        let mebibytes_needed = header
+            .length_bytes
+            .div_ceil(1 << 20)
+            .clamp(1, IN_FLIGHT_MIB_MAX);
+        let (Ok(request_permit), Ok(byte_permit)) = (
+            requests.clone().acquire_owned().await,
+            mebibytes.clone().acquire_many_owned(mebibytes_needed).await,
+        ) else {
+            break Ok(());
+        };
+        let mut payload = vec![0u8; header.payload_length_bytes()];
+        if let Err(error) = reader.read_exact(&mut payload).await {
+            break Err(error.into());
+        }
+        let verdict = nbd::validate(&header, export.size_bytes(), export.read_only)
+            .and_then(|()| nbd::validate_negotiated(&header, flags));
+        if let Err(errno) = verdict {
+            let mut reply = Vec::new();
+            encode_error(
+                &mut reply,
+                &header,
+                errno,
+                "invalid request",
+                negotiated.structured_replies,
+            );
+            if replies.send(reply).await.is_err() {
+                break Ok(());
+            }
+            continue;
+        }
+        let export = export.clone();
+        let replies = replies.clone();
+        let structured = negotiated.structured_replies;
+        tokio::spawn(async move {
+            let reply = execute(&export, header, payload, structured).await;
+            let _ = replies.send(reply).await;
+            drop((request_permit, byte_permit));
+        });
+    };
+    // Answer every request already taken before closing (NBD_CMD_DISC semantics).
+    let _ = requests.acquire_many(IN_FLIGHT_REQUESTS_MAX).await;
+    drop(replies);
+    let written = writer_task
+        .await
+        .map_err(|error| io::Error::other(error.to_string()))?;
+    outcome.and(written.map_err(ConnectionError::from))
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) -> io::Result<()> {
+    while let Some(mut buffer) = queue.recv().await {
+        while buffer.len() < REPLY_COALESCE_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(more) => buffer.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        writer.write_all(&buffer).await?;
+    }
+    writer.flush().await?;
+    writer.shutdown().await
+}
+
+fn encode_error(
+    out: &mut Vec<u8>,
+    header: &RequestHeader,
+    errno: NbdErrno,
+    message: &str,
+    structured: bool,
+) {
+    if structured && header.command == Command::Read {
+        nbd::encode_structured_reply(
+            out,
+            header.handle,
+            true,
+            &ReplyChunk::Error {
+                error: errno,
+                message,
+            },
+        );
+    } else {
+        nbd::encode_simple_reply(out, header.handle, Some(errno));
+    }
+}
+
+fn volume_errno(error: &VolumeError) -> NbdErrno {
+    match error {
+        VolumeError::Io { source, .. } => NbdErrno::from_io_error(source),
+        VolumeError::OutOfBounds { .. } => NbdErrno::EINVAL,
+        VolumeError::ContainerFull { .. } => NbdErrno::ENOSPC,
+        _ => NbdErrno::EIO,
+    }
+}
+
+fn op_errno(error: &OpError) -> NbdErrno {
+    match error {
+        OpError::Io(_) | OpError::Stopped(_) => NbdErrno::EIO,
+    }
+}
+
+async fn execute(
+    export: &Export,
+    header: RequestHeader,
+    payload: Vec<u8>,
+    structured: bool,
+) -> Vec<u8> {
+    let fua = header.flags.contains(CommandFlags::FUA);
+    let lv_id = export.lv_id;
+    let mut reply = Vec::new();
+    let result: Result<(), (NbdErrno, String)> = match header.command {
+        Command::Read => {
+            let volume = export.volume.clone();
+            let length = header.length_bytes as usize;
+            let offset = header.offset_bytes;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut data = vec![0u8; length];
+                volume.read_at(&mut data, offset).map(|()| data)
+            })
+            .await;
+            match read {
+                Ok(Ok(data)) => {
+                    if structured {
+                        nbd::encode_offset_data_header(
+                            &mut reply,
+                            header.handle,
+                            true,
+                            offset,
+                            header.length_bytes,
+                        );
+                    } else {
+                        nbd::encode_simple_reply(&mut reply, header.handle, None);
+                    }
+                    reply.extend_from_slice(&data);
+                    return reply;
+                }
+                Ok(Err(error)) => Err((volume_errno(&error), error.to_string())),
+                Err(error) => Err((NbdErrno::EIO, error.to_string())),
+            }
+        }
+        Command::Write => {
+            let op = Op::Write {
+                lv_id,
+                offset_bytes: header.offset_bytes,
+                data: payload,
+                fua,
+            };
+            export
+                .engine
+                .submit(op)
+                .await
+                .map(|_| ())
+                .map_err(|e| (op_errno(&e), e.to_string()))
+        }
+        Command::WriteZeroes => {
+            let op = Op::WriteZeroes {
+                lv_id,
+                offset_bytes: header.offset_bytes,
+                length_bytes: header.length_bytes,
+                fua,
+            };
+            export
+                .engine
+                .submit(op)
+                .await
+                .map(|_| ())
+                .map_err(|e| (op_errno(&e), e.to_string()))
+        }
+        Command::Trim => {
+            let op = Op::Trim {
+                lv_id,
+                offset_bytes: header.offset_bytes,
+                length_bytes: header.length_bytes,
+            };
+            export
+                .engine
+                .submit(op)
+                .await
+                .map(|_| ())
+                .map_err(|e| (op_errno(&e), e.to_string()))
+        }
+        Command::Flush => export
+            .engine
+            .submit(Op::Flush)
+            .await
+            .map(|_| ())
+            .map_err(|e| (op_errno(&e), e.to_string())),
+        Command::Disc | Command::Unknown(_) => {
+            Err((NbdErrno::EINVAL, "unsupported command".into()))
+        }
+    };
+    match result {
+        Ok(()) => nbd::encode_simple_reply(&mut reply, header.handle, None),
+        Err((errno, message)) => {
+            tracing::warn!(export = %export.name, ?errno, %message, "request failed");
+            encode_error(&mut reply, &header, errno, &message, structured);
+        }
+    }
+    reply
+}

@@ -1,0 +1,166 @@
+//! The datatap's small persistent state per group: the group's journal identity, the stable
+//! ids of its LVs, and the checkpoint up to which the LVs are known durable.
+//!
+//! Written atomically (temporary file, fsync, rename, fsync directory), so a crash leaves
+//! either the old or the new state, never a torn one.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DatatapError;
+
+pub const STATE_FILE_NAME: &str = "datatap.json";
+const STATE_TEMPORARY_FILE_NAME: &str = ".datatap.json.tmp";
+/// A state file larger than this is not ours.
+const STATE_FILE_BYTES_MAX: u64 = 4 << 20;
+const STATE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    pub format_version: u32,
+    /// Hex of the 16-byte journal group id; chosen once at creation.
+    pub group_id: String,
+    /// LV name → journal lv_id. Ids are never reused, so a record of a removed LV can never be
+    /// applied to a new LV that took its place.
+    pub lv_ids: BTreeMap<String, u32>,
+    pub lv_id_next: u32,
+    /// Every journal record with seq ≤ this is durable in the LVs themselves; recovery replays
+    /// only the records after it.
+    pub checkpoint_seq: u64,
+    /// Set when writes went to the LVs without the journal (journal overflow): replicas need
+    /// a resync before they can be trusted again.
+    pub needs_resync: bool,
+}
+
+impl GroupState {
+    pub fn new(group_id: [u8; 16]) -> GroupState {
+        GroupState {
+            format_version: STATE_FORMAT_VERSION,
+            group_id: group_id.iter().map(|byte| format!("{byte:02x}")).collect(),
+            lv_ids: BTreeMap::new(),
+            lv_id_next: 1,
+            checkpoint_seq: 0,
+            needs_resync: false,
+        }
+    }
+
+    pub fn group_id_bytes(&self) -> Option<[u8; 16]> {
+        if self.group_id.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(self.group_id.get(index * 2..index * 2 + 2)?, 16).ok()?;
+        }
+        Some(bytes)
+    }
+
+    /// The lv_id of `name`, assigning a new one if the LV is new.
+    pub fn lv_id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.lv_ids.get(name) {
+            return *id;
+        }
+        let id = self.lv_id_next;
+        self.lv_ids.insert(name.to_string(), id);
+        self.lv_id_next += 1;
+        assert!(self.lv_id_next > id, "lv ids exhausted");
+        id
+    }
+
+    pub fn load(dir: &Path) -> Result<Option<GroupState>, DatatapError> {
+        let path = dir.join(STATE_FILE_NAME);
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(DatatapError::io("open datatap state", &path, source)),
+        };
+        let length = file
+            .metadata()
+            .map_err(|source| DatatapError::io("stat datatap state", &path, source))?
+            .len();
+        if length > STATE_FILE_BYTES_MAX {
+            return Err(DatatapError::State {
+                path,
+                reason: format!(
+                    "{length} bytes is larger than the {STATE_FILE_BYTES_MAX}-byte limit"
+                ),
+            });
+        }
+        let text = fs::read(&path)
+            .map_err(|source| DatatapError::io("read datatap state", &path, source))?;
+        let state: GroupState =
+            serde_json::from_slice(&text).map_err(|error| DatatapError::State {
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
+        if state.format_version != STATE_FORMAT_VERSION || state.group_id_bytes().is_none() {
+            return Err(DatatapError::State {
+                path,
+                reason: format!(
+                    "unsupported format version {} or bad group id",
+                    state.format_version
+                ),
+            });
+        }
+        Ok(Some(state))
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<(), DatatapError> {
+        let temporary = dir.join(STATE_TEMPORARY_FILE_NAME);
+        let path = dir.join(STATE_FILE_NAME);
+        let text = serde_json::to_vec_pretty(self).map_err(|error| DatatapError::State {
+            path: path.clone(),
+            reason: error.to_string(),
+        })?;
+        let mut file = File::create(&temporary)
+            .map_err(|source| DatatapError::io("create datatap state", &temporary, source))?;
+        file.write_all(&text)
+            .and_then(|()| file.sync_all())
+            .map_err(|source| DatatapError::io("write datatap state", &temporary, source))?;
+        fs::rename(&temporary, &path)
+            .map_err(|source| DatatapError::io("rename datatap state", &path, source))?;
+        sync_dir(dir)
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> Result<(), DatatapError> {
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(|source| DatatapError::io("sync directory", dir, source))
+}
+
+pub fn state_path(dir: &Path) -> PathBuf {
+    dir.join(STATE_FILE_NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_stable_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(GroupState::load(dir.path()).unwrap(), None);
+        let mut state = GroupState::new([7; 16]);
+        assert_eq!(state.lv_id("a"), 1);
+        assert_eq!(state.lv_id("b"), 2);
+        assert_eq!(state.lv_id("a"), 1);
+        state.checkpoint_seq = 42;
+        state.save(dir.path()).unwrap();
+        let loaded = GroupState::load(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(loaded.group_id_bytes(), Some([7; 16]));
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(STATE_FILE_NAME), b"{not json").unwrap();
+        let error = GroupState::load(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("datatap.json"), "{error}");
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and the lab use, when any is missing.
+# Idempotent; needs root (CI and the developer machines run as root).
+set -euo pipefail
+
+packages=(
+  libnbd-bin        # nbdinfo, nbdcopy, nbdsh: real NBD clients for interop tests
+  nbdkit            # a second NBD server, baseline for benchmarks
+  fio               # workloads with ioengine=nbd and verify=crc32c
+  qemu-utils        # qemu-img, qemu-io, qemu-nbd
+  iproute2          # ip netns, veth, tc netem for the multi-server test bed
+  protobuf-compiler # protoc, for etcd-client
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps: missing packages: ${missing[*]}; run as root or install them" >&2
+  exit 1
+fi
+echo "deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

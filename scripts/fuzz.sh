@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target briefly against its committed corpus.
+# Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 20)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-20}"
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "fuzz: installing cargo-fuzz"
+  cargo install cargo-fuzz --locked --quiet
+fi
+
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 enables them on this stable toolchain for
+# these commands only.
+targets=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list)
+for target in $targets; do
+  mkdir -p "fuzz/corpus/$target"
+  echo "fuzz: $target for ${seconds}s"
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "corpus/$target" -- \
+      -max_total_time="$seconds" -max_len=65536 -print_final_stats=0 2>&1 | tail -n 3)
+  if [ -n "$(ls -A "fuzz/artifacts/$target" 2>/dev/null)" ]; then
+    echo "fuzz: $target found a crash: fuzz/artifacts/$target" >&2
+    exit 1
+  fi
+done
