@@ -354,6 +354,7 @@ def machine_info(testdir):
         "fio": sh(["fio", "--version"]),
         "qemu": sh(["qemu-nbd", "--version"]).splitlines()[0] if shutil.which("qemu-nbd") else "-",
         "nbdkit": sh(["nbdkit", "--version"]).replace("nbdkit ", "") if shutil.which("nbdkit") else "-",
+        "load": open("/proc/loadavg").read().split()[0:3] if os.path.exists("/proc/loadavg") else [],
         "git": sh(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"]),
     }
 
@@ -431,7 +432,7 @@ def main():
         "nbdkit": Nbdkit(),
         "redoubt": Redoubt(args.redoubt_bin, args.size),
     }
-    info = machine_info(tmp)
+    info = machine_info(tmp)  # includes the load average before the run
     results = {}   # server -> workload -> result dict
     status = {}    # server -> reason if no figures
     notes = []
@@ -480,7 +481,8 @@ def main():
     L.append(argv_shown)
     L.append("```")
     L.append("")
-    L.append(f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem']}, kernel {info['kernel']}, {info['os']}")
+    L.append(f"- machine: {info['nproc']} CPUs ({info['cpu']}), {info['mem']}, kernel {info['kernel']}, {info['os']}; "
+             f"load average at start {' '.join(info['load'])} (other work on the box skews results)")
     L.append(f"- test dir: {args.dir}, filesystem {info['fs']}")
     L.append(f"- volume: {size_str(args.size)} per server, fresh each time; qemu-nbd/nbdkit files created sparse "
              f"with `truncate -s`, redoubt creates its own; each volume is filled once by a sequential pass before the timed runs")
