@@ -166,8 +166,9 @@ pub enum Violation {
     #[error("{}", describe_mixed(.offender, .newer, .older))]
     MixedPointsInTime {
         offender: BlockLocation,
-        newer: BlockState,
-        older: BlockState,
+        // Boxed to keep `Result<_, Violation>` small on the success path.
+        newer: Box<BlockState>,
+        older: Box<BlockState>,
     },
     #[error(
         "{}, but production as of seq {seq} {}",
@@ -228,6 +229,11 @@ fn describe_corrupt(location: &BlockLocation, corruption: &Corruption) -> String
         Corruption::ChecksumMismatch { stored, computed } => format!(
             "{location} is corrupt: checksum mismatch (stored {stored:#010x}, computed \
              {computed:#010x}) with a damaged header"
+        ),
+        Corruption::InvalidHeader { header } => format!(
+            "{location} is corrupt: its checksum matches but its header is impossible (write {}, \
+             block {} of {})",
+            header.write_id, header.block_in_write, header.block_count
         ),
         Corruption::UnknownVersion { version } => {
             format!("{location} has history block format version {version}, unknown to this build")
@@ -346,8 +352,8 @@ fn scan<R: ImageReader + ?Sized>(
             return Err(match lower.1 {
                 Some(newer) => Violation::MixedPointsInTime {
                     offender: location,
-                    newer,
-                    older: state,
+                    newer: Box::new(newer),
+                    older: Box::new(state),
                 },
                 None => Violation::LostWrite {
                     found: state,
@@ -360,8 +366,8 @@ fn scan<R: ImageReader + ?Sized>(
             if let Some(older) = upper.1 {
                 return Err(Violation::MixedPointsInTime {
                     offender: location,
-                    newer: state,
-                    older,
+                    newer: Box::new(state),
+                    older: Box::new(older),
                 });
             }
         }
@@ -375,7 +381,7 @@ fn scan<R: ImageReader + ?Sized>(
         Ok(())
     })?;
     let seq_max = history.seq_floor(upper.0 - 1);
-    assert!(lower.0 <= upper.0 - 1);
+    assert!(lower.0 < upper.0);
     Ok(PrefixProof {
         seq_min: history.seq_floor(lower.0),
         seq_max,

@@ -28,7 +28,7 @@
 //! | 36..40       | `block_in_write` | position of the block in its write                       |
 //! | 40..44       | `block_count`    | blocks in the write                                      |
 //! | 44..48       | version          | [`BLOCK_FORMAT_VERSION`]                                 |
-//! | 48..4092     | filler           | SplitMix64 stream seeded from all fields above           |
+//! | 48..4092     | filler           | words `seed + i·γ`, `seed` = a mix of all fields above   |
 //! | 4092..4096   | crc32c           | CRC32C of bytes 0..4092                                  |
 //!
 //! An all-zero block means "never written". Because the filler depends on every field, a
@@ -79,8 +79,8 @@
 //!
 //! - Generator, block codec, history and checker are pure; the only I/O is behind
 //!   [`ImageReader`] (and [`FileImages`] implements it with `pread`).
-//! - The workload and the filler come from our own SplitMix64, never a library RNG, so a seed
-//!   from a failed run reproduces forever.
+//! - The workload comes from our own SplitMix64 and the filler from our own mixer, never a
+//!   library RNG, so a seed from a failed run reproduces forever and old images still decode.
 //! - Decoding never panics on any bytes; everything an image holds is either a proof or a
 //!   [`Violation`] whose message names the block, its byte offset and what it holds.
 
