@@ -202,8 +202,9 @@ class Nbdkit(Server):
 class Redoubt(Server):
     name = "redoubt"
 
-    def __init__(self, binpath, size):
+    def __init__(self, binpath, size, extra=()):
         self.size_arg = size_str(size)
+        self.extra = list(extra)
         self.bin = binpath if os.path.isabs(binpath) else os.path.join(REPO_ROOT, binpath)
         if not (os.path.isfile(self.bin) and os.access(self.bin, os.X_OK)):
             self.unavailable = "not built (run cargo build --release)"
@@ -218,7 +219,7 @@ class Redoubt(Server):
 
     def cmdline(self, path, port):
         return [self.bin, "datatap", "--dir", path, "--volume", f"{EXPORT}:{self.size_arg}",
-                "--listen", f"127.0.0.1:{port}"]
+                "--listen", f"127.0.0.1:{port}"] + self.extra
 
     def start(self, workdir, size, port):
         store = os.path.join(workdir, "store")
@@ -393,6 +394,8 @@ def main():
                     help=f"comma list from {','.join(ALL_SERVERS)} (default all)")
     ap.add_argument("--redoubt-bin", default=os.environ.get("REDOUBT_BIN", "target/release/redoubt"),
                     help="redoubt binary, relative to the repo root (default target/release/redoubt; env REDOUBT_BIN)")
+    ap.add_argument("--redoubt-args", default=os.environ.get("REDOUBT_ARGS", ""),
+                    help="extra datatap arguments, shell-quoted, e.g. '--journal-capacity 8GiB' (env REDOUBT_ARGS)")
     ap.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "nbd-latest.md"),
                     help="where to write the markdown (default bench/results/nbd-latest.md; '-' = stdout only)")
     args = ap.parse_args()
@@ -430,7 +433,7 @@ def main():
     servers = {
         "qemu-nbd": QemuNbd(),
         "nbdkit": Nbdkit(),
-        "redoubt": Redoubt(args.redoubt_bin, args.size),
+        "redoubt": Redoubt(args.redoubt_bin, args.size, shlex.split(args.redoubt_args)),
     }
     info = machine_info(tmp)  # includes the load average before the run
     results = {}   # server -> workload -> result dict
