@@ -203,6 +203,33 @@ fn read_u32(block: &[u8; BLOCK_SIZE_BYTES], offset: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 4096), magic in any::<bool>()) {
+            let mut block = [0u8; 4096];
+            block.copy_from_slice(&bytes);
+            if magic {
+                block[0..8].copy_from_slice(&BLOCK_MAGIC);
+            }
+            let content = decode_block(&block);
+            prop_assert!(!matches!(content, BlockContent::Zero));
+        }
+
+        #[test]
+        fn any_damaged_byte_is_detected(
+            write_id in 1u64..1_000_000,
+            position in 0usize..4096,
+            flip in 1u8..=255,
+        ) {
+            let mut block = encode_block(&identity(write_id));
+            block[position] ^= flip;
+            prop_assert!(!matches!(decode_block(&block), BlockContent::Written(_)));
+        }
+    }
 
     fn identity(write_id: u64) -> BlockIdentity {
         BlockIdentity {

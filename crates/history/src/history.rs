@@ -52,6 +52,15 @@ pub enum HistoryError {
         block_count: u32,
         lv_size_bytes: u64,
     },
+    #[error(
+        "flush point {seq} must lie between the previous flush point {seq_previous} and the \
+         last acknowledged seq {seq_last}"
+    )]
+    FlushPoint {
+        seq: u64,
+        seq_previous: u64,
+        seq_last: u64,
+    },
     #[error("the history is full ({WRITE_COUNT_MAX} writes)")]
     TooManyWrites,
 }
@@ -179,6 +188,22 @@ impl History {
         debug_assert!(self.flush_points.last().is_none_or(|&last| last <= point));
         self.flush_points.push(point);
         point
+    }
+
+    /// Records a completed FLUSH whose flush point the caller knows (with concurrent
+    /// requests, writes acknowledged after the FLUSH was issued are not covered by it).
+    pub fn record_flush_at(&mut self, seq: u64) -> Result<(), HistoryError> {
+        let seq_previous = self.flush_seq_last();
+        let seq_last = self.seq_last();
+        if seq < seq_previous || seq > seq_last {
+            return Err(HistoryError::FlushPoint {
+                seq,
+                seq_previous,
+                seq_last,
+            });
+        }
+        self.flush_points.push(seq);
+        Ok(())
     }
 
     fn validate(&self, op: &WriteOp, seq: u64) -> Result<(), HistoryError> {
@@ -383,5 +408,9 @@ mod tests {
             Err(HistoryError::LvIndex { .. })
         ));
         assert_eq!(history.writes().len(), 1);
+        assert!(history.record_flush_at(11).is_err());
+        history.record_flush_at(10).unwrap();
+        assert_eq!(history.flush_seq_last(), 10);
+        assert!(history.record_flush_at(9).is_err());
     }
 }
