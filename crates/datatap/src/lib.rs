@@ -14,10 +14,12 @@
 pub mod engine;
 pub mod error;
 pub mod listen;
+pub mod payload;
 pub mod server;
 pub mod state;
 
 pub use engine::{Engine, EngineConfig, Op, OpError, OpenedVolume, Watermarks};
 pub use error::DatatapError;
+pub use payload::Payload;
 pub use listen::{bind, serve, Bound, Listen};
 pub use server::{serve_connection, Export, Exports};

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::engine::{Engine, Op, OpError};
+use crate::payload::Payload;
 
 /// Requests of one connection being served at once.
 pub const IN_FLIGHT_REQUESTS_MAX: u32 = 128;
@@ -341,8 +342,8 @@ where
         ) else {
             break Ok(());
         };
-        let mut payload = vec![0u8; header.payload_length_bytes()];
-        if let Err(error) = reader.read_exact(&mut payload).await {
+        let mut payload = Payload::zeroed(header.payload_length_bytes());
+        if let Err(error) = reader.read_exact(payload.as_mut_slice()).await {
             break Err(error.into());
         }
         let verdict = nbd::validate(&header, export.size_bytes(), export.read_only)
@@ -436,7 +437,7 @@ fn op_errno(error: &OpError) -> NbdErrno {
 async fn execute(
     export: &Export,
     header: RequestHeader,
-    payload: Vec<u8>,
+    payload: Payload,
     structured: bool,
 ) -> Vec<u8> {
     let fua = header.flags.contains(CommandFlags::FUA);
@@ -444,12 +445,23 @@ async fn execute(
     let mut reply = Vec::new();
     let result: Result<(), (NbdErrno, String)> = match header.command {
         Command::Read => {
+            if export
+                .engine
+                .must_settle_before_read(lv_id, header.offset_bytes, u64::from(header.length_bytes))
+            {
+                // An acknowledged write to these blocks is not in the LV yet.
+                if let Err(error) = export.engine.submit(Op::Flush).await {
+                    let mut reply = Vec::new();
+                    encode_error(&mut reply, &header, op_errno(&error), &error.to_string(), structured);
+                    return reply;
+                }
+            }
             let volume = export.volume.clone();
             let length = header.length_bytes as usize;
             let offset = header.offset_bytes;
             let read = tokio::task::spawn_blocking(move || {
-                let mut data = vec![0u8; length];
-                volume.read_at(&mut data, offset).map(|()| data)
+                let mut data = Payload::zeroed(length);
+                volume.read_at(data.as_mut_slice(), offset).map(|()| data)
             })
             .await;
             match read {
@@ -465,7 +477,7 @@ async fn execute(
                     } else {
                         nbd::encode_simple_reply(&mut reply, header.handle, None);
                     }
-                    reply.extend_from_slice(&data);
+                    reply.extend_from_slice(data.as_slice());
                     return reply;
                 }
                 Ok(Err(error)) => Err((volume_errno(&error), error.to_string())),

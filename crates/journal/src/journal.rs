@@ -378,6 +378,19 @@ impl<F: JournalFs> Journal<F> {
         Ok(self.durable_seq)
     }
 
+    /// Hand every appended record to the OS (`write`, no fsync) and return the written seq.
+    /// A process crash then loses none of them; a power cut still may, until [`Journal::sync`].
+    pub fn write_out(&mut self) -> Result<u64, JournalError> {
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        self.poisoned = true;
+        self.write_buffer()?;
+        self.poisoned = false;
+        self.assert_invariants();
+        Ok(self.written_seq)
+    }
+
     /// Seal the open segment now if it holds any record, e.g. after an idle period so the
     /// LCA can ship it. Returns the sealed segment.
     pub fn seal(&mut self) -> Result<Option<SealedSegment>, JournalError> {

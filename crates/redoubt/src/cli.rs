@@ -43,9 +43,10 @@ pub struct DatatapArgs {
     /// Capacity of the log record file container (journal).
     #[arg(long, default_value = "1GiB")]
     pub journal_capacity: String,
-    /// Use the page cache for the LVs instead of O_DIRECT.
+    /// Open the LVs with O_DIRECT where the backing supports it (default: page cache; the
+    /// journal is what makes writes durable).
     #[arg(long)]
-    pub buffered: bool,
+    pub direct: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -72,8 +72,8 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
     let mut store = GroupStore::open_or_create(&args.dir, &args.group, capacities)
         .map_err(|error| failed("open the group's containers", &error))?;
     let mut config = EngineConfig::new(&args.group, journal_capacity_bytes);
-    if args.buffered {
-        config.io_mode = IoMode::Buffered;
+    if args.direct {
+        config.io_mode = IoMode::Auto;
     }
     let (engine, volumes, commit_thread) = Engine::open(&mut store, &specs, config)
         .map_err(|error| failed("open the datatap", &error))?;

@@ -322,9 +322,17 @@ impl Volume {
         (window_start, window_end)
     }
 
+    /// The bounce buffer a request needs: its aligned span, capped. Sized per request because
+    /// a large allocation per small request is an mmap/munmap pair, which serializes every
+    /// thread of the process on the address-space lock.
+    fn bounce_size_bytes(offset: u64, end: u64) -> usize {
+        let span = end.div_ceil(ALIGNMENT_BYTES) * ALIGNMENT_BYTES - (offset - offset % ALIGNMENT_BYTES);
+        (span as usize).min(BOUNCE_SIZE_BYTES_MAX)
+    }
+
     fn read_bounced(&self, buffer: &mut [u8], offset: u64) -> Result<()> {
         let end = offset + buffer.len() as u64;
-        let mut bounce = AlignedBuf::zeroed(BOUNCE_SIZE_BYTES_MAX);
+        let mut bounce = AlignedBuf::zeroed(Self::bounce_size_bytes(offset, end));
         let mut position = offset;
         while position < end {
             let (window_start, window_end) = Self::window(position, end);
@@ -344,7 +352,7 @@ impl Volume {
 
     fn write_bounced(&self, buffer: &[u8], offset: u64) -> Result<()> {
         let end = offset + buffer.len() as u64;
-        let mut bounce = AlignedBuf::zeroed(BOUNCE_SIZE_BYTES_MAX);
+        let mut bounce = AlignedBuf::zeroed(Self::bounce_size_bytes(offset, end));
         let mut position = offset;
         while position < end {
             let (window_start, window_end) = Self::window(position, end);
