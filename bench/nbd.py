@@ -27,6 +27,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 EXPORT = "bench"
 READY_TIMEOUT = 10.0
+TRANSPORT = {"unix": False}  # set from --unix
 ALL_SERVERS = ("qemu-nbd", "nbdkit", "redoubt")
 RATIO_ORDER = ("redoubt", "nbdkit")  # ratio columns, in this order
 BASELINE = "qemu-nbd"
@@ -91,6 +92,12 @@ def stop_all():
             pass
 
 
+def nbd_uri(port):
+    if TRANSPORT["unix"]:
+        return f"nbd+unix:///{EXPORT}?socket={port}"
+    return f"nbd://127.0.0.1:{port}/{EXPORT}"
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -152,8 +159,9 @@ class QemuNbd(Server):
             self.unavailable = "qemu-nbd not installed"
 
     def cmdline(self, path, port):
+        where = ["-k", port] if TRANSPORT["unix"] else ["-b", "127.0.0.1", "-p", str(port)]
         return ["qemu-nbd", "--cache=none", "--aio=native", "--format=raw", "--persistent",
-                "--shared=8", "-b", "127.0.0.1", "-p", str(port), "-x", EXPORT, path]
+                "--shared=8"] + where + ["-x", EXPORT, path]
 
     def start(self, workdir, size, port):
         path = os.path.join(workdir, "vol.img")
@@ -162,7 +170,7 @@ class QemuNbd(Server):
         lf = open(logpath, "w")
         p = spawn(self.cmdline(path, port), lf, lf)
         lf.close()
-        uri = f"nbd://127.0.0.1:{port}/{EXPORT}"
+        uri = nbd_uri(port)
         wait_nbd(p, uri, time.monotonic() + READY_TIMEOUT, logpath)
         return p, uri
 
@@ -181,8 +189,8 @@ class Nbdkit(Server):
             self.note = "nbdkit: this file plugin has no cache= parameter; ran WITHOUT cache=none (page cache in play)"
 
     def cmdline(self, path, port):
-        cmd = ["nbdkit", "--exit-with-parent", "-f", "-i", "127.0.0.1", "-p", str(port),
-               "-e", EXPORT, "file", path]
+        where = ["-U", port] if TRANSPORT["unix"] else ["-i", "127.0.0.1", "-p", str(port)]
+        cmd = ["nbdkit", "--exit-with-parent", "-f"] + where + ["-e", EXPORT, "file", path]
         if self.cache_none:
             cmd.append("cache=none")
         return cmd
@@ -194,7 +202,7 @@ class Nbdkit(Server):
         lf = open(logpath, "w")
         p = spawn(self.cmdline(path, port), lf, lf)
         lf.close()
-        uri = f"nbd://127.0.0.1:{port}/{EXPORT}"
+        uri = nbd_uri(port)
         wait_nbd(p, uri, time.monotonic() + READY_TIMEOUT, logpath)
         return p, uri
 
@@ -219,7 +227,7 @@ class Redoubt(Server):
 
     def cmdline(self, path, port):
         return [self.bin, "datatap", "--dir", path, "--volume", f"{EXPORT}:{self.size_arg}",
-                "--listen", f"127.0.0.1:{port}"] + self.extra
+                "--listen", f"unix:{port}" if TRANSPORT["unix"] else f"127.0.0.1:{port}"] + self.extra
 
     def start(self, workdir, size, port):
         store = os.path.join(workdir, "store")
@@ -250,7 +258,7 @@ class Redoubt(Server):
                 raise RuntimeError(f"no `ready` line on stdout within {READY_TIMEOUT:.0f}s; "
                                    f"stderr: {tail(logpath)}")
             ready.wait(0.1)
-        uri = f"nbd://127.0.0.1:{port}/{EXPORT}"
+        uri = nbd_uri(port)
         got = wait_nbd(p, uri, time.monotonic() + READY_TIMEOUT, logpath)
         if got != size:
             raise RuntimeError(f"export size {got} != requested {size}")
@@ -396,9 +404,12 @@ def main():
                     help="redoubt binary, relative to the repo root (default target/release/redoubt; env REDOUBT_BIN)")
     ap.add_argument("--redoubt-args", default=os.environ.get("REDOUBT_ARGS", ""),
                     help="extra datatap arguments, shell-quoted, e.g. '--journal-capacity 8GiB' (env REDOUBT_ARGS)")
+    ap.add_argument("--unix", action="store_true", default=os.environ.get("NBD_BENCH_UNIX") == "1",
+                    help="serve over unix sockets instead of TCP 127.0.0.1 (env NBD_BENCH_UNIX=1)")
     ap.add_argument("--out", default=os.path.join(BENCH_DIR, "results", "nbd-latest.md"),
                     help="where to write the markdown (default bench/results/nbd-latest.md; '-' = stdout only)")
     args = ap.parse_args()
+    TRANSPORT["unix"] = args.unix
     if args.quick:
         args.runtime = 3
     if args.runtime < 1:
@@ -445,7 +456,7 @@ def main():
         srv = servers[name]
         if srv.note:
             notes.append(srv.note)
-        cmds[name] = " ".join(shlex.quote(c) for c in srv.cmdline("FILE" if name != "redoubt" else "DIR", "PORT")) \
+        cmds[name] = " ".join(shlex.quote(c) for c in srv.cmdline("FILE" if name != "redoubt" else "DIR", "SOCKET" if args.unix else "PORT")) \
             if not srv.unavailable else None
         if srv.unavailable:
             status[name] = srv.unavailable
@@ -453,8 +464,8 @@ def main():
             continue
         work = os.path.join(tmp, name)
         os.mkdir(work)
-        port = free_port()
-        log(f"{name}: starting on 127.0.0.1:{port}")
+        port = os.path.join(work, "nbd.sock") if args.unix else free_port()
+        log(f"{name}: starting on {nbd_uri(port)}")
         p = None
         try:
             p, uri = srv.start(work, args.size, port)
@@ -465,6 +476,9 @@ def main():
                 results[name][wl[0]] = r
                 log(f"{name}: {wl[0]}: {r['mibs']:.1f} MiB/s, {r['iops']:.0f} IOPS, p99 {fmt_p99(r)}")
         except RuntimeError as e:
+            if p is not None:
+                alive = "still running" if p.poll() is None else f"had exited with status {p.returncode}"
+                e = f"{e} [server {alive}; server stderr: {tail(os.path.join(work, 'server.log'), 8)}]"
             status[name] = f"failed: {e}"
             log(f"{name}: FAILED: {e}")
         finally:
@@ -489,7 +503,7 @@ def main():
     L.append(f"- test dir: {args.dir}, filesystem {info['fs']}")
     L.append(f"- volume: {size_str(args.size)} per server, fresh each time; qemu-nbd/nbdkit files created sparse "
              f"with `truncate -s`, redoubt creates its own; each volume is filled once by a sequential pass before the timed runs")
-    L.append(f"- fio: {info['fio']}, ioengine=nbd over TCP 127.0.0.1, 1 job, {args.runtime} s per timed workload (time_based)")
+    L.append(f"- fio: {info['fio']}, ioengine=nbd over {'unix socket' if args.unix else 'TCP 127.0.0.1'}, 1 job, {args.runtime} s per timed workload (time_based)")
     L.append(f"- versions: {info['qemu']}; nbdkit {info['nbdkit']}; repo HEAD {info['git']}")
     for name in wanted:
         if cmds.get(name):
