@@ -46,9 +46,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redoubt_journal::{
-    Entry, GroupId, Journal, JournalConfig, JournalError, OwnedRecord, RecordKind, StdFs,
+    Entry, GroupId, Journal, JournalConfig, JournalError, JournalFs, OwnedRecord, RecordKind, StdFs,
 };
-use redoubt_volume::{CreateLvOptions, GroupStore, IoMode, Volume, VolumeSpec};
+use redoubt_volume::{CreateLvOptions, GroupStore, IoMode, VolumeSpec};
+
+use crate::block::BlockVolume;
 use tokio::sync::oneshot;
 
 use crate::error::DatatapError;
@@ -173,7 +175,7 @@ pub struct Watermarks {
 
 struct Shared {
     group: String,
-    volumes: BTreeMap<u32, Arc<Volume>>,
+    volumes: BTreeMap<u32, Arc<dyn BlockVolume>>,
     watermarks: Arc<Watermarks>,
     failure: Mutex<Option<String>>,
     /// (lv_id, block index) → seq of the last acknowledged write not yet applied to the LV.
@@ -190,34 +192,51 @@ pub struct Engine {
 pub struct OpenedVolume {
     pub name: String,
     pub lv_id: u32,
-    pub volume: Arc<Volume>,
+    pub volume: Arc<dyn BlockVolume>,
 }
 
 impl Engine {
-    /// Opens (or creates) the group's LVs and journal, replays the journal past the last
-    /// checkpoint onto the LVs, and starts the commit thread.
+    /// Opens (or creates) the group's LVs in `store` and its journal, replays the journal past
+    /// the last checkpoint onto the LVs, and starts the commit thread.
     pub fn open(
         store: &mut GroupStore,
         specs: &[VolumeSpec],
         config: EngineConfig,
     ) -> Result<(Engine, Vec<OpenedVolume>, std::thread::JoinHandle<()>), DatatapError> {
+        let mut volumes: Vec<(String, Arc<dyn BlockVolume>)> = Vec::new();
+        for spec in specs {
+            let volume = store.ensure_volume(spec, CreateLvOptions::default(), config.io_mode)?;
+            volumes.push((spec.name.clone(), Arc::new(volume)));
+        }
         let group_dir = store.layout().group_dir().to_path_buf();
-        let mut state = match GroupState::load(&group_dir)? {
+        let journal_dir = store.layout().journal_dir();
+        Engine::start(StdFs, &group_dir, &journal_dir, volumes, config)
+    }
+
+    /// [`Engine::open`] over any file system and any LVs: the seam that lets tests cut the power.
+    pub fn start<F: JournalFs>(
+        fs: F,
+        group_dir: &std::path::Path,
+        journal_dir: &std::path::Path,
+        volumes: Vec<(String, Arc<dyn BlockVolume>)>,
+        config: EngineConfig,
+    ) -> Result<(Engine, Vec<OpenedVolume>, std::thread::JoinHandle<()>), DatatapError> {
+        fs.create_dir_all(group_dir)
+            .map_err(|source| DatatapError::io("create group directory", group_dir, source))?;
+        let mut state = match GroupState::load(&fs, group_dir)? {
             Some(state) => state,
             None => GroupState::new(rand::random()),
         };
-        let mut opened = Vec::new();
-        for spec in specs {
-            let lv_id = state.lv_id(&spec.name);
-            let volume = store.ensure_volume(spec, CreateLvOptions::default(), config.io_mode)?;
-            opened.push(OpenedVolume {
-                name: spec.name.clone(),
-                lv_id,
-                volume: Arc::new(volume),
-            });
-        }
+        let opened: Vec<OpenedVolume> = volumes
+            .into_iter()
+            .map(|(name, volume)| OpenedVolume {
+                lv_id: state.lv_id(&name),
+                name,
+                volume,
+            })
+            .collect();
         // The ids must be durable before any record carrying them is.
-        state.save(&group_dir)?;
+        state.save(&fs, group_dir)?;
         let group_id = state
             .group_id_bytes()
             .ok_or_else(|| DatatapError::Config("bad group id in state".into()))?;
@@ -225,16 +244,18 @@ impl Engine {
             JournalConfig::new(GroupId(group_id), config.journal_capacity_bytes);
         journal_config.segment_size_bytes = config.segment_size_bytes;
         journal_config.seq_first_new = state.checkpoint_seq + 1;
-        let journal = Journal::open(StdFs, store.layout().journal_dir(), journal_config)?;
+        let journal = Journal::open(fs.clone(), journal_dir, journal_config)?;
 
-        let volumes: BTreeMap<u32, Arc<Volume>> =
+        let volumes: BTreeMap<u32, Arc<dyn BlockVolume>> =
             opened.iter().map(|v| (v.lv_id, v.volume.clone())).collect();
         let replayed = replay(&journal, &volumes, state.checkpoint_seq)?;
         for volume in volumes.values() {
-            volume.sync()?;
+            volume.sync().map_err(|source| {
+                DatatapError::io("sync volume after replay", group_dir, source)
+            })?;
         }
         state.checkpoint_seq = journal.durable_seq();
-        state.save(&group_dir)?;
+        state.save(&fs, group_dir)?;
         if replayed > 0 {
             tracing::info!(group = %config.group, replayed, "replayed journal records onto the volumes");
         }
@@ -268,10 +289,11 @@ impl Engine {
         let (sender, receiver) = flume::bounded(QUEUE_DEPTH_MAX);
         let committer = Committer {
             applied_seq: journal.durable_seq(),
+            fs,
             journal,
             volumes,
             state,
-            group_dir,
+            group_dir: group_dir.to_path_buf(),
             queue: receiver,
             shared: shared.clone(),
             unapplied: VecDeque::new(),
@@ -284,7 +306,7 @@ impl Engine {
         let thread = std::thread::Builder::new()
             .name(format!("commit-{}", shared.group))
             .spawn(move || committer.run())
-            .map_err(|source| DatatapError::io("spawn commit thread", &PathBuf::new(), source))?;
+            .map_err(|source| DatatapError::io("spawn commit thread", group_dir, source))?;
         Ok((
             Engine {
                 shared,
@@ -299,7 +321,7 @@ impl Engine {
         &self.shared.watermarks
     }
 
-    pub fn volume(&self, lv_id: u32) -> Option<&Arc<Volume>> {
+    pub fn volume(&self, lv_id: u32) -> Option<&Arc<dyn BlockVolume>> {
         self.shared.volumes.get(&lv_id)
     }
 
@@ -314,7 +336,12 @@ impl Engine {
 
     /// Whether a read of `[offset, offset + length)` of `lv_id` overlaps an acknowledged write
     /// that is not in the LV yet; if so, the reader submits a [`Op::Flush`] first.
-    pub fn must_settle_before_read(&self, lv_id: u32, offset_bytes: u64, length_bytes: u64) -> bool {
+    pub fn must_settle_before_read(
+        &self,
+        lv_id: u32,
+        offset_bytes: u64,
+        length_bytes: u64,
+    ) -> bool {
         let Ok(pending) = self.shared.pending.lock() else {
             return true;
         };
@@ -360,9 +387,9 @@ impl Engine {
 /// Applies the records after `checkpoint_seq` to the LVs. Idempotent: the records are
 /// whole-range overwrites applied in order, so replaying one the LV already has changes
 /// nothing.
-fn replay(
-    journal: &Journal<StdFs>,
-    volumes: &BTreeMap<u32, Arc<Volume>>,
+fn replay<F: JournalFs>(
+    journal: &Journal<F>,
+    volumes: &BTreeMap<u32, Arc<dyn BlockVolume>>,
     checkpoint_seq: u64,
 ) -> Result<u64, DatatapError> {
     let from = checkpoint_seq + 1;
@@ -379,7 +406,7 @@ fn replay(
 }
 
 fn apply_record(
-    volumes: &BTreeMap<u32, Arc<Volume>>,
+    volumes: &BTreeMap<u32, Arc<dyn BlockVolume>>,
     record: &OwnedRecord,
 ) -> Result<(), DatatapError> {
     let header = &record.header;
@@ -387,7 +414,7 @@ fn apply_record(
         // A record for an LV that has since been removed from the group: nothing to apply.
         return Ok(());
     };
-    let replay_error = |error: redoubt_volume::VolumeError| DatatapError::Replay {
+    let replay_error = |error: std::io::Error| DatatapError::Replay {
         seq: header.seq,
         reason: error.to_string(),
     };
@@ -400,7 +427,6 @@ fn apply_record(
             .map_err(replay_error),
         RecordKind::Trim => volume
             .trim(header.offset_bytes, u64::from(header.length_bytes))
-            .map(|_| ())
             .map_err(replay_error),
         RecordKind::Marker | RecordKind::Undo => Ok(()),
     }
@@ -414,9 +440,10 @@ fn now_ns() -> u64 {
         })
 }
 
-struct Committer {
-    journal: Journal<StdFs>,
-    volumes: BTreeMap<u32, Arc<Volume>>,
+struct Committer<F: JournalFs> {
+    fs: F,
+    journal: Journal<F>,
+    volumes: BTreeMap<u32, Arc<dyn BlockVolume>>,
     state: GroupState,
     group_dir: PathBuf,
     queue: flume::Receiver<Pending>,
@@ -456,15 +483,28 @@ enum Waiter {
 /// The LV range an op writes, if any.
 fn op_range(op: &Op) -> Option<(u32, u64, u64)> {
     match op {
-        Op::Write { lv_id, offset_bytes, data, .. } => Some((*lv_id, *offset_bytes, data.len() as u64)),
-        Op::WriteZeroes { lv_id, offset_bytes, length_bytes, .. } | Op::Trim { lv_id, offset_bytes, length_bytes } => {
-            Some((*lv_id, *offset_bytes, u64::from(*length_bytes)))
+        Op::Write {
+            lv_id,
+            offset_bytes,
+            data,
+            ..
+        } => Some((*lv_id, *offset_bytes, data.len() as u64)),
+        Op::WriteZeroes {
+            lv_id,
+            offset_bytes,
+            length_bytes,
+            ..
         }
+        | Op::Trim {
+            lv_id,
+            offset_bytes,
+            length_bytes,
+        } => Some((*lv_id, *offset_bytes, u64::from(*length_bytes))),
         Op::Flush | Op::Marker { .. } | Op::Checkpoint => None,
     }
 }
 
-impl Committer {
+impl<F: JournalFs> Committer<F> {
     fn run(mut self) {
         let idle = Duration::from_millis(self.config.checkpoint_idle_ms);
         let sync_interval = Duration::from_millis(self.config.sync_interval_ms);
@@ -509,7 +549,11 @@ impl Committer {
     }
 
     fn failure(&self) -> Option<String> {
-        self.shared.failure.lock().ok().and_then(|failure| failure.clone())
+        self.shared
+            .failure
+            .lock()
+            .ok()
+            .and_then(|failure| failure.clone())
     }
 
     fn fail(&self, reason: String) {
@@ -536,7 +580,9 @@ impl Committer {
                     self.unsynced_since.get_or_insert_with(Instant::now);
                     let needs_durability = matches!(
                         op,
-                        Op::Write { fua: true, .. } | Op::WriteZeroes { fua: true, .. } | Op::Marker { .. }
+                        Op::Write { fua: true, .. }
+                            | Op::WriteZeroes { fua: true, .. }
+                            | Op::Marker { .. }
                     );
                     self.track_unapplied(seq, op);
                     if needs_durability {
@@ -553,7 +599,11 @@ impl Committer {
                     let _ = reply.send(outcome);
                 }
                 Ok(Logged::Nothing) => {
-                    let waiter = if matches!(op, Op::Checkpoint) { Waiter::Checkpoint } else { Waiter::Flush };
+                    let waiter = if matches!(op, Op::Checkpoint) {
+                        Waiter::Checkpoint
+                    } else {
+                        Waiter::Flush
+                    };
                     waiting.push((reply, waiter));
                 }
                 Err(error) => {
@@ -573,7 +623,11 @@ impl Committer {
             .appended_seq
             .store(self.journal.appended_seq(), Ordering::Relaxed);
         for (reply, seq) in acknowledged {
-            let outcome = if self.failure().is_none() { Ok(seq) } else { Err(self.stopped()) };
+            let outcome = if self.failure().is_none() {
+                Ok(seq)
+            } else {
+                Err(self.stopped())
+            };
             let _ = reply.send(outcome);
         }
         if !waiting.is_empty() || self.unapplied_bytes >= UNAPPLIED_BYTES_MAX {
@@ -585,7 +639,9 @@ impl Committer {
             } else {
                 match waiter {
                     Waiter::Durable(seq) => Ok(seq),
-                    Waiter::Flush => self.sync_direct_writes().map(|()| self.journal.durable_seq()),
+                    Waiter::Flush => self
+                        .sync_direct_writes()
+                        .map(|()| self.journal.durable_seq()),
                     Waiter::Checkpoint => match self.checkpoint() {
                         Ok(()) => Ok(self.state.checkpoint_seq),
                         Err(error) => {
@@ -624,15 +680,23 @@ impl Committer {
     fn log(&mut self, op: &Op) -> Result<Logged, DatatapError> {
         let timestamp_ns = now_ns();
         let entry = match op {
-            Op::Write { lv_id, offset_bytes, data, .. } => {
-                Entry::write(*lv_id, *offset_bytes, data.as_slice(), timestamp_ns)
-            }
-            Op::WriteZeroes { lv_id, offset_bytes, length_bytes, .. } => {
-                Entry::write_zeroes(*lv_id, *offset_bytes, *length_bytes, timestamp_ns)
-            }
-            Op::Trim { lv_id, offset_bytes, length_bytes } => {
-                Entry::trim(*lv_id, *offset_bytes, *length_bytes, timestamp_ns)
-            }
+            Op::Write {
+                lv_id,
+                offset_bytes,
+                data,
+                ..
+            } => Entry::write(*lv_id, *offset_bytes, data.as_slice(), timestamp_ns),
+            Op::WriteZeroes {
+                lv_id,
+                offset_bytes,
+                length_bytes,
+                ..
+            } => Entry::write_zeroes(*lv_id, *offset_bytes, *length_bytes, timestamp_ns),
+            Op::Trim {
+                lv_id,
+                offset_bytes,
+                length_bytes,
+            } => Entry::trim(*lv_id, *offset_bytes, *length_bytes, timestamp_ns),
             Op::Marker { name } => Entry::marker(name, timestamp_ns),
             Op::Flush | Op::Checkpoint => return Ok(Logged::Nothing),
         };
@@ -646,8 +710,11 @@ impl Committer {
                     Err(JournalError::JournalFull { .. }) if !matches!(op, Op::Marker { .. }) => {
                         if !self.state.needs_resync {
                             self.state.needs_resync = true;
-                            self.state.save(&self.group_dir)?;
-                            self.shared.watermarks.needs_resync.store(true, Ordering::Relaxed);
+                            self.state.save(&self.fs, &self.group_dir)?;
+                            self.shared
+                                .watermarks
+                                .needs_resync
+                                .store(true, Ordering::Relaxed);
                             tracing::warn!(
                                 group = %self.shared.group,
                                 "journal full: writing without the journal; replicas need a resync"
@@ -669,7 +736,10 @@ impl Committer {
         }
         let durable_seq = self.journal.sync()?;
         self.unsynced_since = None;
-        self.shared.watermarks.durable_seq.store(durable_seq, Ordering::Release);
+        self.shared
+            .watermarks
+            .durable_seq
+            .store(durable_seq, Ordering::Release);
         while let Some((seq, op)) = self.unapplied.pop_front() {
             assert!(seq <= durable_seq, "only durable records reach the LVs");
             assert!(seq > self.applied_seq, "records reach the LVs in seq order");
@@ -684,7 +754,10 @@ impl Committer {
         if let Ok(mut pending) = self.shared.pending.lock() {
             pending.clear();
         }
-        self.shared.watermarks.applied_seq.store(self.applied_seq, Ordering::Release);
+        self.shared
+            .watermarks
+            .applied_seq
+            .store(self.applied_seq, Ordering::Release);
         self.shared
             .watermarks
             .journal_bytes
@@ -701,7 +774,7 @@ impl Committer {
         }
     }
 
-    fn apply_op(&self, op: &Op) -> redoubt_volume::Result<()> {
+    fn apply_op(&self, op: &Op) -> std::io::Result<()> {
         let Some((lv_id, _, _)) = op_range(op) else {
             return Ok(());
         };
@@ -710,13 +783,19 @@ impl Committer {
             return Ok(());
         };
         match op {
-            Op::Write { offset_bytes, data, .. } => volume.write_at(data.as_slice(), *offset_bytes),
-            Op::WriteZeroes { offset_bytes, length_bytes, .. } => {
-                volume.write_zeroes(*offset_bytes, u64::from(*length_bytes))
-            }
-            Op::Trim { offset_bytes, length_bytes, .. } => {
-                volume.trim(*offset_bytes, u64::from(*length_bytes)).map(|_| ())
-            }
+            Op::Write {
+                offset_bytes, data, ..
+            } => volume.write_at(data.as_slice(), *offset_bytes),
+            Op::WriteZeroes {
+                offset_bytes,
+                length_bytes,
+                ..
+            } => volume.write_zeroes(*offset_bytes, u64::from(*length_bytes)),
+            Op::Trim {
+                offset_bytes,
+                length_bytes,
+                ..
+            } => volume.trim(*offset_bytes, u64::from(*length_bytes)),
             Op::Flush | Op::Marker { .. } | Op::Checkpoint => Ok(()),
         }
     }
@@ -726,7 +805,10 @@ impl Committer {
         if self.failure().is_some() {
             return Err(self.stopped());
         }
-        let fua = matches!(op, Op::Write { fua: true, .. } | Op::WriteZeroes { fua: true, .. });
+        let fua = matches!(
+            op,
+            Op::Write { fua: true, .. } | Op::WriteZeroes { fua: true, .. }
+        );
         let result = self.apply_op(op).and_then(|()| {
             if fua {
                 op_range(op)
@@ -767,7 +849,9 @@ impl Committer {
 
     fn sync_volumes(&self) -> Result<(), DatatapError> {
         for volume in self.volumes.values() {
-            volume.sync()?;
+            volume
+                .sync()
+                .map_err(|source| DatatapError::io("sync volume", &self.group_dir, source))?;
         }
         Ok(())
     }
@@ -789,13 +873,18 @@ impl Committer {
         assert!(self.applied_seq <= self.journal.durable_seq());
         if self.applied_seq > self.state.checkpoint_seq {
             self.state.checkpoint_seq = self.applied_seq;
-            self.state.save(&self.group_dir)?;
+            self.state.save(&self.fs, &self.group_dir)?;
         }
         let watermarks = &self.shared.watermarks;
-        watermarks.checkpoint_seq.store(self.state.checkpoint_seq, Ordering::Release);
+        watermarks
+            .checkpoint_seq
+            .store(self.state.checkpoint_seq, Ordering::Release);
         let shipped_seq = watermarks.shipped_seq.load(Ordering::Acquire);
-        self.journal.prune_through(self.state.checkpoint_seq.min(shipped_seq))?;
-        watermarks.journal_bytes.store(self.journal.size_bytes(), Ordering::Relaxed);
+        self.journal
+            .prune_through(self.state.checkpoint_seq.min(shipped_seq))?;
+        watermarks
+            .journal_bytes
+            .store(self.journal.size_bytes(), Ordering::Relaxed);
         self.bytes_since_checkpoint = 0;
         Ok(())
     }

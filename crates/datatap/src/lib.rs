@@ -11,6 +11,7 @@
 //! produces the journal. The NBD wire format lives in `redoubt-nbd-proto`, the journal format in
 //! `redoubt-journal`, the LV files in `redoubt-volume`.
 
+pub mod block;
 pub mod engine;
 pub mod error;
 pub mod listen;
@@ -18,8 +19,9 @@ pub mod payload;
 pub mod server;
 pub mod state;
 
+pub use block::{BlockVolume, FsVolume};
 pub use engine::{Engine, EngineConfig, Op, OpError, OpenedVolume, Watermarks};
 pub use error::DatatapError;
-pub use payload::Payload;
 pub use listen::{bind, serve, Bound, Listen};
+pub use payload::Payload;
 pub use server::{serve_connection, Export, Exports};

@@ -12,7 +12,10 @@ impl Payload {
     pub fn zeroed(length_bytes: usize) -> Payload {
         let buffer = AlignedBuf::zeroed(length_bytes);
         assert!(buffer.len() >= length_bytes);
-        Payload { buffer, length_bytes }
+        Payload {
+            buffer,
+            length_bytes,
+        }
     }
 
     pub fn from_slice(data: &[u8]) -> Payload {

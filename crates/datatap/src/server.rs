@@ -19,10 +19,10 @@ use redoubt_nbd_proto::{
     self as nbd, BlockSize, Command, CommandFlags, Info, InfoRequest, NbdErrno, OptionError,
     OptionReply, OptionRequest, ProtocolError, ReplyChunk, RequestHeader, TransmissionFlags,
 };
-use redoubt_volume::{Volume, VolumeError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::block::BlockVolume;
 use crate::engine::{Engine, Op, OpError};
 use crate::payload::Payload;
 
@@ -45,7 +45,7 @@ const _: () = assert!(
 pub struct Export {
     pub name: String,
     pub lv_id: u32,
-    pub volume: Arc<Volume>,
+    pub volume: Arc<dyn BlockVolume>,
     pub engine: Engine,
     pub read_only: bool,
     pub description: String,
@@ -419,13 +419,8 @@ fn encode_error(
     }
 }
 
-fn volume_errno(error: &VolumeError) -> NbdErrno {
-    match error {
-        VolumeError::Io { source, .. } => NbdErrno::from_io_error(source),
-        VolumeError::OutOfBounds { .. } => NbdErrno::EINVAL,
-        VolumeError::ContainerFull { .. } => NbdErrno::ENOSPC,
-        _ => NbdErrno::EIO,
-    }
+fn volume_errno(error: &io::Error) -> NbdErrno {
+    NbdErrno::from_io_error(error)
 }
 
 fn op_errno(error: &OpError) -> NbdErrno {
@@ -445,14 +440,21 @@ async fn execute(
     let mut reply = Vec::new();
     let result: Result<(), (NbdErrno, String)> = match header.command {
         Command::Read => {
-            if export
-                .engine
-                .must_settle_before_read(lv_id, header.offset_bytes, u64::from(header.length_bytes))
-            {
+            if export.engine.must_settle_before_read(
+                lv_id,
+                header.offset_bytes,
+                u64::from(header.length_bytes),
+            ) {
                 // An acknowledged write to these blocks is not in the LV yet.
                 if let Err(error) = export.engine.submit(Op::Flush).await {
                     let mut reply = Vec::new();
-                    encode_error(&mut reply, &header, op_errno(&error), &error.to_string(), structured);
+                    encode_error(
+                        &mut reply,
+                        &header,
+                        op_errno(&error),
+                        &error.to_string(),
+                        structured,
+                    );
                     return reply;
                 }
             }

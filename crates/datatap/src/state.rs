@@ -5,9 +5,9 @@
 //! either the old or the new state, never a torn one.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use redoubt_journal::{JournalFs, SegmentFile};
 
 use serde::{Deserialize, Serialize};
 
@@ -71,17 +71,16 @@ impl GroupState {
         id
     }
 
-    pub fn load(dir: &Path) -> Result<Option<GroupState>, DatatapError> {
+    pub fn load<F: JournalFs>(fs: &F, dir: &Path) -> Result<Option<GroupState>, DatatapError> {
         let path = dir.join(STATE_FILE_NAME);
-        let file = match File::open(&path) {
+        let file = match fs.open(&path) {
             Ok(file) => file,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(DatatapError::io("open datatap state", &path, source)),
         };
         let length = file
-            .metadata()
-            .map_err(|source| DatatapError::io("stat datatap state", &path, source))?
-            .len();
+            .len_bytes()
+            .map_err(|source| DatatapError::io("stat datatap state", &path, source))?;
         if length > STATE_FILE_BYTES_MAX {
             return Err(DatatapError::State {
                 path,
@@ -90,8 +89,11 @@ impl GroupState {
                 ),
             });
         }
-        let text = fs::read(&path)
+        let mut text = vec![0u8; length as usize];
+        let read = file
+            .read_exact_or_eof(0, &mut text)
             .map_err(|source| DatatapError::io("read datatap state", &path, source))?;
+        text.truncate(read);
         let state: GroupState =
             serde_json::from_slice(&text).map_err(|error| DatatapError::State {
                 path: path.clone(),
@@ -109,49 +111,56 @@ impl GroupState {
         Ok(Some(state))
     }
 
-    pub fn save(&self, dir: &Path) -> Result<(), DatatapError> {
+    /// Replaces the state file atomically: temporary file, fdatasync, rename, directory sync.
+    pub fn save<F: JournalFs>(&self, fs: &F, dir: &Path) -> Result<(), DatatapError> {
         let temporary = dir.join(STATE_TEMPORARY_FILE_NAME);
         let path = dir.join(STATE_FILE_NAME);
         let text = serde_json::to_vec_pretty(self).map_err(|error| DatatapError::State {
             path: path.clone(),
             reason: error.to_string(),
         })?;
-        let mut file = File::create(&temporary)
+        match fs.remove(&temporary) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(DatatapError::io(
+                    "remove old temporary state",
+                    &temporary,
+                    source,
+                ))
+            }
+        }
+        let mut file = fs
+            .create_new(&temporary)
             .map_err(|source| DatatapError::io("create datatap state", &temporary, source))?;
-        file.write_all(&text)
-            .and_then(|()| file.sync_all())
+        file.write_all_at(0, &text)
+            .and_then(|()| file.sync_data())
             .map_err(|source| DatatapError::io("write datatap state", &temporary, source))?;
-        fs::rename(&temporary, &path)
+        drop(file);
+        fs.rename(&temporary, &path)
             .map_err(|source| DatatapError::io("rename datatap state", &path, source))?;
-        sync_dir(dir)
+        fs.sync_dir(dir)
+            .map_err(|source| DatatapError::io("sync directory", dir, source))
     }
-}
-
-pub fn sync_dir(dir: &Path) -> Result<(), DatatapError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|source| DatatapError::io("sync directory", dir, source))
-}
-
-pub fn state_path(dir: &Path) -> PathBuf {
-    dir.join(STATE_FILE_NAME)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use redoubt_journal::StdFs;
+
     #[test]
     fn round_trip_and_stable_ids() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(GroupState::load(dir.path()).unwrap(), None);
+        assert_eq!(GroupState::load(&StdFs, dir.path()).unwrap(), None);
         let mut state = GroupState::new([7; 16]);
         assert_eq!(state.lv_id("a"), 1);
         assert_eq!(state.lv_id("b"), 2);
         assert_eq!(state.lv_id("a"), 1);
         state.checkpoint_seq = 42;
-        state.save(dir.path()).unwrap();
-        let loaded = GroupState::load(dir.path()).unwrap().unwrap();
+        state.save(&StdFs, dir.path()).unwrap();
+        let loaded = GroupState::load(&StdFs, dir.path()).unwrap().unwrap();
         assert_eq!(loaded, state);
         assert_eq!(loaded.group_id_bytes(), Some([7; 16]));
     }
@@ -159,8 +168,10 @@ mod tests {
     #[test]
     fn garbage_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(STATE_FILE_NAME), b"{not json").unwrap();
-        let error = GroupState::load(dir.path()).unwrap_err().to_string();
+        std::fs::write(dir.path().join(STATE_FILE_NAME), b"{not json").unwrap();
+        let error = GroupState::load(&StdFs, dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("datatap.json"), "{error}");
     }
 }
