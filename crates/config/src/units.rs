@@ -112,7 +112,7 @@ pub struct Bytes(pub u64);
 impl fmt::Display for Bytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, multiplier) in &SIZE_UNITS[..4] {
-            if self.0 >= *multiplier && self.0 % multiplier == 0 {
+            if self.0 >= *multiplier && self.0.is_multiple_of(*multiplier) {
                 return write!(f, "{}{name}", self.0 / multiplier);
             }
         }
@@ -126,7 +126,7 @@ pub struct Seconds(pub u64);
 impl fmt::Display for Seconds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, multiplier) in DURATION_UNITS.iter().rev() {
-            if self.0 >= *multiplier && self.0 % multiplier == 0 {
+            if self.0 >= *multiplier && self.0.is_multiple_of(*multiplier) {
                 return write!(f, "{}{name}", self.0 / multiplier);
             }
         }

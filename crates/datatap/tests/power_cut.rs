@@ -25,14 +25,15 @@ fn config() -> EngineConfig {
     config
 }
 
-fn start(
-    fs: &SimFs,
-) -> (
+/// A started engine: its handle, the lv ids, the volumes, and the commit thread.
+type Started = (
     Engine,
     Vec<u32>,
     Vec<Arc<dyn BlockVolume>>,
     std::thread::JoinHandle<()>,
-) {
+);
+
+fn start(fs: &SimFs) -> Started {
     let volumes: Vec<(String, Arc<dyn BlockVolume>)> = LV_SIZES_BYTES
         .iter()
         .enumerate()
@@ -92,7 +93,7 @@ fn run_seed(seed: u64) -> (u64, u64) {
         }
         match event {
             WorkloadEvent::Write(op) => {
-                let fua = rng.next_u64() % 8 == 0;
+                let fua = rng.next_u64().is_multiple_of(8);
                 let data = Payload::from_slice(&op.payload(run_id));
                 let submitted = Op::Write {
                     lv_id: lv_ids[op.lv_index as usize],

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::sync::mpsc;
 
-use redoubt_history::{check_at_least, generate, History, MemoryImages, WorkloadConfig, WorkloadEvent};
+use redoubt_history::{
+    check_at_least, generate, History, MemoryImages, WorkloadConfig, WorkloadEvent,
+};
 use redoubt_nbd_proto::{self as nbd, client, Command, CommandFlags};
 use redoubt_testkit::{DatatapProcess, NbdClient};
 
@@ -21,10 +23,18 @@ struct Outcome {
     flushed_seq: u64,
 }
 
-fn write_until_the_server_dies(address: String, seed: u64, kill_after_acks: u64, ready: mpsc::Sender<()>) -> Outcome {
+fn write_until_the_server_dies(
+    address: String,
+    seed: u64,
+    kill_after_acks: u64,
+    ready: mpsc::Sender<()>,
+) -> Outcome {
     let run_id = 0x5eed_0000 + seed;
     let events = generate(&WorkloadConfig::new(seed, LV_SIZES_BYTES.to_vec(), 100_000)).unwrap();
-    let mut clients = [NbdClient::connect(&address, "lv0").unwrap(), NbdClient::connect(&address, "lv1").unwrap()];
+    let mut clients = [
+        NbdClient::connect(&address, "lv0").unwrap(),
+        NbdClient::connect(&address, "lv1").unwrap(),
+    ];
     let mut history = History::new(run_id, &LV_SIZES_BYTES).unwrap();
     let mut acknowledged_seq = 0;
     let mut flushed_seq = 0;
@@ -51,7 +61,9 @@ fn write_until_the_server_dies(address: String, seed: u64, kill_after_acks: u64,
             }
             WorkloadEvent::Flush => {
                 // One connection per LV: a FLUSH on each covers every write before it.
-                let flushed = clients.iter_mut().all(|client| matches!(client.flush(), Ok(0)));
+                let flushed = clients
+                    .iter_mut()
+                    .all(|client| matches!(client.flush(), Ok(0)));
                 if !flushed {
                     break;
                 }
@@ -70,11 +82,14 @@ fn write_until_the_server_dies(address: String, seed: u64, kill_after_acks: u64,
 fn sigkill_mid_workload_loses_no_acknowledged_write_and_replays_cleanly() {
     for seed in 1..=3u64 {
         let dir = tempfile::tempdir().unwrap();
-        let mut datatap = DatatapProcess::start(binary(), dir.path(), &["lv0:8MiB", "lv1:4MiB"], &[]);
+        let mut datatap =
+            DatatapProcess::start(binary(), dir.path(), &["lv0:8MiB", "lv1:4MiB"], &[]);
         let address = datatap.address();
         let (ready, go) = mpsc::channel();
         let kill_after_acks = 500 * seed;
-        let writer = std::thread::spawn(move || write_until_the_server_dies(address, seed, kill_after_acks, ready));
+        let writer = std::thread::spawn(move || {
+            write_until_the_server_dies(address, seed, kill_after_acks, ready)
+        });
         // The writer keeps writing while the server is killed under it.
         go.recv().expect("writer reached the kill point");
         datatap.kill9();
@@ -121,12 +136,26 @@ fn hostile_clients_get_errors_or_a_disconnect_and_others_keep_being_served() {
 
     let mut hostile = NbdClient::connect(&address, "lv0").unwrap();
     // Out of range: the right NBD errors, and the connection stays usable.
-    assert_eq!(hostile.read(1 << 20, 4096).unwrap(), Err(22), "read past the end: EINVAL");
-    assert_eq!(hostile.write((1 << 20) - 512, &[1u8; 4096], false).unwrap(), 28, "write past the end: ENOSPC");
-    assert_eq!(hostile.read(u64::MAX - 10, 4096).unwrap(), Err(22), "offset overflow: EINVAL");
+    assert_eq!(
+        hostile.read(1 << 20, 4096).unwrap(),
+        Err(22),
+        "read past the end: EINVAL"
+    );
+    assert_eq!(
+        hostile.write((1 << 20) - 512, &[1u8; 4096], false).unwrap(),
+        28,
+        "write past the end: ENOSPC"
+    );
+    assert_eq!(
+        hostile.read(u64::MAX - 10, 4096).unwrap(),
+        Err(22),
+        "offset overflow: EINVAL"
+    );
     assert_eq!(hostile.read(0, 0).unwrap(), Err(22), "zero length: EINVAL");
     // An unknown command gets EINVAL and the connection goes on.
-    hostile.send(Command::Unknown(99), CommandFlags::empty(), 0, 4096, &[]).unwrap();
+    hostile
+        .send(Command::Unknown(99), CommandFlags::empty(), 0, 4096, &[])
+        .unwrap();
     assert_eq!(hostile.receive().unwrap().error, 22);
     assert_eq!(hostile.read(0, 4096).unwrap().unwrap(), vec![9u8; 4096]);
     // A write larger than the 32 MiB cap is a protocol violation: disconnect, no allocation.
@@ -135,7 +164,9 @@ fn hostile_clients_get_errors_or_a_disconnect_and_others_keep_being_served() {
 
     // Bad request magic: disconnect.
     let mut bad_magic = NbdClient::connect(&address, "lv0").unwrap();
-    bad_magic.send_raw(&[0xde, 0xad, 0xbe, 0xef].repeat(7)).unwrap();
+    bad_magic
+        .send_raw(&[0xde, 0xad, 0xbe, 0xef].repeat(7))
+        .unwrap();
     assert!(bad_magic.is_closed_by_server());
 
     // Garbage during the handshake: disconnect.
@@ -146,7 +177,10 @@ fn hostile_clients_get_errors_or_a_disconnect_and_others_keep_being_served() {
     std::io::Write::write_all(&mut stream, &[0x41; 64]).unwrap();
     let mut rest = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stream, &mut rest);
-    assert!(rest.is_empty(), "no reply to a bad option magic, just a close");
+    assert!(
+        rest.is_empty(),
+        "no reply to a bad option magic, just a close"
+    );
 
     // An oversized option is answered with NBD_REP_ERR_TOO_BIG, then closed.
     let mut stream = std::net::TcpStream::connect(&address).unwrap();
@@ -159,7 +193,10 @@ fn hostile_clients_get_errors_or_a_disconnect_and_others_keep_being_served() {
     std::io::Write::write_all(&mut stream, &out).unwrap();
     let mut reply = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stream, &mut reply);
-    assert_eq!(reply.len(), nbd::OPTION_REPLY_HEADER_BYTES + "option data too long".len());
+    assert_eq!(
+        reply.len(),
+        nbd::OPTION_REPLY_HEADER_BYTES + "option data too long".len()
+    );
 
     // Through all of it, the well-behaved client was served.
     assert_eq!(good.read(0, 4096).unwrap().unwrap(), vec![9u8; 4096]);
@@ -176,7 +213,15 @@ fn trim_write_zeroes_and_pipelined_overlapping_writes_keep_their_order() {
     // must win whole (never a torn mix), and the LV must agree with the journal: the same
     // winner after a SIGKILL and a replay.
     for round in 0..64u8 {
-        client.send(Command::Write, CommandFlags::empty(), 0, 65536, &[round; 65536]).unwrap();
+        client
+            .send(
+                Command::Write,
+                CommandFlags::empty(),
+                0,
+                65536,
+                &[round; 65536],
+            )
+            .unwrap();
     }
     for _ in 0..64 {
         assert_eq!(client.receive().unwrap().error, 0);
@@ -185,7 +230,15 @@ fn trim_write_zeroes_and_pipelined_overlapping_writes_keep_their_order() {
     assert_eq!(client.trim(1 << 20, 1 << 20).unwrap(), 0);
     let data = client.read(0, 65536).unwrap().unwrap();
     let winner = data[0];
-    let expected: Vec<u8> = (0..65536).map(|i| if (8192..16384).contains(&i) { 0 } else { winner }).collect();
+    let expected: Vec<u8> = (0..65536)
+        .map(|i| {
+            if (8192..16384).contains(&i) {
+                0
+            } else {
+                winner
+            }
+        })
+        .collect();
     assert_eq!(data, expected, "one write wins whole");
     datatap.kill9();
     datatap.restart();

@@ -11,7 +11,12 @@ fn binary() -> &'static Path {
 #[test]
 fn nbdinfo_lists_every_export_and_only_exact_names_are_served() {
     let dir = tempfile::tempdir().unwrap();
-    let datatap = DatatapProcess::start(binary(), dir.path(), &["lv_data:64MiB", "lv_logs:16MiB"], &[]);
+    let datatap = DatatapProcess::start(
+        binary(),
+        dir.path(),
+        &["lv_data:64MiB", "lv_logs:16MiB"],
+        &[],
+    );
     let uri = datatap.uri("lv_data");
     let listing = run_ok("nbdinfo", &["--list", &uri]);
     assert!(listing.contains("export=\"lv_data\""), "{listing}");
@@ -19,13 +24,22 @@ fn nbdinfo_lists_every_export_and_only_exact_names_are_served() {
     assert!(listing.contains("export-size: 67108864"), "{listing}");
     assert!(listing.contains("export-size: 16777216"), "{listing}");
     let info = run_ok("nbdinfo", &["--json", &uri]);
-    assert!(info.contains("\"can_flush\": true") && info.contains("\"can_fua\": true"), "{info}");
-    assert!(info.contains("\"can_trim\": true") && info.contains("\"can_zero\": true"), "{info}");
+    assert!(
+        info.contains("\"can_flush\": true") && info.contains("\"can_fua\": true"),
+        "{info}"
+    );
+    assert!(
+        info.contains("\"can_trim\": true") && info.contains("\"can_zero\": true"),
+        "{info}"
+    );
 
     let address = datatap.address();
     assert_eq!(NbdClient::list(&address).unwrap(), ["lv_data", "lv_logs"]);
     for wrong in ["lv", "lv_data ", "LV_DATA", "", "../lv_data"] {
-        assert!(NbdClient::connect(&address, wrong).is_err(), "{wrong:?} must not be served");
+        assert!(
+            NbdClient::connect(&address, wrong).is_err(),
+            "{wrong:?} must not be served"
+        );
     }
     let missing = run("nbdinfo", &[&format!("nbd://{address}/nope")]);
     assert!(!missing.status.success());
@@ -66,9 +80,24 @@ fn qemu_io_patterns_read_back_at_aligned_and_unaligned_offsets() {
     assert!(!output.contains("Pattern verification failed"), "{output}");
     assert_eq!(output.matches("read ").count(), 8, "{output}");
     // A read past the end is refused and the connection keeps serving.
-    let refused = run("qemu-io", &["-f", "raw", "-c", "read 67108864 4096", "-c", "read -P 0x44 67104768 4096", &uri]);
-    let text = String::from_utf8_lossy(&refused.stdout).to_string() + &String::from_utf8_lossy(&refused.stderr);
-    assert!(text.contains("read 4096/4096 bytes at offset 67104768"), "{text}");
+    let refused = run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read 67108864 4096",
+            "-c",
+            "read -P 0x44 67104768 4096",
+            &uri,
+        ],
+    );
+    let text = String::from_utf8_lossy(&refused.stdout).to_string()
+        + &String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        text.contains("read 4096/4096 bytes at offset 67104768"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -93,7 +122,10 @@ fn nbdcopy_256_mib_in_and_out_is_identical() {
     run_ok("nbdcopy", &[&uri, &out.display().to_string()]);
     let copied = std::fs::read(&out).unwrap();
     assert_eq!(copied.len(), bytes.len());
-    assert!(copied == bytes, "the image read back differs from the image written");
+    assert!(
+        copied == bytes,
+        "the image read back differs from the image written"
+    );
 }
 
 #[test]
@@ -124,12 +156,18 @@ fn fio_crc32c_verify_after_random_writes_and_a_restart() {
     // fio exits non-zero on the first mismatch (verify_fatal); its READ line proves the verify
     // pass ran.
     let written = job(&datatap.uri("lv0"), false);
-    assert!(written.contains("READ:") && written.contains("WRITE:"), "{written}");
+    assert!(
+        written.contains("READ:") && written.contains("WRITE:"),
+        "{written}"
+    );
     // After an orderly restart the same data verifies again.
     assert!(datatap.stop().success());
     datatap.restart();
     let verified = job(&datatap.uri("lv0"), true);
-    assert!(verified.contains("READ:") && !verified.contains("WRITE:"), "{verified}");
+    assert!(
+        verified.contains("READ:") && !verified.contains("WRITE:"),
+        "{verified}"
+    );
 }
 
 #[test]
@@ -150,7 +188,18 @@ fn unix_socket_exports_work_with_nbd_unix_uris() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
     let uri = line.trim().strip_prefix("ready ").unwrap().to_string();
     assert_eq!(uri, format!("nbd+unix:///lv0?socket={}", socket.display()));
-    let output = run_ok("qemu-io", &["-f", "raw", "-c", "write -P 0x7e 0 64k", "-c", "read -P 0x7e 0 64k", &uri]);
+    let output = run_ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x7e 0 64k",
+            "-c",
+            "read -P 0x7e 0 64k",
+            &uri,
+        ],
+    );
     assert!(output.contains("read 65536/65536"), "{output}");
 }
 

@@ -6,7 +6,9 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use redoubt_nbd_proto::{self as nbd, client, ClientFlags, Command, CommandFlags, RequestHeader, TransmissionFlags};
+use redoubt_nbd_proto::{
+    self as nbd, client, ClientFlags, Command, CommandFlags, RequestHeader, TransmissionFlags,
+};
 
 pub struct NbdClient {
     stream: TcpStream,
@@ -57,7 +59,11 @@ impl NbdClient {
                     format!("GO {name:?} refused: {}", String::from_utf8_lossy(&payload)),
                 ));
             }
-            if let Some(nbd::Info::Export { size_bytes: size, transmission_flags }) = raw.info() {
+            if let Some(nbd::Info::Export {
+                size_bytes: size,
+                transmission_flags,
+            }) = raw.info()
+            {
                 size_bytes = Some(size);
                 flags = transmission_flags;
             }
@@ -102,7 +108,14 @@ impl NbdClient {
     }
 
     /// Sends one request without waiting for its reply; returns its handle.
-    pub fn send(&mut self, command: Command, flags: CommandFlags, offset_bytes: u64, length_bytes: u32, payload: &[u8]) -> io::Result<u64> {
+    pub fn send(
+        &mut self,
+        command: Command,
+        flags: CommandFlags,
+        offset_bytes: u64,
+        length_bytes: u32,
+        payload: &[u8],
+    ) -> io::Result<u64> {
         let handle = self.handle_next;
         self.handle_next += 1;
         let header = RequestHeader {
@@ -139,10 +152,21 @@ impl NbdClient {
             data.resize(length as usize, 0);
             self.stream.read_exact(&mut data)?;
         }
-        Ok(Answer { handle, error, data })
+        Ok(Answer {
+            handle,
+            error,
+            data,
+        })
     }
 
-    fn call(&mut self, command: Command, flags: CommandFlags, offset_bytes: u64, length_bytes: u32, payload: &[u8]) -> io::Result<Answer> {
+    fn call(
+        &mut self,
+        command: Command,
+        flags: CommandFlags,
+        offset_bytes: u64,
+        length_bytes: u32,
+        payload: &[u8],
+    ) -> io::Result<Answer> {
         let handle = self.send(command, flags, offset_bytes, length_bytes, payload)?;
         let answer = self.receive()?;
         assert_eq!(answer.handle, handle, "one request in flight");
@@ -151,26 +175,64 @@ impl NbdClient {
 
     /// Writes `data` at `offset_bytes`; `Ok(errno)` with 0 for success.
     pub fn write(&mut self, offset_bytes: u64, data: &[u8], fua: bool) -> io::Result<u32> {
-        let flags = if fua { CommandFlags::FUA } else { CommandFlags::empty() };
+        let flags = if fua {
+            CommandFlags::FUA
+        } else {
+            CommandFlags::empty()
+        };
         let length = u32::try_from(data.len()).map_err(protocol)?;
-        Ok(self.call(Command::Write, flags, offset_bytes, length, data)?.error)
+        Ok(self
+            .call(Command::Write, flags, offset_bytes, length, data)?
+            .error)
     }
 
-    pub fn read(&mut self, offset_bytes: u64, length_bytes: u32) -> io::Result<Result<Vec<u8>, u32>> {
-        let answer = self.call(Command::Read, CommandFlags::empty(), offset_bytes, length_bytes, &[])?;
-        Ok(if answer.error == 0 { Ok(answer.data) } else { Err(answer.error) })
+    pub fn read(
+        &mut self,
+        offset_bytes: u64,
+        length_bytes: u32,
+    ) -> io::Result<Result<Vec<u8>, u32>> {
+        let answer = self.call(
+            Command::Read,
+            CommandFlags::empty(),
+            offset_bytes,
+            length_bytes,
+            &[],
+        )?;
+        Ok(if answer.error == 0 {
+            Ok(answer.data)
+        } else {
+            Err(answer.error)
+        })
     }
 
     pub fn flush(&mut self) -> io::Result<u32> {
-        Ok(self.call(Command::Flush, CommandFlags::empty(), 0, 0, &[])?.error)
+        Ok(self
+            .call(Command::Flush, CommandFlags::empty(), 0, 0, &[])?
+            .error)
     }
 
     pub fn trim(&mut self, offset_bytes: u64, length_bytes: u32) -> io::Result<u32> {
-        Ok(self.call(Command::Trim, CommandFlags::empty(), offset_bytes, length_bytes, &[])?.error)
+        Ok(self
+            .call(
+                Command::Trim,
+                CommandFlags::empty(),
+                offset_bytes,
+                length_bytes,
+                &[],
+            )?
+            .error)
     }
 
     pub fn write_zeroes(&mut self, offset_bytes: u64, length_bytes: u32) -> io::Result<u32> {
-        Ok(self.call(Command::WriteZeroes, CommandFlags::empty(), offset_bytes, length_bytes, &[])?.error)
+        Ok(self
+            .call(
+                Command::WriteZeroes,
+                CommandFlags::empty(),
+                offset_bytes,
+                length_bytes,
+                &[],
+            )?
+            .error)
     }
 
     /// Sends bytes as they are (a hostile or broken client).

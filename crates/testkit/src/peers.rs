@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 pub fn run(program: &str, args: &[&str]) -> Output {
     match Command::new(program).args(args).output() {
         Ok(output) => output,
-        Err(error) => panic!("cannot run {program} {args:?}: {error} (scripts/deps.sh installs the test tools)"),
+        Err(error) => panic!(
+            "cannot run {program} {args:?}: {error} (scripts/deps.sh installs the test tools)"
+        ),
     }
 }
 

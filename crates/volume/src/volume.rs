@@ -326,7 +326,8 @@ impl Volume {
     /// a large allocation per small request is an mmap/munmap pair, which serializes every
     /// thread of the process on the address-space lock.
     fn bounce_size_bytes(offset: u64, end: u64) -> usize {
-        let span = end.div_ceil(ALIGNMENT_BYTES) * ALIGNMENT_BYTES - (offset - offset % ALIGNMENT_BYTES);
+        let span =
+            end.div_ceil(ALIGNMENT_BYTES) * ALIGNMENT_BYTES - (offset - offset % ALIGNMENT_BYTES);
         (span as usize).min(BOUNCE_SIZE_BYTES_MAX)
     }
 

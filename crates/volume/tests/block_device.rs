@@ -1,14 +1,46 @@
-//! Block-device sources need a real device, so this test is opt-in: attach a scratch loop
-//! device (`losetup -f --show scratch.img`) and run
-//! `REDOUBT_TEST_BLOCK_DEVICE=/dev/loopN cargo test -p redoubt-volume -- --ignored`.
-//! The device's contents are overwritten.
+//! Block-device sources need a real device: the test attaches a loop device to a scratch file
+//! of its own (losetup needs root, as CI and the development machines run) and detaches it
+//! however the test ends.
+
+use std::process::Command;
 
 use redoubt_volume::{Backing, IoMode, Volume, VolumeError};
 
+/// A loop device over a scratch file, detached on drop.
+struct LoopDevice {
+    path: std::path::PathBuf,
+    _file: tempfile::NamedTempFile,
+}
+
+impl LoopDevice {
+    fn attach(size_bytes: u64) -> LoopDevice {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        file.as_file().set_len(size_bytes).unwrap();
+        let output = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(file.path())
+            .output()
+            .expect("run losetup (util-linux)");
+        assert!(
+            output.status.success(),
+            "losetup failed (root is needed to attach a loop device): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = String::from_utf8_lossy(&output.stdout).trim().into();
+        LoopDevice { path, _file: file }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("--detach").arg(&self.path).status();
+    }
+}
+
 #[test]
-#[ignore = "needs a scratch block device in REDOUBT_TEST_BLOCK_DEVICE"]
 fn block_device_source_is_sized_by_ioctl() {
-    let path = std::path::PathBuf::from(std::env::var("REDOUBT_TEST_BLOCK_DEVICE").unwrap());
+    let device = LoopDevice::attach(8 << 20);
+    let path = device.path.clone();
     let volume = Volume::open_source(&path, 4096, IoMode::Auto).unwrap();
     assert_eq!(volume.backing(), &Backing::SourceBlockDevice);
     // Learn the device size from the "too small" error of an absurd configured size.
