@@ -6,8 +6,10 @@
 
 pub mod datatap;
 pub mod nbd_client;
+pub mod netns;
 pub mod peers;
 
 pub use datatap::DatatapProcess;
 pub use nbd_client::NbdClient;
+pub use netns::{Netem, Spawned, TestBed};
 pub use peers::{run, run_ok};
