@@ -134,7 +134,9 @@ impl TestBed {
             let (fd, tap) = open_tap()?;
             taps.push(fd);
             ip(&["link", "set", "dev", &tap, "netns", &namespace])?;
-            ip(&["-n", &namespace, "link", "set", "dev", &tap, "name", INTERFACE])?;
+            ip(&[
+                "-n", &namespace, "link", "set", "dev", &tap, "name", INTERFACE,
+            ])?;
             let cidr = format!("198.18.0.{host}/24");
             ip(&["-n", &namespace, "addr", "add", &cidr, "dev", INTERFACE])?;
             ip(&["-n", &namespace, "link", "set", "dev", INTERFACE, "up"])?;
@@ -259,7 +261,15 @@ impl TestBed {
     /// Brings the server's interface back up (its address stays configured).
     pub fn link_up(&self, name: &str) -> io::Result<()> {
         let (_, server) = self.server(name)?;
-        ip(&["-n", &server.namespace, "link", "set", "dev", INTERFACE, "up"])
+        ip(&[
+            "-n",
+            &server.namespace,
+            "link",
+            "set",
+            "dev",
+            INTERFACE,
+            "up",
+        ])
     }
 
     /// Replaces the impairment of the frames the server sends.
@@ -293,7 +303,10 @@ impl TestBed {
                     let rc = unsafe { libc::setns(handle.as_raw_fd(), libc::CLONE_NEWNET) };
                     if rc != 0 {
                         let error = io::Error::last_os_error();
-                        return Err(io::Error::new(error.kind(), format!("setns {path}: {error}")));
+                        return Err(io::Error::new(
+                            error.kind(),
+                            format!("setns {path}: {error}"),
+                        ));
                     }
                     Ok(f())
                 })
@@ -505,7 +518,10 @@ fn ip_output(args: &[&str]) -> io::Result<String> {
     let output = Command::new("ip").args(args).output().map_err(|error| {
         io::Error::new(
             error.kind(),
-            format!("cannot run `ip {}`: {error} (install iproute2)", args.join(" ")),
+            format!(
+                "cannot run `ip {}`: {error} (install iproute2)",
+                args.join(" ")
+            ),
         )
     })?;
     if !output.status.success() {
@@ -793,13 +809,8 @@ fn switch_loop(taps: &[OwnedFd], wake: &OwnedFd, shared: &Shared) {
             pollfd.revents = 0;
         }
         // SAFETY: poll(2) over our own array of pollfds.
-        let ready = unsafe {
-            libc::poll(
-                pollfds.as_mut_ptr(),
-                pollfds.len() as libc::nfds_t,
-                timeout,
-            )
-        };
+        let ready =
+            unsafe { libc::poll(pollfds.as_mut_ptr(), pollfds.len() as libc::nfds_t, timeout) };
         if ready <= 0 {
             continue;
         }
@@ -840,9 +851,9 @@ fn switch_loop(taps: &[OwnedFd], wake: &OwnedFd, shared: &Shared) {
                 }
                 let arrived = Instant::now();
                 let mut departs = arrived;
-                if netem.rate_kbit > 0 {
+                // Serialization time at the link rate (no rate: no limit).
+                if let Some(micros) = (length as u64 * 8 * 1000).checked_div(netem.rate_kbit) {
                     let start = link_free[port].max(arrived);
-                    let micros = (length as u64 * 8 * 1000) / netem.rate_kbit;
                     link_free[port] = start + Duration::from_micros(micros);
                     departs = link_free[port];
                 }
