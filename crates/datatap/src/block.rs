@@ -79,7 +79,11 @@ impl<F: JournalFs> FsVolume<F> {
                 if let Some(dir) = path.parent() {
                     fs.create_dir_all(dir)?;
                 }
-                let file = fs.create_new(path)?;
+                // Full size from the start, as the volume store creates LVs: the file is then
+                // only ever overwritten in place, never appended to.
+                let mut file = fs.create_new(path)?;
+                file.set_len(size_bytes)?;
+                file.sync_data()?;
                 if let Some(dir) = path.parent() {
                     fs.sync_dir(dir)?;
                 }

@@ -104,7 +104,7 @@ impl EngineConfig {
             // checkpoints: the page cache absorbs that well, while O_DIRECT makes the one
             // applying thread wait for the device on every write (measured: random 4 KiB
             // writes 20.3k IOPS buffered vs 5.7k direct; README, "Benchmarks").
-            io_mode: IoMode::Buffered,
+            io_mode: IoMode::Hybrid,
         }
     }
 }
@@ -700,12 +700,16 @@ impl<F: JournalFs> Committer<F> {
             Op::Marker { name } => Entry::marker(name, timestamp_ns),
             Op::Flush | Op::Checkpoint => return Ok(Logged::Nothing),
         };
-        match self.journal.append(&entry) {
+        let payload_crc32c = match op {
+            Op::Write { data, .. } => data.crc32c(),
+            _ => crc32c::crc32c(entry.payload),
+        };
+        match self.journal.append_with_crc(&entry, payload_crc32c) {
             Ok(seq) => Ok(Logged::Seq(seq)),
             Err(JournalError::JournalFull { .. }) => {
                 self.settle()?;
                 self.checkpoint()?;
-                match self.journal.append(&entry) {
+                match self.journal.append_with_crc(&entry, payload_crc32c) {
                     Ok(seq) => Ok(Logged::Seq(seq)),
                     Err(JournalError::JournalFull { .. }) if !matches!(op, Op::Marker { .. }) => {
                         if !self.state.needs_resync {

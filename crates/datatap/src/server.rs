@@ -342,9 +342,12 @@ where
         ) else {
             break Ok(());
         };
-        let mut payload = Payload::zeroed(header.payload_length_bytes());
+        let mut payload = Payload::for_filling(header.payload_length_bytes());
         if let Err(error) = reader.read_exact(payload.as_mut_slice()).await {
             break Err(error.into());
+        }
+        if !payload.is_empty() {
+            payload.seal_checksum();
         }
         let verdict = nbd::validate(&header, export.size_bytes(), export.read_only)
             .and_then(|()| nbd::validate_negotiated(&header, flags));
@@ -462,7 +465,7 @@ async fn execute(
             let length = header.length_bytes as usize;
             let offset = header.offset_bytes;
             let read = tokio::task::spawn_blocking(move || {
-                let mut data = Payload::zeroed(length);
+                let mut data = Payload::for_filling(length);
                 volume.read_at(data.as_mut_slice(), offset).map(|()| data)
             })
             .await;

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use crate::error::JournalError;
 use crate::fs::{join, JournalFs, SegmentFile, StdFs};
 use crate::reader::{check_segment_header, read_record_at, JournalReader, RecordAt, SegmentRef};
-use crate::record::{encode, encoded_size_bytes, DecodeError, Record, RecordHeader, RecordKind};
+use crate::record::{
+    encode_header, encoded_size_bytes, DecodeError, Record, RecordHeader, RecordKind,
+};
 use crate::segment::{
     parse_segment_file_name, segment_file_name, GroupId, SegmentHeader, SegmentHeaderError,
     SEGMENT_HEADER_SIZE_BYTES,
@@ -20,6 +22,8 @@ pub const SEGMENT_SIZE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 pub const SEGMENT_SIZE_BYTES_MIN: u64 = 4 * 1024;
 /// Largest configurable segment size; bounds recovery and shipping work per segment.
 pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Payloads at least this big are written from the caller's buffer, skipping a copy.
+pub const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
 /// Default bytes buffered in memory before a `write` to the segment file.
 pub const WRITE_BUFFER_BYTES_DEFAULT: u64 = 1024 * 1024;
 /// Largest write buffer; the buffer is lost on a crash anyway, so bigger buys nothing.
@@ -307,6 +311,18 @@ impl<F: JournalFs> Journal<F> {
         self.append_header(&header, entry.payload)
     }
 
+    /// [`Journal::append`] for a caller that already computed the payload's CRC32C where the
+    /// data arrived, so the journal's single thread does not spend its time checksumming.
+    pub fn append_with_crc(
+        &mut self,
+        entry: &Entry<'_>,
+        payload_crc32c: u32,
+    ) -> Result<u64, JournalError> {
+        assert!(self.appended_seq < u64::MAX, "sequence numbers exhausted");
+        let header = entry.header(self.appended_seq + 1);
+        self.append_checked(&header, entry.payload, payload_crc32c)
+    }
+
     /// Append a record that already has a seq (the ABA storing production's records). The
     /// seq must continue this journal exactly; anything else is a protocol error.
     pub fn append_replicated(&mut self, record: &Record<'_>) -> Result<u64, JournalError> {
@@ -324,6 +340,15 @@ impl<F: JournalFs> Journal<F> {
         &mut self,
         header: &RecordHeader,
         payload: &[u8],
+    ) -> Result<u64, JournalError> {
+        self.append_checked(header, payload, crc32c::crc32c(payload))
+    }
+
+    fn append_checked(
+        &mut self,
+        header: &RecordHeader,
+        payload: &[u8],
+        payload_crc32c: u32,
     ) -> Result<u64, JournalError> {
         if self.poisoned {
             return Err(JournalError::Poisoned);
@@ -353,10 +378,24 @@ impl<F: JournalFs> Journal<F> {
         if rollover {
             self.seal_open()?;
         }
-        encode(header, payload, &mut self.buffer);
-        self.appended_seq = header.seq;
-        if self.buffer.len() as u64 >= self.config.write_buffer_bytes {
-            self.write_buffer()?;
+        self.buffer
+            .extend_from_slice(&encode_header(header, payload, payload_crc32c));
+        if payload.len() >= DIRECT_PAYLOAD_BYTES_MIN {
+            // A large payload goes from the caller's buffer to the file, not through ours.
+            self.write_buffer_bytes()?;
+            self.open
+                .file
+                .write_all_at(self.open.written_bytes, payload)
+                .map_err(JournalError::io("write journal segment", &self.open.path))?;
+            self.open.written_bytes += payload.len() as u64;
+            self.appended_seq = header.seq;
+            self.written_seq = header.seq;
+        } else {
+            self.buffer.extend_from_slice(payload);
+            self.appended_seq = header.seq;
+            if self.buffer.len() as u64 >= self.config.write_buffer_bytes {
+                self.write_buffer()?;
+            }
         }
         self.poisoned = false;
         self.assert_invariants();
@@ -542,13 +581,23 @@ impl<F: JournalFs> Journal<F> {
             assert_eq!(self.written_seq, self.appended_seq);
             return Ok(());
         }
+        self.write_buffer_bytes()?;
+        self.written_seq = self.appended_seq;
+        Ok(())
+    }
+
+    /// Writes the buffered bytes out without moving `written_seq`: the buffer may end in the
+    /// header of a record whose payload is written next.
+    fn write_buffer_bytes(&mut self) -> Result<(), JournalError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
         self.open
             .file
             .write_all_at(self.open.written_bytes, &self.buffer)
             .map_err(JournalError::io("write journal segment", &self.open.path))?;
         self.open.written_bytes += self.buffer.len() as u64;
         self.buffer.clear();
-        self.written_seq = self.appended_seq;
         Ok(())
     }
 

@@ -58,10 +58,10 @@ pub use journal::{
 };
 pub use reader::JournalReader;
 pub use record::{
-    decode, decode_header, encode, encoded_size_bytes, DecodeError, InvalidRecord, OwnedRecord,
-    Record, RecordHeader, RecordKind, MARKER_NAME_BYTES_MAX, RECORD_FORMAT_VERSION_CURRENT,
-    RECORD_FORMAT_VERSION_MIN, RECORD_HEADER_SIZE_BYTES, RECORD_MAGIC, RECORD_PAYLOAD_BYTES_MAX,
-    RECORD_SIZE_BYTES_MAX,
+    decode, decode_header, encode, encode_header, encoded_size_bytes, DecodeError, InvalidRecord,
+    OwnedRecord, Record, RecordHeader, RecordKind, MARKER_NAME_BYTES_MAX,
+    RECORD_FORMAT_VERSION_CURRENT, RECORD_FORMAT_VERSION_MIN, RECORD_HEADER_SIZE_BYTES,
+    RECORD_MAGIC, RECORD_PAYLOAD_BYTES_MAX, RECORD_SIZE_BYTES_MAX,
 };
 pub use segment::{
     parse_segment_file_name, segment_file_name, GroupId, SegmentHeader, SegmentHeaderError,

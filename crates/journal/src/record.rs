@@ -244,8 +244,30 @@ pub enum DecodeError {
 /// Panics if the record is invalid: callers validate input with [`RecordHeader::validate`]
 /// first, so an invalid record here is a programmer error, and it must never reach disk.
 pub fn encode(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) {
-    assert_eq!(header.validate(payload), Ok(()), "encode an invalid record");
     let start = out.len();
+    out.extend_from_slice(&encode_header(header, payload, crc32c::crc32c(payload)));
+    out.extend_from_slice(payload);
+    debug_assert_eq!(
+        decode(&out[start..])
+            .ok()
+            .flatten()
+            .map(|(record, used)| (record.header, used)),
+        Some((*header, out.len() - start)),
+        "encoded record decodes back to itself"
+    );
+}
+
+/// The header bytes of a record whose payload checksum the caller already has (computed where
+/// the data arrived, off the journal's thread). The payload follows the header on disk.
+///
+/// Panics if the record is invalid, as [`encode`] does.
+pub fn encode_header(
+    header: &RecordHeader,
+    payload: &[u8],
+    payload_crc32c: u32,
+) -> [u8; RECORD_HEADER_SIZE_BYTES] {
+    assert_eq!(header.validate(payload), Ok(()), "encode an invalid record");
+    debug_assert_eq!(crc32c::crc32c(payload), payload_crc32c, "payload checksum");
     let payload_length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let mut bytes = [0u8; RECORD_HEADER_SIZE_BYTES];
     put_u32(&mut bytes, OFFSET_MAGIC, RECORD_MAGIC);
@@ -258,20 +280,11 @@ pub fn encode(header: &RecordHeader, payload: &[u8], out: &mut Vec<u8>) {
     put_u64(&mut bytes, OFFSET_SEQ, header.seq);
     put_u64(&mut bytes, OFFSET_TIMESTAMP, header.timestamp_ns);
     put_u32(&mut bytes, OFFSET_PAYLOAD_LENGTH, payload_length);
-    put_u32(&mut bytes, OFFSET_PAYLOAD_CRC, crc32c::crc32c(payload));
+    put_u32(&mut bytes, OFFSET_PAYLOAD_CRC, payload_crc32c);
     // The header checksum is computed with its own field zeroed, which it still is here.
     let header_crc = crc32c::crc32c(&bytes);
     put_u32(&mut bytes, OFFSET_HEADER_CRC, header_crc);
-    out.extend_from_slice(&bytes);
-    out.extend_from_slice(payload);
-    debug_assert_eq!(
-        decode(&out[start..])
-            .ok()
-            .flatten()
-            .map(|(record, used)| (record.header, used)),
-        Some((*header, out.len() - start)),
-        "encoded record decodes back to itself"
-    );
+    bytes
 }
 
 /// Decode just the header and return it with the payload length it announces.

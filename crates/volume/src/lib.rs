@@ -56,4 +56,6 @@ pub use store::{
     verify_group, ContainerCapacities, GroupLayout, GroupStore, Mismatch, VolumeSpec,
     MISMATCH_COUNT_MAX,
 };
-pub use volume::{Backing, IoMode, TrimOutcome, Volume, BOUNCE_SIZE_BYTES_MAX};
+pub use volume::{
+    Backing, IoMode, TrimOutcome, Volume, BOUNCE_SIZE_BYTES_MAX, HYBRID_DIRECT_WRITE_BYTES_MIN,
+};

@@ -53,7 +53,15 @@ pub enum IoMode {
     /// Always buffered (page cache). Used where O_DIRECT is unwanted, and by tests to cover
     /// both paths on one filesystem.
     Buffered,
+    /// Buffered, except that aligned writes of at least [`HYBRID_DIRECT_WRITE_BYTES_MIN`] go
+    /// through a second, `O_DIRECT` descriptor where the backing supports it: large writes skip
+    /// the page-cache copy, small ones keep its low latency. The kernel keeps the two coherent
+    /// (a direct write writes back and invalidates the cached pages it overlaps).
+    Hybrid,
 }
+
+/// Smallest aligned write that [`IoMode::Hybrid`] sends around the page cache.
+pub const HYBRID_DIRECT_WRITE_BYTES_MIN: usize = 256 * 1024;
 
 /// What an LV is stored on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +103,8 @@ pub struct Volume {
     path: PathBuf,
     file: File,
     direct: bool,
+    /// [`IoMode::Hybrid`]: the O_DIRECT descriptor for large aligned writes.
+    direct_writes: Option<File>,
     size_bytes: u64,
     backing: Backing,
     edge_locks: Box<[Mutex<()>]>,
@@ -125,13 +135,15 @@ impl Volume {
                 actual_bytes: metadata.len(),
             });
         }
-        Ok(Volume::new(
+        let mut volume = Volume::new(
             path,
             file,
             direct,
             size_bytes,
             Backing::ContainerFile { preallocated },
-        ))
+        );
+        volume.direct_writes = open_hybrid_direct(path, io_mode, size_bytes)?;
+        Ok(volume)
     }
 
     /// Opens an existing production block device or regular file as an LV of
@@ -159,13 +171,9 @@ impl Volume {
                 configured_bytes: configured_size_bytes,
             });
         }
-        Ok(Volume::new(
-            path,
-            file,
-            direct,
-            configured_size_bytes,
-            backing,
-        ))
+        let mut volume = Volume::new(path, file, direct, configured_size_bytes, backing);
+        volume.direct_writes = open_hybrid_direct(path, io_mode, configured_size_bytes)?;
+        Ok(volume)
     }
 
     fn new(path: &Path, file: File, direct: bool, size_bytes: u64, backing: Backing) -> Volume {
@@ -179,6 +187,7 @@ impl Volume {
             path: path.to_path_buf(),
             file,
             direct,
+            direct_writes: None,
             size_bytes,
             backing,
             edge_locks,
@@ -226,6 +235,13 @@ impl Volume {
         self.check_range(offset, buffer.len() as u64)?;
         if buffer.is_empty() {
             return Ok(());
+        }
+        if let Some(direct) = &self.direct_writes {
+            if buffer.len() >= HYBRID_DIRECT_WRITE_BYTES_MIN && is_aligned(offset, buffer) {
+                return direct
+                    .write_all_at(buffer, offset)
+                    .map_err(|e| self.io_error("write LV (direct)", e));
+            }
         }
         if !self.direct || is_aligned(offset, buffer) {
             return self
@@ -423,7 +439,7 @@ fn open_backing(path: &Path, io_mode: IoMode, size_bytes: u64) -> Result<(File, 
             .custom_flags(flags | libc::O_CLOEXEC)
             .open(path)
     };
-    let want_direct = io_mode == IoMode::Auto && size_bytes % ALIGNMENT_BYTES == 0;
+    let want_direct = io_mode == IoMode::Auto && size_bytes.is_multiple_of(ALIGNMENT_BYTES);
     if want_direct {
         match open(libc::O_DIRECT) {
             Ok(file) => {
@@ -439,6 +455,17 @@ fn open_backing(path: &Path, io_mode: IoMode, size_bytes: u64) -> Result<(File, 
     }
     let file = open(0).map_err(|e| VolumeError::io("open LV backing", path, e))?;
     Ok((file, false))
+}
+
+/// The second descriptor of [`IoMode::Hybrid`], if the backing takes O_DIRECT.
+fn open_hybrid_direct(path: &Path, io_mode: IoMode, size_bytes: u64) -> Result<Option<File>> {
+    if io_mode != IoMode::Hybrid {
+        return Ok(None);
+    }
+    match open_backing(path, IoMode::Auto, size_bytes)? {
+        (file, true) => Ok(Some(file)),
+        (_, false) => Ok(None),
+    }
 }
 
 /// Some filesystems accept O_DIRECT at open and refuse it at the first read; one aligned read
