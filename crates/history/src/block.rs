@@ -15,7 +15,7 @@ pub const BLOCK_HEADER_SIZE_BYTES: usize = 48;
 pub const BLOCK_CHECKSUM_OFFSET_BYTES: usize = BLOCK_SIZE_BYTES - 4;
 
 const _: () = assert!(BLOCK_SIZE_BYTES == 4096);
-const _: () = assert!(BLOCK_HEADER_SIZE_BYTES % 8 == 0);
+const _: () = assert!(BLOCK_HEADER_SIZE_BYTES.is_multiple_of(8));
 const _: () = assert!(BLOCK_HEADER_SIZE_BYTES < BLOCK_CHECKSUM_OFFSET_BYTES);
 
 /// What a valid block says about itself.

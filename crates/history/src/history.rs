@@ -236,7 +236,7 @@ impl History {
                 lv_count,
             });
         };
-        let aligned = op.offset_bytes % BLOCK_SIZE_BYTES_U64 == 0;
+        let aligned = op.offset_bytes.is_multiple_of(BLOCK_SIZE_BYTES_U64);
         let count_valid = op.block_count >= 1 && op.block_count <= BLOCKS_PER_WRITE_MAX;
         let inside = op.block_first() + u64::from(op.block_count) <= lv_blocks;
         if !aligned || !count_valid || !inside {

@@ -53,7 +53,7 @@ impl WriteOp {
 
     /// The bytes to write at `offset_bytes`: `block_count` self-describing blocks.
     pub fn payload(&self, run_id: u64) -> Vec<u8> {
-        assert!(self.offset_bytes % BLOCK_SIZE_BYTES_U64 == 0);
+        assert!(self.offset_bytes.is_multiple_of(BLOCK_SIZE_BYTES_U64));
         assert!(self.block_count > 0);
         let mut payload = Vec::with_capacity(self.block_count as usize * BLOCK_SIZE_BYTES);
         for block_in_write in 0..self.block_count {

@@ -49,7 +49,7 @@ impl SimRng {
     /// True with probability `1 / denominator`.
     pub fn one_in(&mut self, denominator: u64) -> bool {
         assert!(denominator > 0);
-        self.next_u64() % denominator == 0
+        self.next_u64().is_multiple_of(denominator)
     }
 }
 

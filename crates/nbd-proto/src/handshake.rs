@@ -423,14 +423,16 @@ impl BlockSize {
         let preferred_ok = self.preferred_bytes.is_power_of_two()
             && self.preferred_bytes >= self.minimum_bytes.max(512);
         let maximum_ok = (self.maximum_bytes == u32::MAX
-            || (self.minimum_bytes != 0 && self.maximum_bytes % self.minimum_bytes == 0))
+            || (self.minimum_bytes != 0 && self.maximum_bytes.is_multiple_of(self.minimum_bytes)))
             && self.maximum_bytes >= self.preferred_bytes;
         minimum_ok && preferred_ok && maximum_ok
     }
 }
 
 const _: () = assert!(BlockSize::REDOUBT.minimum_bytes.is_power_of_two());
-const _: () = assert!(BlockSize::REDOUBT.maximum_bytes % BlockSize::REDOUBT.minimum_bytes == 0);
+const _: () = assert!(BlockSize::REDOUBT
+    .maximum_bytes
+    .is_multiple_of(BlockSize::REDOUBT.minimum_bytes));
 
 /// One item of export information (`NBD_REP_INFO` payload).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -133,7 +133,7 @@ pub fn validate_block_size(request: &RequestHeader, block_size: BlockSize) -> Re
         return Ok(());
     }
     let minimum_bytes = u64::from(block_size.minimum_bytes);
-    let aligned = request.offset_bytes % minimum_bytes == 0
+    let aligned = request.offset_bytes.is_multiple_of(minimum_bytes)
         && u64::from(request.length_bytes) % minimum_bytes == 0;
     if !aligned {
         return Err(NbdErrno::EINVAL);

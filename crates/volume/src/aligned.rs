@@ -84,9 +84,9 @@ impl std::fmt::Debug for AlignedBuf {
 /// True when `buffer` may be handed to an O_DIRECT read or write as is.
 pub(crate) fn is_aligned(offset: u64, buffer: &[u8]) -> bool {
     let alignment = DIRECT_IO_ALIGNMENT_BYTES as u64;
-    offset % alignment == 0
-        && (buffer.len() as u64) % alignment == 0
-        && (buffer.as_ptr() as usize) % DIRECT_IO_ALIGNMENT_BYTES == 0
+    offset.is_multiple_of(alignment)
+        && (buffer.len() as u64).is_multiple_of(alignment)
+        && (buffer.as_ptr() as usize).is_multiple_of(DIRECT_IO_ALIGNMENT_BYTES)
 }
 
 #[cfg(test)]

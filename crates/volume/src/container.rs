@@ -413,7 +413,7 @@ impl Container {
 
 fn check_lv_size(size_bytes: u64) -> Result<()> {
     let alignment_bytes = DIRECT_IO_ALIGNMENT_BYTES as u64;
-    if size_bytes == 0 || size_bytes % alignment_bytes != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(alignment_bytes) {
         return Err(VolumeError::SizeUnaligned {
             size_bytes,
             alignment_bytes,

@@ -40,7 +40,7 @@ const EDGE_LOCK_STRIPE_COUNT: usize = 64;
 
 const ALIGNMENT_BYTES: u64 = DIRECT_IO_ALIGNMENT_BYTES as u64;
 
-const _: () = assert!(BOUNCE_SIZE_BYTES_MAX % DIRECT_IO_ALIGNMENT_BYTES == 0);
+const _: () = assert!(BOUNCE_SIZE_BYTES_MAX.is_multiple_of(DIRECT_IO_ALIGNMENT_BYTES));
 const _: () = assert!(BOUNCE_SIZE_BYTES_MAX >= 2 * DIRECT_IO_ALIGNMENT_BYTES);
 const _: () = assert!(EDGE_LOCK_STRIPE_COUNT.is_power_of_two());
 
@@ -179,7 +179,7 @@ impl Volume {
     fn new(path: &Path, file: File, direct: bool, size_bytes: u64, backing: Backing) -> Volume {
         // O_DIRECT rounds edge blocks outwards; with an unaligned size that would touch bytes
         // past the end of the LV, so open_backing never picks direct for such sizes.
-        assert!(!direct || size_bytes % ALIGNMENT_BYTES == 0);
+        assert!(!direct || size_bytes.is_multiple_of(ALIGNMENT_BYTES));
         let edge_locks = (0..EDGE_LOCK_STRIPE_COUNT)
             .map(|_| Mutex::new(()))
             .collect();
