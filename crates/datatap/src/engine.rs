@@ -171,6 +171,8 @@ pub struct Watermarks {
     /// The LCA raises this as targets acknowledge; the journal is pruned only up to it.
     /// `u64::MAX` while the group has no send process.
     pub shipped_seq: AtomicU64,
+    /// Woken whenever `durable_seq` moves, so the send process ships without polling.
+    pub durable_changed: tokio::sync::Notify,
 }
 
 struct Shared {
@@ -180,6 +182,7 @@ struct Shared {
     failure: Mutex<Option<String>>,
     /// (lv_id, block index) → seq of the last acknowledged write not yet applied to the LV.
     pending: Mutex<HashMap<(u32, u64), u64>>,
+    journal: JournalLocation,
 }
 
 /// A handle on a group's engine; cheap to clone, one per connection.
@@ -187,6 +190,13 @@ struct Shared {
 pub struct Engine {
     shared: Arc<Shared>,
     queue: flume::Sender<Pending>,
+}
+
+/// Where the group's journal is and what identifies it: what the send process needs to read it.
+#[derive(Clone, Debug)]
+pub struct JournalLocation {
+    pub dir: std::path::PathBuf,
+    pub group_id: GroupId,
 }
 
 pub struct OpenedVolume {
@@ -227,14 +237,15 @@ impl Engine {
             Some(state) => state,
             None => GroupState::new(rand::random()),
         };
-        let opened: Vec<OpenedVolume> = volumes
-            .into_iter()
-            .map(|(name, volume)| OpenedVolume {
-                lv_id: state.lv_id(&name),
+        let mut opened: Vec<OpenedVolume> = Vec::new();
+        for (name, volume) in volumes {
+            let lv_id = state.lv_id(&name).map_err(DatatapError::Config)?;
+            opened.push(OpenedVolume {
+                lv_id,
                 name,
                 volume,
-            })
-            .collect();
+            });
+        }
         // The ids must be durable before any record carrying them is.
         state.save(&fs, group_dir)?;
         let group_id = state
@@ -285,6 +296,10 @@ impl Engine {
             watermarks: watermarks.clone(),
             failure: Mutex::new(None),
             pending: Mutex::new(HashMap::new()),
+            journal: JournalLocation {
+                dir: journal_dir.to_path_buf(),
+                group_id: GroupId(group_id),
+            },
         });
         let (sender, receiver) = flume::bounded(QUEUE_DEPTH_MAX);
         let committer = Committer {
@@ -315,6 +330,10 @@ impl Engine {
             opened,
             thread,
         ))
+    }
+
+    pub fn journal(&self) -> &JournalLocation {
+        &self.shared.journal
     }
 
     pub fn watermarks(&self) -> &Arc<Watermarks> {

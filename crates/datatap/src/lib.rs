@@ -20,7 +20,7 @@ pub mod server;
 pub mod state;
 
 pub use block::{BlockVolume, FsVolume};
-pub use engine::{Engine, EngineConfig, Op, OpError, OpenedVolume, Watermarks};
+pub use engine::{Engine, EngineConfig, JournalLocation, Op, OpError, OpenedVolume, Watermarks};
 pub use error::DatatapError;
 pub use listen::{bind, serve, Bound, Listen};
 pub use payload::Payload;

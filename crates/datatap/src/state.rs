@@ -24,10 +24,8 @@ pub struct GroupState {
     pub format_version: u32,
     /// Hex of the 16-byte journal group id; chosen once at creation.
     pub group_id: String,
-    /// LV name → journal lv_id. Ids are never reused, so a record of a removed LV can never be
-    /// applied to a new LV that took its place.
+    /// LV name → journal lv_id, as `lv_id_for_name` derives it.
     pub lv_ids: BTreeMap<String, u32>,
-    pub lv_id_next: u32,
     /// Every journal record with seq ≤ this is durable in the LVs themselves; recovery replays
     /// only the records after it.
     pub checkpoint_seq: u64,
@@ -42,7 +40,6 @@ impl GroupState {
             format_version: STATE_FORMAT_VERSION,
             group_id: group_id.iter().map(|byte| format!("{byte:02x}")).collect(),
             lv_ids: BTreeMap::new(),
-            lv_id_next: 1,
             checkpoint_seq: 0,
             needs_resync: false,
         }
@@ -59,16 +56,21 @@ impl GroupState {
         Some(bytes)
     }
 
-    /// The lv_id of `name`, assigning a new one if the LV is new.
-    pub fn lv_id(&mut self, name: &str) -> u32 {
-        if let Some(id) = self.lv_ids.get(name) {
-            return *id;
+    /// The lv_id of `name` ([`redoubt_journal::lv_id_for_name`]), recorded in the state.
+    /// Refuses a name whose id another LV of the group already has.
+    pub fn lv_id(&mut self, name: &str) -> Result<u32, String> {
+        let id = redoubt_journal::lv_id_for_name(name);
+        if let Some((other, _)) = self
+            .lv_ids
+            .iter()
+            .find(|(other, other_id)| **other_id == id && other.as_str() != name)
+        {
+            return Err(format!(
+                "volumes {other:?} and {name:?} map to the same lv_id {id:#010x}; rename one of them"
+            ));
         }
-        let id = self.lv_id_next;
         self.lv_ids.insert(name.to_string(), id);
-        self.lv_id_next += 1;
-        assert!(self.lv_id_next > id, "lv ids exhausted");
-        id
+        Ok(id)
     }
 
     pub fn load<F: JournalFs>(fs: &F, dir: &Path) -> Result<Option<GroupState>, DatatapError> {
@@ -155,9 +157,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(GroupState::load(&StdFs, dir.path()).unwrap(), None);
         let mut state = GroupState::new([7; 16]);
-        assert_eq!(state.lv_id("a"), 1);
-        assert_eq!(state.lv_id("b"), 2);
-        assert_eq!(state.lv_id("a"), 1);
+        let a = state.lv_id("a").unwrap();
+        assert_eq!(a, redoubt_journal::lv_id_for_name("a"));
+        assert_ne!(state.lv_id("b").unwrap(), a);
+        assert_eq!(state.lv_id("a").unwrap(), a);
         state.checkpoint_seq = 42;
         state.save(&StdFs, dir.path()).unwrap();
         let loaded = GroupState::load(&StdFs, dir.path()).unwrap().unwrap();

@@ -56,10 +56,10 @@ pub use journal::{
     SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT,
     WRITE_BUFFER_BYTES_MAX,
 };
-pub use reader::JournalReader;
+pub use reader::{read_directory, JournalReader};
 pub use record::{
-    decode, decode_header, encode, encode_header, encoded_size_bytes, DecodeError, InvalidRecord,
-    OwnedRecord, Record, RecordHeader, RecordKind, MARKER_NAME_BYTES_MAX,
+    decode, decode_header, encode, encode_header, encoded_size_bytes, lv_id_for_name, DecodeError,
+    InvalidRecord, OwnedRecord, Record, RecordHeader, RecordKind, MARKER_NAME_BYTES_MAX,
     RECORD_FORMAT_VERSION_CURRENT, RECORD_FORMAT_VERSION_MIN, RECORD_HEADER_SIZE_BYTES,
     RECORD_MAGIC, RECORD_PAYLOAD_BYTES_MAX, RECORD_SIZE_BYTES_MAX,
 };

@@ -273,3 +273,57 @@ impl<F: JournalFs> Iterator for JournalReader<F> {
         }
     }
 }
+
+/// A reader over a journal directory that another process or thread is writing: the send
+/// process reads production's journal this way while the datatap appends to it.
+///
+/// `seq_last` must be durable already (the writer's durable watermark, read before this
+/// call), so every segment holding `seq_from..=seq_last` exists when the directory is listed;
+/// the writer renaming the open segment when it seals it is handled by the reader. The caller
+/// must keep the writer from pruning past `seq_from` while the reader is in use.
+pub fn read_directory<F: JournalFs>(
+    fs: F,
+    dir: &Path,
+    group_id: GroupId,
+    seq_from: u64,
+    seq_last: u64,
+) -> Result<JournalReader<F>, JournalError> {
+    assert!(seq_from > 0, "seq 0 means no record");
+    let names = fs
+        .list(dir)
+        .map_err(JournalError::io("list journal directory", dir))?;
+    let mut segments: Vec<SegmentRef> = names
+        .iter()
+        .filter_map(|name| crate::segment::parse_segment_file_name(name))
+        .map(|(first_seq, partial)| SegmentRef { first_seq, partial })
+        .collect();
+    segments.sort_by_key(|segment| segment.first_seq);
+    segments.dedup_by_key(|segment| segment.first_seq);
+    let first_seq = segments
+        .first()
+        .map_or(seq_from, |segment| segment.first_seq);
+    if seq_from <= seq_last && seq_from < first_seq {
+        return Err(JournalError::SequencePruned {
+            requested: seq_from,
+            first_seq,
+        });
+    }
+    // Keep the segment holding seq_from and every later one that starts by seq_last.
+    let start = segments
+        .iter()
+        .rposition(|segment| segment.first_seq <= seq_from)
+        .unwrap_or(0);
+    let segments: Vec<SegmentRef> = segments[start..]
+        .iter()
+        .copied()
+        .filter(|segment| segment.first_seq <= seq_last)
+        .collect();
+    Ok(JournalReader::new(
+        fs,
+        dir.to_path_buf(),
+        group_id,
+        segments,
+        seq_from,
+        seq_last,
+    ))
+}

@@ -239,6 +239,16 @@ pub enum DecodeError {
     PayloadChecksum { stored: u32, computed: u32 },
 }
 
+/// The `lv_id` of an LV, derived from its name so that production and every recovery server
+/// agree without exchanging a table: CRC32C of the name, never 0. Two names of one group
+/// that map to the same id are refused when the group's volumes are opened.
+pub fn lv_id_for_name(name: &str) -> u32 {
+    match crc32c::crc32c(name.as_bytes()) {
+        0 => 1,
+        id => id,
+    }
+}
+
 /// Append the encoding of `header` + `payload` to `out`.
 ///
 /// Panics if the record is invalid: callers validate input with [`RecordHeader::validate`]

@@ -1,0 +1,550 @@
+//! The apply process (ABA) of one group on a recovery server.
+//!
+//! ```text
+//!  LCA ──Records──▶ connection task ──append_replicated + fdatasync──▶ journal copy (durable)
+//!                        │  └──Ack{durable_seq}──▶ LCA (sync mode waits on it)
+//!                        └──records──▶ apply thread ──in seq order──▶ replica LVs
+//!                                           └── checkpoint: sync LVs, persist applied_seq
+//! ```
+//!
+//! **Invariants.** A record is acknowledged durable only after the journal copy's fdatasync.
+//! The replica receives records strictly in seq order, only records already durable in the
+//! copy, so after any crash the replica is production as of `applied_seq` at a checkpoint,
+//! and the records after it are replayed from the copy on start: the replica is always a
+//! prefix of production's history.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redoubt_journal::{
+    lv_id_for_name, GroupId, Journal, JournalConfig, OwnedRecord, RecordKind, StdFs,
+};
+use redoubt_volume::{
+    ContainerCapacities, CreateLvOptions, GroupStore, IoMode, Volume, VolumeSpec,
+};
+use redoubt_wire::{Frame, HelloReply, ReceiverConfig, ReceiverSession, Refuse, RefuseCode};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::conn::{FrameReader, FrameWriter};
+use crate::error::ReplicationError;
+
+/// Records applied between two checkpoints of the replica.
+pub const CHECKPOINT_INTERVAL_RECORDS: u64 = 4096;
+/// An idle apply thread checkpoints after this long.
+pub const CHECKPOINT_IDLE_MS: u64 = 1000;
+/// The ABA sends an Ack at least this often while connected, so the LCA sees applied_seq move.
+pub const ACK_INTERVAL_MS: u64 = 200;
+/// Batches waiting for the apply thread; the connection stops reading beyond it.
+pub const APPLY_QUEUE_BATCHES_MAX: usize = 64;
+
+const STATE_FILE_NAME: &str = "aba.json";
+
+#[derive(Clone, Debug)]
+pub struct AbaConfig {
+    /// This recovery server's name; Hellos must be addressed to it.
+    pub server_name: String,
+    pub group: String,
+    pub data_dir: PathBuf,
+    pub volumes: Vec<VolumeSpec>,
+    pub capacities: ContainerCapacities,
+    pub config_version: u64,
+}
+
+/// What the ABA has done, for status and tests.
+#[derive(Debug, Default)]
+pub struct AbaStatus {
+    pub connected: AtomicBool,
+    pub connections: AtomicU64,
+    pub received_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+    pub applied_seq: AtomicU64,
+    pub checkpoint_seq: AtomicU64,
+    pub received_bytes: AtomicU64,
+    /// The first seq of the most recent connection's first batch (tests check resumption).
+    pub last_connection_first_seq: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AbaState {
+    /// Hex of production's journal group id, learnt from the first Hello.
+    group_id: Option<String>,
+    /// The replica holds every record up to this seq durably.
+    checkpoint_seq: u64,
+}
+
+fn hex(bytes: &[u8; 16]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<[u8; 16]> {
+    let mut bytes = [0u8; 16];
+    if text.len() != 32 {
+        return None;
+    }
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
+fn load_state(dir: &Path) -> Result<AbaState, ReplicationError> {
+    let path = dir.join(STATE_FILE_NAME);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| ReplicationError::State {
+            action: "parse",
+            path,
+            reason: error.to_string(),
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(AbaState::default()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn save_state(dir: &Path, state: &AbaState) -> Result<(), ReplicationError> {
+    use std::io::Write;
+    let path = dir.join(STATE_FILE_NAME);
+    let temporary = dir.join(".aba.json.tmp");
+    let text = serde_json::to_vec_pretty(state).map_err(|error| ReplicationError::State {
+        action: "encode",
+        path: path.clone(),
+        reason: error.to_string(),
+    })?;
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&text)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+struct Store {
+    journal: Option<Journal<StdFs>>,
+    state: AbaState,
+    group_dir: PathBuf,
+    journal_dir: PathBuf,
+    journal_capacity_bytes: u64,
+}
+
+impl Store {
+    fn open_journal(&mut self, group_id: [u8; 16]) -> Result<(), ReplicationError> {
+        let mut config = JournalConfig::new(GroupId(group_id), self.journal_capacity_bytes);
+        config.segment_size_bytes = (self.journal_capacity_bytes / 8).clamp(
+            redoubt_journal::SEGMENT_SIZE_BYTES_MIN,
+            redoubt_journal::SEGMENT_SIZE_BYTES_DEFAULT,
+        );
+        config.seq_first_new = self.state.checkpoint_seq + 1;
+        self.journal = Some(Journal::open(StdFs, &self.journal_dir, config)?);
+        Ok(())
+    }
+
+    fn durable_seq(&self) -> u64 {
+        self.journal
+            .as_ref()
+            .map_or(self.state.checkpoint_seq, |journal| journal.durable_seq())
+    }
+}
+
+enum ApplyMessage {
+    Records(Vec<OwnedRecord>),
+}
+
+/// The ABA of one group: its storage, its apply thread and its status.
+pub struct Aba {
+    config: AbaConfig,
+    status: Arc<AbaStatus>,
+    store: Arc<Mutex<Store>>,
+    apply: flume::Sender<ApplyMessage>,
+    busy: AtomicBool,
+}
+
+impl Aba {
+    /// Opens (or creates) the group's replica LVs and journal copy, replays the durable
+    /// records the replica does not have yet, and starts the apply thread.
+    pub fn open(
+        config: AbaConfig,
+    ) -> Result<(Arc<Aba>, std::thread::JoinHandle<()>), ReplicationError> {
+        let mut group_store =
+            GroupStore::open_or_create(&config.data_dir, &config.group, config.capacities)?;
+        let mut volumes: BTreeMap<u32, Arc<Volume>> = BTreeMap::new();
+        for spec in &config.volumes {
+            // A replica is never a production source: always a container LV.
+            let replica = VolumeSpec {
+                source: None,
+                ..spec.clone()
+            };
+            let volume =
+                group_store.ensure_volume(&replica, CreateLvOptions::default(), IoMode::Hybrid)?;
+            let lv_id = lv_id_for_name(&spec.name);
+            if volumes.insert(lv_id, Arc::new(volume)).is_some() {
+                return Err(ReplicationError::Config(format!(
+                    "two volumes of group {} map to lv_id {lv_id:#010x}",
+                    config.group
+                )));
+            }
+        }
+        let group_dir = group_store.layout().group_dir().to_path_buf();
+        let journal_dir = group_store.layout().journal_dir();
+        let state = load_state(&group_dir)?;
+        let mut store = Store {
+            journal: None,
+            state,
+            group_dir: group_dir.clone(),
+            journal_dir,
+            journal_capacity_bytes: config.capacities.log_record_file_bytes,
+        };
+        let mut replay = Vec::new();
+        if let Some(group_id) = store.state.group_id.as_deref().and_then(unhex) {
+            store.open_journal(group_id)?;
+            if let Some(journal) = &store.journal {
+                let from = store.state.checkpoint_seq + 1;
+                if journal.durable_seq() >= from {
+                    for record in journal.read_from(from)? {
+                        replay.push(record?);
+                    }
+                }
+            }
+        }
+        let status = Arc::new(AbaStatus::default());
+        let durable = store.durable_seq();
+        status.durable_seq.store(durable, Ordering::Relaxed);
+        status.received_seq.store(durable, Ordering::Relaxed);
+        status
+            .applied_seq
+            .store(store.state.checkpoint_seq, Ordering::Relaxed);
+        status
+            .checkpoint_seq
+            .store(store.state.checkpoint_seq, Ordering::Relaxed);
+        let store = Arc::new(Mutex::new(store));
+        let (apply, queue) = flume::bounded(APPLY_QUEUE_BATCHES_MAX);
+        let applier = Applier {
+            volumes,
+            store: store.clone(),
+            status: status.clone(),
+            applied_seq: status.applied_seq.load(Ordering::Relaxed),
+            since_checkpoint: 0,
+            group_dir,
+        };
+        if !replay.is_empty() {
+            apply
+                .send(ApplyMessage::Records(replay))
+                .map_err(|_| ReplicationError::Config("apply thread gone".into()))?;
+        }
+        let thread = std::thread::Builder::new()
+            .name(format!("apply-{}", config.group))
+            .spawn(move || applier.run(queue))?;
+        Ok((
+            Arc::new(Aba {
+                config,
+                status,
+                store,
+                apply,
+                busy: AtomicBool::new(false),
+            }),
+            thread,
+        ))
+    }
+
+    pub fn status(&self) -> &Arc<AbaStatus> {
+        &self.status
+    }
+
+    pub fn config(&self) -> &AbaConfig {
+        &self.config
+    }
+
+    /// Serves LCA connections until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let aba = self.clone();
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = aba.serve_connection(stream, shutdown).await {
+                                tracing::info!(group = %aba.config.group, %peer, %error, "replication connection ended");
+                            }
+                        });
+                    }
+                    Err(error) => tracing::warn!(%error, "accept failed"),
+                },
+            }
+        }
+    }
+
+    async fn serve_connection(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ReplicationError> {
+        let (read_half, write_half) = stream.into_split();
+        let mut reader = FrameReader::new(read_half);
+        let mut writer = FrameWriter::new(write_half);
+        let Frame::Hello(hello) = reader.receive().await? else {
+            return Err(ReplicationError::Unexpected("first frame other than Hello"));
+        };
+        if self.busy.swap(true, Ordering::AcqRel) {
+            let refuse = Refuse {
+                code: RefuseCode::Busy,
+                message: format!(
+                    "group {} already has a send process connected",
+                    self.config.group
+                ),
+            };
+            writer.send(&Frame::Refuse(refuse)).await?;
+            return Ok(());
+        }
+        let result = self
+            .serve_session(hello, &mut reader, &mut writer, &mut shutdown)
+            .await;
+        self.status.connected.store(false, Ordering::Release);
+        self.busy.store(false, Ordering::Release);
+        result
+    }
+
+    async fn serve_session(
+        &self,
+        hello: redoubt_wire::Hello,
+        reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+        writer: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReplicationError> {
+        let (group_id, durable_seq) = {
+            let store = self.store.clone();
+            let hello_group_id = hello.group_id.0;
+            let group_name_matches = hello.group_name == self.config.group;
+            tokio::task::spawn_blocking(move || -> Result<([u8; 16], u64), ReplicationError> {
+                let mut store = store
+                    .lock()
+                    .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+                if store.state.group_id.is_none() && group_name_matches {
+                    // First contact: this replica now belongs to that journal.
+                    store.state.group_id = Some(hex(&hello_group_id));
+                    save_state(&store.group_dir.clone(), &store.state)?;
+                    store.open_journal(hello_group_id)?;
+                }
+                let group_id = store
+                    .state
+                    .group_id
+                    .as_deref()
+                    .and_then(unhex)
+                    .unwrap_or([0; 16]);
+                Ok((group_id, store.durable_seq()))
+            })
+            .await
+            .map_err(|error| ReplicationError::Config(error.to_string()))??
+        };
+        let mut session = ReceiverSession::new(
+            ReceiverConfig {
+                group_id: GroupId(group_id),
+                group_name: self.config.group.clone(),
+                server_name: self.config.server_name.clone(),
+                config_version: self.config.config_version,
+            },
+            durable_seq,
+            self.status
+                .applied_seq
+                .load(Ordering::Acquire)
+                .min(durable_seq),
+            false,
+        )?;
+        match session.on_hello(&hello)? {
+            HelloReply::Welcome(welcome) => {
+                writer.send(&Frame::Welcome(welcome)).await?;
+                reader.set_version(welcome.version);
+                writer.set_version(welcome.version);
+            }
+            HelloReply::Refuse(refuse) => {
+                writer.send(&Frame::Refuse(refuse)).await?;
+                return Ok(());
+            }
+        }
+        self.status.connected.store(true, Ordering::Release);
+        self.status.connections.fetch_add(1, Ordering::Relaxed);
+        let mut first_batch = true;
+        let mut ack_timer = tokio::time::interval(Duration::from_millis(ACK_INTERVAL_MS));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                _ = ack_timer.tick() => {
+                    let applied = self.status.applied_seq.load(Ordering::Acquire);
+                    if applied > session.applied_seq() && applied <= session.durable_seq() {
+                        session.on_applied(applied)?;
+                    }
+                    writer.send(&Frame::Ack(session.ack(self.backlog_bytes()))).await?;
+                }
+                frame = reader.receive() => match frame? {
+                    Frame::Records(batch) => {
+                        session.on_records(&batch)?;
+                        if first_batch {
+                            self.status.last_connection_first_seq.store(batch.first_seq(), Ordering::Relaxed);
+                            first_batch = false;
+                        }
+                        self.status.received_seq.store(batch.last_seq(), Ordering::Relaxed);
+                        self.status.received_bytes.fetch_add(batch.len_bytes(), Ordering::Relaxed);
+                        let records: Vec<OwnedRecord> = batch.iter().map(|record| record.to_owned_record()).collect();
+                        let durable = self.store_durably(records.clone()).await?;
+                        session.on_durable(durable)?;
+                        self.status.durable_seq.store(durable, Ordering::Release);
+                        self.apply
+                            .send_async(ApplyMessage::Records(records))
+                            .await
+                            .map_err(|_| ReplicationError::Config("apply thread gone".into()))?;
+                        let applied = self.status.applied_seq.load(Ordering::Acquire);
+                        if applied > session.applied_seq() && applied <= session.durable_seq() {
+                            session.on_applied(applied)?;
+                        }
+                        writer.send(&Frame::Ack(session.ack(self.backlog_bytes()))).await?;
+                    }
+                    Frame::Heartbeat(_) => {
+                        writer.send(&Frame::Ack(session.ack(self.backlog_bytes()))).await?;
+                    }
+                    Frame::Goodbye(_) => return Ok(()),
+                    _ => return Err(ReplicationError::Unexpected("handshake frame after the handshake")),
+                },
+            }
+        }
+    }
+
+    fn backlog_bytes(&self) -> u64 {
+        let durable = self.status.durable_seq.load(Ordering::Relaxed);
+        let applied = self.status.applied_seq.load(Ordering::Relaxed);
+        durable.saturating_sub(applied)
+    }
+
+    async fn store_durably(&self, records: Vec<OwnedRecord>) -> Result<u64, ReplicationError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || -> Result<u64, ReplicationError> {
+            let mut store = store
+                .lock()
+                .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+            let journal = store
+                .journal
+                .as_mut()
+                .ok_or_else(|| ReplicationError::Config("journal copy not open".into()))?;
+            for record in &records {
+                journal.append_replicated(&record.as_record())?;
+            }
+            Ok(journal.sync()?)
+        })
+        .await
+        .map_err(|error| ReplicationError::Config(error.to_string()))?
+    }
+}
+
+struct Applier {
+    volumes: BTreeMap<u32, Arc<Volume>>,
+    store: Arc<Mutex<Store>>,
+    status: Arc<AbaStatus>,
+    applied_seq: u64,
+    since_checkpoint: u64,
+    group_dir: PathBuf,
+}
+
+impl Applier {
+    fn run(mut self, queue: flume::Receiver<ApplyMessage>) {
+        let idle = Duration::from_millis(CHECKPOINT_IDLE_MS);
+        loop {
+            match queue.recv_timeout(idle) {
+                Ok(ApplyMessage::Records(records)) => {
+                    for record in records {
+                        if record.header.seq <= self.applied_seq {
+                            continue;
+                        }
+                        if let Err(error) = self.apply(&record) {
+                            tracing::error!(%error, "apply stopped");
+                            return;
+                        }
+                    }
+                    if self.since_checkpoint >= CHECKPOINT_INTERVAL_RECORDS {
+                        self.checkpoint_or_log();
+                    }
+                }
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    if self.since_checkpoint > 0 {
+                        self.checkpoint_or_log();
+                    }
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => {
+                    if self.since_checkpoint > 0 {
+                        self.checkpoint_or_log();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, record: &OwnedRecord) -> Result<(), ReplicationError> {
+        let header = &record.header;
+        assert_eq!(
+            header.seq,
+            self.applied_seq + 1,
+            "the replica receives records in seq order"
+        );
+        let apply_error = |error: redoubt_volume::VolumeError| ReplicationError::Apply {
+            seq: header.seq,
+            reason: error.to_string(),
+        };
+        if let Some(volume) = self.volumes.get(&header.lv_id) {
+            match header.kind {
+                RecordKind::Write => volume
+                    .write_at(&record.payload, header.offset_bytes)
+                    .map_err(apply_error)?,
+                RecordKind::WriteZeroes => volume
+                    .write_zeroes(header.offset_bytes, u64::from(header.length_bytes))
+                    .map_err(apply_error)?,
+                RecordKind::Trim => {
+                    volume
+                        .trim(header.offset_bytes, u64::from(header.length_bytes))
+                        .map_err(apply_error)?;
+                }
+                RecordKind::Marker | RecordKind::Undo => {}
+            }
+        }
+        self.applied_seq = header.seq;
+        self.since_checkpoint += 1;
+        self.status
+            .applied_seq
+            .store(self.applied_seq, Ordering::Release);
+        Ok(())
+    }
+
+    fn checkpoint_or_log(&mut self) {
+        if let Err(error) = self.checkpoint() {
+            tracing::error!(%error, "replica checkpoint failed");
+        }
+    }
+
+    /// Syncs the replica LVs, records the applied seq, and prunes the journal copy up to it.
+    fn checkpoint(&mut self) -> Result<(), ReplicationError> {
+        for volume in self.volumes.values() {
+            volume.sync()?;
+        }
+        let mut store = self
+            .store
+            .lock()
+            .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+        store.state.checkpoint_seq = self.applied_seq;
+        save_state(&self.group_dir, &store.state)?;
+        if let Some(journal) = store.journal.as_mut() {
+            journal.prune_through(self.applied_seq)?;
+        }
+        self.status
+            .checkpoint_seq
+            .store(self.applied_seq, Ordering::Release);
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+}

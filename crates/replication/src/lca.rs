@@ -1,0 +1,399 @@
+//! The send process (LCA) of one group towards one recovery server.
+//!
+//! ```text
+//!  datatap journal dir ──read_directory(next..=durable)──▶ RecordsBatchBuilder ──▶ zstd? ──▶
+//!     throttle ──Records──▶ ABA            ◀──Ack{durable_seq}── (shipped watermark, pruning)
+//! ```
+//!
+//! It reconnects forever with a capped backoff and always resumes after the target's durable
+//! seq (never from zero, never skipping). The datatap prunes its journal only up to the lowest
+//! seq every target holds durably (`Watermarks::shipped_seq`).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redoubt_datatap::{JournalLocation, Watermarks};
+use redoubt_journal::{read_directory, StdFs};
+use redoubt_wire::{
+    BatchPush, Frame, Heartbeat, JournalPosition, RecordsBatch, RecordsBatchBuilder, SenderConfig,
+    SenderSession, Start, IN_FLIGHT_BYTES_MAX_DEFAULT,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+
+use crate::conn::{FrameReader, FrameWriter};
+use crate::error::ReplicationError;
+
+/// Uncompressed bytes per Records frame.
+pub const BATCH_BYTES_DEFAULT: u32 = 4 << 20;
+/// A connection attempt gives up after this long.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Longest wait between reconnection attempts.
+pub const RECONNECT_BACKOFF_MS_MAX: u64 = 2_000;
+/// First wait after a failed attempt; doubles up to the maximum.
+pub const RECONNECT_BACKOFF_MS_MIN: u64 = 50;
+/// A Heartbeat is sent when nothing else was sent for this long.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 500;
+
+#[derive(Clone, Debug)]
+pub struct LcaConfig {
+    pub group: String,
+    pub sender_name: String,
+    pub target_name: String,
+    /// `host:port` of the target's ABA.
+    pub target_address: String,
+    pub config_version: u64,
+    pub journal: JournalLocation,
+    /// zstd level, or None for no compression.
+    pub compression_level: Option<i32>,
+    /// 0 = unlimited.
+    pub throttle_bytes_per_second: u64,
+    pub batch_bytes: u32,
+}
+
+/// One target as the LCA sees it.
+#[derive(Debug, Default)]
+pub struct TargetStatus {
+    pub connected: AtomicBool,
+    pub sent_seq: AtomicU64,
+    pub durable_seq: AtomicU64,
+    pub applied_seq: AtomicU64,
+    pub sent_bytes: AtomicU64,
+    pub target_backlog_bytes: AtomicU64,
+    pub needs_resync: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+    /// Woken on every Ack.
+    pub acked: Notify,
+}
+
+/// The targets of one group, for the shipped watermark: the journal may be pruned only up to
+/// what every one of them holds durably.
+#[derive(Debug, Default)]
+pub struct Targets {
+    pub statuses: Vec<Arc<TargetStatus>>,
+}
+
+impl Targets {
+    fn shipped_seq(&self) -> u64 {
+        self.statuses
+            .iter()
+            .map(|status| status.durable_seq.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+}
+
+fn journal_position(
+    location: &JournalLocation,
+    durable_seq: u64,
+) -> Result<JournalPosition, ReplicationError> {
+    let names = std::fs::read_dir(&location.dir)?;
+    let mut first = None;
+    for entry in names {
+        let name = entry?.file_name();
+        if let Some((first_seq, _)) = name
+            .to_str()
+            .and_then(redoubt_journal::parse_segment_file_name)
+        {
+            first = Some(first.map_or(first_seq, |current: u64| current.min(first_seq)));
+        }
+    }
+    let first_seq = first.unwrap_or(durable_seq + 1).min(durable_seq + 1);
+    Ok(JournalPosition {
+        first_seq,
+        last_seq: durable_seq,
+    })
+}
+
+/// Runs the LCA for one target until `shutdown` turns true.
+pub async fn run(
+    config: LcaConfig,
+    watermarks: Arc<Watermarks>,
+    status: Arc<TargetStatus>,
+    targets: Arc<Targets>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let outcome = tokio::select! {
+            _ = shutdown.changed() => return,
+            outcome = session(&config, &watermarks, &status, &targets) => outcome,
+        };
+        status.connected.store(false, Ordering::Release);
+        let message = match outcome {
+            Ok(()) => "the target closed the connection".to_string(),
+            Err(error) => error.to_string(),
+        };
+        if let Ok(mut last_error) = status.last_error.lock() {
+            *last_error = Some(message.clone());
+        }
+        tracing::info!(group = %config.group, target = %config.target_name, %message, "replication interrupted; reconnecting");
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+        }
+        backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+        if status.connected.load(Ordering::Acquire) {
+            backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+        }
+    }
+}
+
+async fn session(
+    config: &LcaConfig,
+    watermarks: &Arc<Watermarks>,
+    status: &Arc<TargetStatus>,
+    targets: &Arc<Targets>,
+) -> Result<(), ReplicationError> {
+    let connect = TcpStream::connect(&config.target_address);
+    let stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FrameReader::new(read_half);
+    let mut writer = FrameWriter::new(write_half);
+    let mut sender = SenderSession::new(SenderConfig {
+        group_id: config.journal.group_id,
+        group_name: config.group.clone(),
+        config_version: config.config_version,
+        sender_name: config.sender_name.clone(),
+        target_name: config.target_name.clone(),
+        in_flight_bytes_max: IN_FLIGHT_BYTES_MAX_DEFAULT,
+    });
+    let durable_seq = watermarks.durable_seq.load(Ordering::Acquire);
+    let position = journal_position(&config.journal, durable_seq)?;
+    writer.send(&Frame::Hello(sender.hello(position)?)).await?;
+    let welcome = match reader.receive().await? {
+        Frame::Welcome(welcome) => welcome,
+        Frame::Refuse(refuse) => {
+            if refuse.code.needs_resync() {
+                status.needs_resync.store(true, Ordering::Release);
+            }
+            return Err(ReplicationError::Refused {
+                target: config.target_name.clone(),
+                message: format!("{:?}: {}", refuse.code, refuse.message),
+            });
+        }
+        _ => {
+            return Err(ReplicationError::Unexpected(
+                "frame other than Welcome or Refuse",
+            ))
+        }
+    };
+    let next_seq = match sender.on_welcome(&welcome, position)? {
+        Start::FromSeq(seq) => seq,
+        Start::FullResync => {
+            status.needs_resync.store(true, Ordering::Release);
+            return Err(ReplicationError::Refused {
+                target: config.target_name.clone(),
+                message: "the target needs a full resync".into(),
+            });
+        }
+    };
+    reader.set_version(welcome.version);
+    writer.set_version(welcome.version);
+    status.connected.store(true, Ordering::Release);
+    status
+        .durable_seq
+        .store(welcome.resume_after_seq, Ordering::Release);
+    status
+        .sent_seq
+        .store(welcome.resume_after_seq, Ordering::Release);
+    watermarks
+        .shipped_seq
+        .store(targets.shipped_seq(), Ordering::Release);
+    if let Ok(mut last_error) = status.last_error.lock() {
+        *last_error = None;
+    }
+    let sender = Arc::new(Mutex::new(sender));
+    let acks = receive_acks(
+        reader,
+        sender.clone(),
+        status.clone(),
+        targets.clone(),
+        watermarks.clone(),
+    );
+    let sends = send_records(config, watermarks, status, &sender, &mut writer, next_seq);
+    tokio::select! {
+        result = acks => result,
+        result = sends => result,
+    }
+}
+
+async fn receive_acks(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    sender: Arc<Mutex<SenderSession>>,
+    status: Arc<TargetStatus>,
+    targets: Arc<Targets>,
+    watermarks: Arc<Watermarks>,
+) -> Result<(), ReplicationError> {
+    loop {
+        match reader.receive().await? {
+            Frame::Ack(ack) => {
+                {
+                    let mut sender = sender
+                        .lock()
+                        .map_err(|_| ReplicationError::Config("sender lock poisoned".into()))?;
+                    sender.on_ack(&ack)?;
+                }
+                status.durable_seq.store(ack.durable_seq, Ordering::Release);
+                status.applied_seq.store(ack.applied_seq, Ordering::Release);
+                status
+                    .target_backlog_bytes
+                    .store(ack.backlog_bytes, Ordering::Relaxed);
+                watermarks
+                    .shipped_seq
+                    .store(targets.shipped_seq(), Ordering::Release);
+                status.acked.notify_waiters();
+            }
+            Frame::Heartbeat(_) => {}
+            Frame::Goodbye(goodbye) => {
+                return Err(ReplicationError::Refused {
+                    target: "target".into(),
+                    message: format!("goodbye: {:?} {}", goodbye.reason, goodbye.message),
+                })
+            }
+            _ => {
+                return Err(ReplicationError::Unexpected(
+                    "handshake frame after the handshake",
+                ))
+            }
+        }
+    }
+}
+
+/// A token bucket over bytes per second; `0` means unlimited.
+struct Throttle {
+    bytes_per_second: u64,
+    window_start: Instant,
+    window_bytes: u64,
+}
+
+impl Throttle {
+    async fn take(&mut self, bytes: u64) {
+        if self.bytes_per_second == 0 {
+            return;
+        }
+        self.window_bytes += bytes;
+        let allowed =
+            Duration::from_secs_f64(self.window_bytes as f64 / self.bytes_per_second as f64);
+        let elapsed = self.window_start.elapsed();
+        if allowed > elapsed {
+            tokio::time::sleep(allowed - elapsed).await;
+        }
+        if elapsed > Duration::from_secs(1) {
+            self.window_start = Instant::now();
+            self.window_bytes = 0;
+        }
+    }
+}
+
+async fn send_records(
+    config: &LcaConfig,
+    watermarks: &Arc<Watermarks>,
+    status: &Arc<TargetStatus>,
+    sender: &Arc<Mutex<SenderSession>>,
+    writer: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut next_seq: u64,
+) -> Result<(), ReplicationError> {
+    let mut throttle = Throttle {
+        bytes_per_second: config.throttle_bytes_per_second,
+        window_start: Instant::now(),
+        window_bytes: 0,
+    };
+    loop {
+        let durable_changed = watermarks.durable_changed.notified();
+        tokio::pin!(durable_changed);
+        durable_changed.as_mut().enable();
+        let durable_seq = watermarks.durable_seq.load(Ordering::Acquire);
+        if next_seq > durable_seq {
+            let heartbeat = tokio::time::sleep(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
+            tokio::select! {
+                _ = durable_changed => {}
+                _ = heartbeat => {
+                    writer
+                        .send(&Frame::Heartbeat(Heartbeat { now_ns: 0, durable_seq }))
+                        .await?;
+                }
+            }
+            continue;
+        }
+        let location = config.journal.clone();
+        let batches = tokio::task::spawn_blocking(move || {
+            read_batches(&location, next_seq, durable_seq, config_batch_bytes())
+        })
+        .await
+        .map_err(|error| ReplicationError::Config(error.to_string()))??;
+        for builder in batches {
+            let batch: RecordsBatch = builder.finish(config.compression_level)?;
+            let bytes = batch.len_bytes();
+            loop {
+                let acked = status.acked.notified();
+                tokio::pin!(acked);
+                acked.as_mut().enable();
+                let can_send = sender
+                    .lock()
+                    .map_err(|_| ReplicationError::Config("sender lock poisoned".into()))?
+                    .can_send(bytes);
+                if can_send {
+                    break;
+                }
+                acked.await;
+            }
+            throttle.take(bytes).await;
+            writer.send(&Frame::Records(batch.clone())).await?;
+            sender
+                .lock()
+                .map_err(|_| ReplicationError::Config("sender lock poisoned".into()))?
+                .on_batch_sent(&batch)?;
+            next_seq = batch.last_seq() + 1;
+            status.sent_seq.store(batch.last_seq(), Ordering::Release);
+            status.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+}
+
+fn config_batch_bytes() -> u32 {
+    BATCH_BYTES_DEFAULT
+}
+
+/// Reads `from..=to` from the journal directory into batches of at most `batch_bytes`.
+fn read_batches(
+    location: &JournalLocation,
+    from: u64,
+    to: u64,
+    batch_bytes: u32,
+) -> Result<Vec<RecordsBatchBuilder>, ReplicationError> {
+    let reader = read_directory(StdFs, &location.dir, location.group_id, from, to)?;
+    let mut batches = Vec::new();
+    let mut builder = RecordsBatchBuilder::new(batch_bytes);
+    // Bound the memory one read holds: a few batches, the rest on the next pass.
+    let batches_per_read_max = 8;
+    for record in reader {
+        let record = record?;
+        if builder.push_owned(&record)? == BatchPush::Full {
+            batches.push(std::mem::replace(
+                &mut builder,
+                RecordsBatchBuilder::new(batch_bytes),
+            ));
+            if batches.len() >= batches_per_read_max {
+                return Ok(batches);
+            }
+            if builder.push_owned(&record)? != BatchPush::Added {
+                return Err(ReplicationError::Config(format!(
+                    "record {} does not fit an empty batch",
+                    record.header.seq
+                )));
+            }
+        }
+    }
+    if !builder.is_empty() {
+        batches.push(builder);
+    }
+    Ok(batches)
+}

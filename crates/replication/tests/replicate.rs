@@ -1,0 +1,309 @@
+//! End to end on loopback: NBD client → datatap → journal → LCA → ABA → replica, to two
+//! recovery servers, judged by the history checker and by byte comparison; then a recovery
+//! server goes away and comes back, and replication resumes where it stopped.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redoubt_datatap::{bind, serve, Engine, EngineConfig, Export, Exports, Listen};
+use redoubt_history::{
+    check_exact, generate, History, MemoryImages, WorkloadConfig, WorkloadEvent,
+};
+use redoubt_replication::{lca, Aba, AbaConfig, LcaConfig, TargetStatus, Targets};
+use redoubt_testkit::NbdClient;
+use redoubt_volume::{ContainerCapacities, GroupStore, VolumeSpec};
+use tokio::sync::watch;
+
+const GROUP: &str = "erp";
+const LV_SIZES_BYTES: [u64; 2] = [16 << 20, 8 << 20];
+
+fn specs() -> Vec<VolumeSpec> {
+    LV_SIZES_BYTES
+        .iter()
+        .enumerate()
+        .map(|(index, size)| VolumeSpec {
+            name: format!("lv{index}"),
+            size_bytes: *size,
+            source: None,
+        })
+        .collect()
+}
+
+fn capacities() -> ContainerCapacities {
+    ContainerCapacities {
+        replication_bytes: 64 << 20,
+        log_record_file_bytes: 512 << 20,
+        snapshot_bytes: 1 << 20,
+    }
+}
+
+struct Recovery {
+    dir: PathBuf,
+    name: String,
+    port: u16,
+    aba: Option<Arc<Aba>>,
+    stop: Option<watch::Sender<bool>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recovery {
+    fn start(runtime: &tokio::runtime::Runtime, dir: &Path, name: &str, port: u16) -> Recovery {
+        let (aba, thread) = Aba::open(AbaConfig {
+            server_name: name.to_string(),
+            group: GROUP.into(),
+            data_dir: dir.to_path_buf(),
+            volumes: specs(),
+            capacities: capacities(),
+            config_version: 0,
+        })
+        .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = watch::channel(false);
+        runtime.spawn(aba.clone().serve(listener, stopped));
+        Recovery {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            port,
+            aba: Some(aba),
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        self.aba = None;
+    }
+
+    fn applied_seq(&self) -> u64 {
+        self.aba
+            .as_ref()
+            .map_or(0, |aba| aba.status().applied_seq.load(Ordering::Acquire))
+    }
+
+    fn replica(&self, index: usize) -> Vec<u8> {
+        std::fs::read(
+            self.dir
+                .join(format!("groups/{GROUP}/replication/lv{index}")),
+        )
+        .unwrap()
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn two_recovery_servers_converge_to_production_and_resume_after_an_outage() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let production_dir = root.path().join("prod-a");
+
+    // Production: datatap with two LVs and the journal it writes.
+    let mut store = GroupStore::open_or_create(&production_dir, GROUP, capacities()).unwrap();
+    let (engine, opened, commit_thread) =
+        Engine::open(&mut store, &specs(), EngineConfig::new(GROUP, 512 << 20)).unwrap();
+    let watermarks = engine.watermarks().clone();
+    watermarks.shipped_seq.store(0, Ordering::Release);
+    let exports = Arc::new(Exports::new(
+        opened
+            .into_iter()
+            .map(|volume| Export {
+                name: volume.name,
+                lv_id: volume.lv_id,
+                volume: volume.volume,
+                engine: engine.clone(),
+                read_only: false,
+                description: String::new(),
+            })
+            .collect(),
+    ));
+    let bound = runtime
+        .block_on(bind(&Listen::Tcp("127.0.0.1:0".into())))
+        .unwrap();
+    let nbd_address = bound
+        .uri("lv0")
+        .trim_start_matches("nbd://")
+        .trim_end_matches("/lv0")
+        .to_string();
+    let (stop_nbd, nbd_stopped) = watch::channel(false);
+    runtime.spawn(serve(bound, exports, nbd_stopped));
+
+    // Two recovery servers and a send process towards each.
+    let mut recoveries = vec![
+        Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0),
+        Recovery::start(&runtime, &root.path().join("dr-c"), "dr-c", 0),
+    ];
+    let statuses: Vec<Arc<TargetStatus>> = recoveries
+        .iter()
+        .map(|_| Arc::new(TargetStatus::default()))
+        .collect();
+    let targets = Arc::new(Targets {
+        statuses: statuses.clone(),
+    });
+    let (stop_lca, lca_stopped) = watch::channel(false);
+    for (recovery, status) in recoveries.iter().zip(&statuses) {
+        let config = LcaConfig {
+            group: GROUP.into(),
+            sender_name: "prod-a".into(),
+            target_name: recovery.name.clone(),
+            target_address: format!("127.0.0.1:{}", recovery.port),
+            config_version: 0,
+            journal: engine.journal().clone(),
+            compression_level: Some(1),
+            throttle_bytes_per_second: 0,
+            batch_bytes: lca::BATCH_BYTES_DEFAULT,
+        };
+        runtime.spawn(lca::run(
+            config,
+            watermarks.clone(),
+            status.clone(),
+            targets.clone(),
+            lca_stopped.clone(),
+        ));
+    }
+
+    // A history of self-describing writes across both LVs, through NBD.
+    let run_id = 0x7e57;
+    let mut workload = WorkloadConfig::new(11, LV_SIZES_BYTES.to_vec(), 4000);
+    workload.blocks_per_write_max = 16;
+    let events = generate(&workload).unwrap();
+    let mut history = History::new(run_id, &LV_SIZES_BYTES).unwrap();
+    let mut clients = [
+        NbdClient::connect(&nbd_address, "lv0").unwrap(),
+        NbdClient::connect(&nbd_address, "lv1").unwrap(),
+    ];
+    let mut write = |events: &[WorkloadEvent], history: &mut History| {
+        for event in events {
+            if let WorkloadEvent::Write(op) = event {
+                assert_eq!(
+                    clients[op.lv_index as usize]
+                        .write(op.offset_bytes, &op.payload(run_id), false)
+                        .unwrap(),
+                    0
+                );
+                history.record_write_ack_order(*op).unwrap();
+            }
+        }
+        for client in clients.iter_mut() {
+            assert_eq!(client.flush().unwrap(), 0);
+        }
+    };
+    let (first, rest) = events.split_at(events.len() / 2);
+    write(first, &mut history);
+    let durable = watermarks.durable_seq.load(Ordering::Acquire);
+    let written = first
+        .iter()
+        .filter(|e| matches!(e, WorkloadEvent::Write(_)))
+        .count() as u64;
+    assert!(durable >= written, "durable {durable} < written {written}");
+    let report = |statuses: &[Arc<TargetStatus>], recoveries: &[Recovery]| {
+        for (status, recovery) in statuses.iter().zip(recoveries) {
+            eprintln!(
+                "{}: connected={} sent={} durable={} applied={} error={:?} aba_applied={}",
+                recovery.name,
+                status.connected.load(Ordering::Relaxed),
+                status.sent_seq.load(Ordering::Relaxed),
+                status.durable_seq.load(Ordering::Relaxed),
+                status.applied_seq.load(Ordering::Relaxed),
+                status.last_error.lock().unwrap(),
+                recovery.applied_seq()
+            );
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !recoveries.iter().all(|r| r.applied_seq() >= durable) {
+        if Instant::now() > deadline {
+            report(&statuses, &recoveries);
+            panic!("replicas did not catch up with {durable}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(statuses
+        .iter()
+        .all(|s| s.sent_bytes.load(Ordering::Relaxed) > 0));
+
+    // dr-b goes away; production keeps writing; dr-b comes back on the same port.
+    let port = recoveries[0].port;
+    recoveries[0].stop();
+    if let Some(thread) = recoveries[0].thread.take() {
+        thread.join().unwrap();
+    }
+    write(rest, &mut history);
+    let durable = watermarks.durable_seq.load(Ordering::Acquire);
+    wait_until("dr-c applied everything", || {
+        recoveries[1].applied_seq() >= durable
+    });
+    let dir = recoveries[0].dir.clone();
+    recoveries[0] = Recovery::start(&runtime, &dir, "dr-b", port);
+    wait_until("dr-b caught up after its outage", || {
+        recoveries[0].applied_seq() >= durable
+    });
+    let resumed_from = recoveries[0]
+        .aba
+        .as_ref()
+        .unwrap()
+        .status()
+        .last_connection_first_seq
+        .load(Ordering::Acquire);
+    assert!(
+        resumed_from > 1,
+        "dr-b resumed after its durable seq, not from the start (got {resumed_from})"
+    );
+    wait_until("production heard every target's durable seq", || {
+        statuses
+            .iter()
+            .all(|s| s.durable_seq.load(Ordering::Acquire) >= durable)
+    });
+    assert_eq!(watermarks.shipped_seq.load(Ordering::Acquire), durable);
+
+    // Every replica is byte-identical to production, and equals production at the last seq.
+    let production: Vec<Vec<u8>> = (0..2)
+        .map(|index| {
+            let mut bytes = Vec::new();
+            for offset in (0..LV_SIZES_BYTES[index]).step_by(1 << 20) {
+                bytes.extend(clients[index].read(offset, 1 << 20).unwrap().unwrap());
+            }
+            bytes
+        })
+        .collect();
+    for recovery in &recoveries {
+        let mut images =
+            MemoryImages::from_lvs((0..2).map(|index| recovery.replica(index)).collect());
+        check_exact(&history, history.seq_last(), &mut images)
+            .unwrap_or_else(|violation| panic!("{}: {violation}", recovery.name));
+        for (index, bytes) in production.iter().enumerate() {
+            assert!(
+                recovery.replica(index) == *bytes,
+                "{} lv{index} differs from production",
+                recovery.name
+            );
+        }
+    }
+
+    let _ = stop_lca.send(true);
+    let _ = stop_nbd.send(true);
+    for recovery in &mut recoveries {
+        recovery.stop();
+    }
+    drop(clients);
+    drop(runtime);
+    drop(engine);
+    let _ = commit_thread.join();
+}
