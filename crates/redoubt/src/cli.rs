@@ -23,6 +23,9 @@ pub enum Command {
     /// Serve LVs over NBD through the datatap (journal + LV) without a console: for
     /// benchmarks, tests and single-host use.
     Datatap(DatatapArgs),
+    /// Run the apply process (ABA) of one group on a recovery server: receive the journal from
+    /// production's send process, store it durably and apply it to the replica LVs.
+    Apply(ApplyArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -47,6 +50,46 @@ pub struct DatatapArgs {
     /// journal is what makes writes durable).
     #[arg(long)]
     pub direct: bool,
+    /// This server's name, as recovery servers know it.
+    #[arg(long, default_value = "prod-a")]
+    pub name: String,
+    /// A recovery server to replicate to: NAME=HOST:PORT (its `redoubt apply`). Repeatable:
+    /// one or two.
+    #[arg(long = "target")]
+    pub targets: Vec<String>,
+    /// "zstd" or "none".
+    #[arg(long, default_value = "zstd")]
+    pub compression: String,
+    /// Replication throughput cap per target, e.g. "200MiB/s"; "0" = unlimited.
+    #[arg(long, default_value = "0")]
+    pub throttle: String,
+    /// Write a JSON status document here, refreshed every 200 ms.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ApplyArgs {
+    /// Directory that holds the group's containers on this recovery server.
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value = "datatap")]
+    pub group: String,
+    /// This recovery server's name (the LCA addresses it by this name).
+    #[arg(long)]
+    pub name: String,
+    /// host:port for the send process of production to connect to.
+    #[arg(long)]
+    pub listen: String,
+    /// A replica LV: NAME:SIZE, the same names and sizes as production. Repeatable.
+    #[arg(long = "volume", required = true)]
+    pub volumes: Vec<String>,
+    /// Capacity of the log record file container (the journal copy).
+    #[arg(long, default_value = "1GiB")]
+    pub journal_capacity: String,
+    /// Write a JSON status document here, refreshed every 200 ms.
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -5,17 +5,18 @@ use std::sync::Arc;
 
 use redoubt_config::units::parse_size_bytes;
 use redoubt_datatap::{bind, serve, Engine, EngineConfig, Export, Exports, Listen, Op};
+use redoubt_replication::{lca, LcaConfig, TargetStatus, Targets};
 use redoubt_volume::{ContainerCapacities, GroupStore, IoMode, VolumeSpec};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::cli::DatatapArgs;
 use crate::exit::{ExitCodeKind, Failure};
 
-fn invalid(message: String) -> Failure {
+pub fn invalid(message: String) -> Failure {
     Failure::new(ExitCodeKind::Invalid, message)
 }
 
-fn parse_volume(text: &str) -> Result<VolumeSpec, Failure> {
+pub fn parse_volume(text: &str) -> Result<VolumeSpec, Failure> {
     let mut parts = text.splitn(3, ':');
     let (Some(name), Some(size)) = (parts.next(), parts.next()) else {
         return Err(invalid(format!(
@@ -77,6 +78,46 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
     }
     let (engine, volumes, commit_thread) = Engine::open(&mut store, &specs, config)
         .map_err(|error| failed("open the datatap", &error))?;
+    let compression_level = match args.compression.as_str() {
+        "zstd" => Some(1),
+        "none" => None,
+        other => {
+            return Err(invalid(format!(
+                "--compression {other:?}: use zstd or none"
+            )))
+        }
+    };
+    let throttle_bytes_per_second =
+        redoubt_config::units::parse_rate_bytes_per_second(&args.throttle)
+            .map_err(|reason| invalid(format!("--throttle: {reason}")))?;
+    if args.targets.len() > redoubt_config::RECOVERY_SERVERS_PER_GROUP_MAX {
+        return Err(invalid(
+            "at most two --target (recovery 1 and recovery 2)".into(),
+        ));
+    }
+    let mut replication = Vec::new();
+    let mut target_names = Vec::new();
+    for target in &args.targets {
+        let Some((name, address)) = target.split_once('=') else {
+            return Err(invalid(format!(
+                "--target {target:?}: expected NAME=HOST:PORT"
+            )));
+        };
+        redoubt_config::parse::check_host_port(address)
+            .map_err(|reason| invalid(format!("--target {target:?}: {reason}")))?;
+        target_names.push(name.to_string());
+        replication.push(LcaConfig {
+            group: args.group.clone(),
+            sender_name: args.name.clone(),
+            target_name: name.to_string(),
+            target_address: address.to_string(),
+            config_version: 0,
+            journal: engine.journal().clone(),
+            compression_level,
+            throttle_bytes_per_second,
+            batch_bytes: lca::BATCH_BYTES_DEFAULT,
+        });
+    }
     let exports: Vec<Export> = volumes
         .into_iter()
         .map(|opened| Export {
@@ -103,7 +144,39 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
             println!("ready {}", bound.uri(name));
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(serve(bound, exports, stopped));
+        let server = tokio::spawn(serve(bound, exports, stopped.clone()));
+        let targets = Arc::new(Targets {
+            statuses: replication
+                .iter()
+                .map(|_| Arc::new(TargetStatus::default()))
+                .collect(),
+        });
+        if !replication.is_empty() {
+            // Nothing is shipped yet: the journal keeps every record until targets hold it.
+            engine
+                .watermarks()
+                .shipped_seq
+                .store(0, std::sync::atomic::Ordering::Release);
+        }
+        for (config, status) in replication.into_iter().zip(targets.statuses.iter()) {
+            tokio::spawn(lca::run(
+                config,
+                engine.watermarks().clone(),
+                status.clone(),
+                targets.clone(),
+                stopped.clone(),
+            ));
+        }
+        if let Some(path) = args.status_file.clone() {
+            let watermarks = engine.watermarks().clone();
+            let targets = targets.clone();
+            let names = target_names.clone();
+            tokio::spawn(crate::status_file::keep_writing(
+                path,
+                stopped.clone(),
+                move || crate::status_file::production_json(&watermarks, &names, &targets),
+            ));
+        }
         let mut terminate = signal(SignalKind::terminate())
             .map_err(|error| failed("install SIGTERM handler", &error))?;
         tokio::select! {

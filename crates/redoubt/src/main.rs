@@ -1,10 +1,12 @@
 //! `redoubt`: the one binary. Parses the command line and hands off to the library crates;
 //! nothing here decides anything a library could.
 
+mod apply_cmd;
 mod cli;
 mod config_cmd;
 mod datatap_cmd;
 mod exit;
+mod status_file;
 
 use std::process::ExitCode;
 
@@ -37,5 +39,6 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Config(command) => config_cmd::run(command),
         Command::Datatap(args) => datatap_cmd::run(args),
+        Command::Apply(args) => apply_cmd::run(args),
     }
 }
