@@ -456,9 +456,19 @@ pub fn cleanup_stale() -> io::Result<Vec<String>> {
         if pid == 0 || std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        kill_namespace_processes(&namespace)?;
-        ip(&["netns", "delete", &namespace])?;
-        removed.push(namespace);
+        // Another cleaner (a concurrent test run) may remove it first: gone is fine.
+        let gone = || !std::path::Path::new(&format!("/run/netns/{namespace}")).exists();
+        if let Err(error) = kill_namespace_processes(&namespace) {
+            if gone() {
+                continue;
+            }
+            return Err(error);
+        }
+        match ip(&["netns", "delete", &namespace]) {
+            Ok(()) => removed.push(namespace),
+            Err(_) if gone() => {}
+            Err(error) => return Err(error),
+        }
     }
     Ok(removed)
 }
@@ -821,15 +831,10 @@ fn switch_loop(taps: &[OwnedFd], wake: &OwnedFd, shared: &Shared) {
                 > 0
             {}
         }
-        let table = match shared.netem.lock() {
-            Ok(table) => table.clone(),
-            Err(_) => return,
-        };
         for (port, tap) in taps.iter().enumerate() {
             if pollfds[port].revents & libc::POLLIN == 0 {
                 continue;
             }
-            let netem = table.get(port).copied().unwrap_or_default();
             for _ in 0..FRAMES_PER_WAKE_MAX {
                 // SAFETY: read(2) into our buffer, at most its length.
                 let n = unsafe {
@@ -842,6 +847,12 @@ fn switch_loop(taps: &[OwnedFd], wake: &OwnedFd, shared: &Shared) {
                     break;
                 }
                 let frame = &buffer[..length];
+                // Looked up after the read: a frame sent after `netem()` returned always gets
+                // the new impairment (a snapshot taken before the read could be stale).
+                let netem = match shared.netem.lock() {
+                    Ok(table) => table.get(port).copied().unwrap_or_default(),
+                    Err(_) => return,
+                };
                 if netem == Netem::default() {
                     forwarder.forward(port, frame);
                     continue;
