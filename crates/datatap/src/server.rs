@@ -432,6 +432,19 @@ fn op_errno(error: &OpError) -> NbdErrno {
     }
 }
 
+/// Submits a write and, in sync mode, waits until the recovery servers hold it.
+async fn submit_replicated(export: &Export, op: Op, sync: bool) -> Result<(), (NbdErrno, String)> {
+    let seq = export
+        .engine
+        .submit(op)
+        .await
+        .map_err(|e| (op_errno(&e), e.to_string()))?;
+    if sync {
+        export.engine.wait_shipped(seq).await;
+    }
+    Ok(())
+}
+
 async fn execute(
     export: &Export,
     header: RequestHeader,
@@ -439,6 +452,8 @@ async fn execute(
     structured: bool,
 ) -> Vec<u8> {
     let fua = header.flags.contains(CommandFlags::FUA);
+    // Sync mode: the write must be durable here (FUA) and on every recovery server.
+    let sync = export.engine.sync_replication();
     let lv_id = export.lv_id;
     let mut reply = Vec::new();
     let result: Result<(), (NbdErrno, String)> = match header.command {
@@ -494,28 +509,18 @@ async fn execute(
                 lv_id,
                 offset_bytes: header.offset_bytes,
                 data: payload,
-                fua,
+                fua: fua || sync,
             };
-            export
-                .engine
-                .submit(op)
-                .await
-                .map(|_| ())
-                .map_err(|e| (op_errno(&e), e.to_string()))
+            submit_replicated(export, op, sync).await
         }
         Command::WriteZeroes => {
             let op = Op::WriteZeroes {
                 lv_id,
                 offset_bytes: header.offset_bytes,
                 length_bytes: header.length_bytes,
-                fua,
+                fua: fua || sync,
             };
-            export
-                .engine
-                .submit(op)
-                .await
-                .map(|_| ())
-                .map_err(|e| (op_errno(&e), e.to_string()))
+            submit_replicated(export, op, sync).await
         }
         Command::Trim => {
             let op = Op::Trim {
@@ -523,12 +528,7 @@ async fn execute(
                 offset_bytes: header.offset_bytes,
                 length_bytes: header.length_bytes,
             };
-            export
-                .engine
-                .submit(op)
-                .await
-                .map(|_| ())
-                .map_err(|e| (op_errno(&e), e.to_string()))
+            submit_replicated(export, op, false).await
         }
         Command::Flush => export
             .engine

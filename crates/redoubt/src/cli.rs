@@ -57,6 +57,10 @@ pub struct DatatapArgs {
     /// one or two.
     #[arg(long = "target")]
     pub targets: Vec<String>,
+    /// "async": acknowledge after the local journal; "sync": after every target holds the
+    /// write durably (turning async, loudly, if a target does not answer within 5 s).
+    #[arg(long, default_value = "async")]
+    pub mode: String,
     /// "zstd" or "none".
     #[arg(long, default_value = "zstd")]
     pub compression: String,

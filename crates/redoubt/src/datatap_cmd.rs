@@ -76,6 +76,14 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
     if args.direct {
         config.io_mode = IoMode::Auto;
     }
+    config.sync_replication = match args.mode.as_str() {
+        "async" => false,
+        "sync" if args.targets.is_empty() => {
+            return Err(invalid("--mode sync needs at least one --target".into()))
+        }
+        "sync" => true,
+        other => return Err(invalid(format!("--mode {other:?}: use async or sync"))),
+    };
     let (engine, volumes, commit_thread) = Engine::open(&mut store, &specs, config)
         .map_err(|error| failed("open the datatap", &error))?;
     let compression_level = match args.compression.as_str() {

@@ -59,6 +59,7 @@ pub fn production_json(watermarks: &Watermarks, names: &[String], targets: &Targ
         "shipped_seq": watermarks.shipped_seq.load(Ordering::Acquire),
         "journal_bytes": watermarks.journal_bytes.load(Ordering::Relaxed),
         "needs_resync": watermarks.needs_resync.load(Ordering::Acquire),
+        "sync_degraded": watermarks.sync_degraded.load(Ordering::Acquire),
         "targets": targets,
     })
 }

@@ -249,6 +249,7 @@ async fn receive_acks(
                 watermarks
                     .shipped_seq
                     .store(targets.shipped_seq(), Ordering::Release);
+                watermarks.shipped_changed.notify_waiters();
                 status.acked.notify_waiters();
             }
             Frame::Heartbeat(_) => {}

@@ -307,3 +307,134 @@ fn two_recovery_servers_converge_to_production_and_resume_after_an_outage() {
     drop(engine);
     let _ = commit_thread.join();
 }
+
+#[test]
+fn sync_mode_acknowledges_only_what_the_target_holds_and_degrades_instead_of_hanging() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut store =
+        GroupStore::open_or_create(&root.path().join("prod-a"), GROUP, capacities()).unwrap();
+    let mut config = EngineConfig::new(GROUP, 512 << 20);
+    config.sync_replication = true;
+    config.sync_target_timeout_ms = 500;
+    let (engine, opened, commit_thread) = Engine::open(&mut store, &specs(), config).unwrap();
+    let watermarks = engine.watermarks().clone();
+    watermarks.shipped_seq.store(0, Ordering::Release);
+    let exports = Arc::new(Exports::new(
+        opened
+            .into_iter()
+            .map(|volume| Export {
+                name: volume.name,
+                lv_id: volume.lv_id,
+                volume: volume.volume,
+                engine: engine.clone(),
+                read_only: false,
+                description: String::new(),
+            })
+            .collect(),
+    ));
+    let bound = runtime
+        .block_on(bind(&Listen::Tcp("127.0.0.1:0".into())))
+        .unwrap();
+    let nbd_address = bound
+        .uri("lv0")
+        .trim_start_matches("nbd://")
+        .trim_end_matches("/lv0")
+        .to_string();
+    let (stop, stopped) = watch::channel(false);
+    runtime.spawn(serve(bound, exports, stopped.clone()));
+    let mut recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0);
+    let status = Arc::new(TargetStatus::default());
+    let targets = Arc::new(Targets {
+        statuses: vec![status.clone()],
+    });
+    let config = LcaConfig {
+        group: GROUP.into(),
+        sender_name: "prod-a".into(),
+        target_name: "dr-b".into(),
+        target_address: format!("127.0.0.1:{}", recovery.port),
+        config_version: 0,
+        journal: engine.journal().clone(),
+        compression_level: None,
+        throttle_bytes_per_second: 0,
+        batch_bytes: lca::BATCH_BYTES_DEFAULT,
+    };
+    runtime.spawn(lca::run(
+        config,
+        watermarks.clone(),
+        status.clone(),
+        targets,
+        stopped,
+    ));
+
+    let mut client = NbdClient::connect(&nbd_address, "lv0").unwrap();
+    for index in 0..200u64 {
+        assert_eq!(
+            client
+                .write(index * 4096, &[index as u8; 4096], false)
+                .unwrap(),
+            0
+        );
+
+        // The reply means the recovery server already holds this write durably.
+        let on_target = recovery
+            .aba
+            .as_ref()
+            .unwrap()
+            .status()
+            .durable_seq
+            .load(Ordering::Acquire);
+        assert!(
+            on_target > index,
+            "write {} acknowledged while the target holds only {on_target} (degraded: {}, shipped {})",
+            index + 1,
+            watermarks.sync_degraded.load(Ordering::Acquire),
+            watermarks.shipped_seq.load(Ordering::Acquire)
+        );
+    }
+    assert!(!watermarks.sync_degraded.load(Ordering::Acquire));
+
+    // The target goes away: writes still complete (after the timeout), the group turns async.
+    let port = recovery.port;
+    recovery.stop();
+    if let Some(thread) = recovery.thread.take() {
+        thread.join().unwrap();
+    }
+    assert_eq!(client.write(0, &[0xee; 4096], false).unwrap(), 0);
+    assert!(
+        watermarks.sync_degraded.load(Ordering::Acquire),
+        "the group says it is no longer sync"
+    );
+    for index in 1..50u64 {
+        assert_eq!(client.write(index * 4096, &[0xee; 4096], false).unwrap(), 0);
+    }
+    // It comes back, catches up, and the next write restores sync mode.
+    let recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", port);
+    let durable = watermarks.durable_seq.load(Ordering::Acquire);
+    wait_until("the target caught up", || {
+        watermarks.shipped_seq.load(Ordering::Acquire) >= durable
+    });
+    assert_eq!(client.write(0, &[0x11; 4096], false).unwrap(), 0);
+    assert!(
+        !watermarks.sync_degraded.load(Ordering::Acquire),
+        "sync mode restored"
+    );
+    let on_target = recovery
+        .aba
+        .as_ref()
+        .unwrap()
+        .status()
+        .durable_seq
+        .load(Ordering::Acquire);
+    assert_eq!(on_target, watermarks.durable_seq.load(Ordering::Acquire));
+
+    let _ = stop.send(true);
+    drop(client);
+    drop(runtime);
+    drop(engine);
+    let _ = commit_thread.join();
+}
