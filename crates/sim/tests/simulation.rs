@@ -89,6 +89,11 @@ fn first_failure(bug: Bug) -> (u64, Invariant, String) {
             let message = failure.to_string();
             assert!(message.contains(&format!("seed={seed} ")), "{message}");
             assert!(message.contains("REDOUBT_SIM_SEED="), "{message}");
+            // The same seed passes without the bug: the bug, not the harness, failed it.
+            if let Err(clean) = run(&SimOptions::new(seed)) {
+                panic!("seed={seed} fails even without {bug:?}: {clean}");
+            }
+            println!("{bug:?}: {message}");
             return (seed, failure.invariant, message);
         }
     }
