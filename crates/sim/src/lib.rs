@@ -70,7 +70,8 @@
 //! ```
 //!
 //! [`SimOptions::bug`] injects a deliberate bug ([`Bug`]) so tests prove the harness catches
-//! what it claims to.
+//! what it claims to (`replay_one` replays without a bug; pass the same [`SimOptions`] to
+//! [`run`] to replay a bug-injected failure).
 
 use std::collections::VecDeque;
 use std::fmt;
