@@ -67,6 +67,8 @@ pub struct AbaStatus {
     pub received_bytes: AtomicU64,
     /// The first seq of the most recent connection's first batch (tests check resumption).
     pub last_connection_first_seq: AtomicU64,
+    /// Oldest seq whose undo record the replica still has: the rollback window's start.
+    pub undo_first_seq: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -228,6 +230,8 @@ impl Aba {
             applied_seq: status.applied_seq.load(Ordering::Relaxed),
             since_checkpoint: 0,
             group_dir,
+            undo: None,
+            undo_capacity_bytes: config.capacities.log_record_file_bytes,
         };
         if !replay.is_empty() {
             apply
@@ -281,6 +285,18 @@ impl Aba {
                 },
             }
         }
+    }
+
+    /// Serves one already-accepted LCA connection until it ends or `shutdown` turns true.
+    /// For a process (the agent) that accepts on one port for several purposes and routes
+    /// replication connections here itself.
+    pub async fn serve_stream(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ReplicationError> {
+        let _ = stream.set_nodelay(true);
+        self.serve_connection(stream, shutdown).await
     }
 
     async fn serve_connection(
@@ -450,7 +466,15 @@ struct Applier {
     applied_seq: u64,
     since_checkpoint: u64,
     group_dir: PathBuf,
+    /// The undo journal: for every redo seq applied, the replica's data it overwrote (same
+    /// seq), so the replica can be rolled back. Opened once the group id is known.
+    undo: Option<Journal<StdFs>>,
+    undo_capacity_bytes: u64,
 }
+
+/// Name of the undo record standing for a redo record that overwrote nothing (a marker, or a
+/// volume this server does not have): it keeps the undo seqs equal to the redo seqs.
+const UNDO_NOTHING_MARKER: &str = "undo:none";
 
 impl Applier {
     fn run(mut self, queue: flume::Receiver<ApplyMessage>) {
@@ -458,14 +482,13 @@ impl Applier {
         loop {
             match queue.recv_timeout(idle) {
                 Ok(ApplyMessage::Records(records)) => {
-                    for record in records {
-                        if record.header.seq <= self.applied_seq {
-                            continue;
-                        }
-                        if let Err(error) = self.apply(&record) {
-                            tracing::error!(%error, "apply stopped");
-                            return;
-                        }
+                    let records: Vec<OwnedRecord> = records
+                        .into_iter()
+                        .filter(|record| record.header.seq > self.applied_seq)
+                        .collect();
+                    if let Err(error) = self.apply_batch(&records) {
+                        tracing::error!(%error, "apply stopped");
+                        return;
                     }
                     if self.since_checkpoint >= CHECKPOINT_INTERVAL_RECORDS {
                         self.checkpoint_or_log();
@@ -484,6 +507,148 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// Applies records in seq order, in runs whose ranges do not overlap: for each run the
+    /// overwritten data is captured into the undo journal and made durable first, then the
+    /// run is written to the replica. (A run never holds two writes to the same bytes, so
+    /// each capture sees the data its write replaces.)
+    fn apply_batch(&mut self, records: &[OwnedRecord]) -> Result<(), ReplicationError> {
+        let mut run_start = 0;
+        let mut ranges: Vec<(u32, u64, u64)> = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let header = &record.header;
+            let range = (
+                header.lv_id,
+                header.offset_bytes,
+                header.offset_bytes + u64::from(header.length_bytes),
+            );
+            let overlaps = ranges
+                .iter()
+                .any(|(lv, start, end)| *lv == range.0 && *start < range.2 && range.1 < *end);
+            if overlaps {
+                self.apply_run(&records[run_start..index])?;
+                run_start = index;
+                ranges.clear();
+            }
+            ranges.push(range);
+        }
+        self.apply_run(&records[run_start..])
+    }
+
+    fn undo_journal(&mut self) -> Result<&mut Journal<StdFs>, ReplicationError> {
+        if self.undo.is_none() {
+            let group_id = {
+                let store = self
+                    .store
+                    .lock()
+                    .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+                store.state.group_id.as_deref().and_then(unhex)
+            }
+            .ok_or_else(|| {
+                ReplicationError::Config("undo journal before the group id is known".into())
+            })?;
+            let mut config = JournalConfig::new(GroupId(group_id), self.undo_capacity_bytes);
+            config.segment_size_bytes = (self.undo_capacity_bytes / 8).clamp(
+                redoubt_journal::SEGMENT_SIZE_BYTES_MIN,
+                redoubt_journal::SEGMENT_SIZE_BYTES_DEFAULT,
+            );
+            config.seq_first_new = self.applied_seq + 1;
+            self.undo = Some(Journal::open(StdFs, self.group_dir.join("undo"), config)?);
+        }
+        self.undo
+            .as_mut()
+            .ok_or_else(|| ReplicationError::Config("undo journal not open".into()))
+    }
+
+    fn apply_run(&mut self, run: &[OwnedRecord]) -> Result<(), ReplicationError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let mut captured: Vec<(redoubt_journal::RecordHeader, Vec<u8>)> = Vec::new();
+        for record in run {
+            let header = &record.header;
+            let undo_header =
+                |kind: RecordKind, lv_id: u32, offset_bytes: u64, length_bytes: u32| {
+                    redoubt_journal::RecordHeader {
+                        kind,
+                        lv_id,
+                        offset_bytes,
+                        length_bytes,
+                        seq: header.seq,
+                        timestamp_ns: header.timestamp_ns,
+                    }
+                };
+            let volume = self.volumes.get(&header.lv_id);
+            match (header.kind, volume) {
+                (RecordKind::Write | RecordKind::WriteZeroes | RecordKind::Trim, Some(volume)) => {
+                    let mut old = vec![0u8; header.length_bytes as usize];
+                    volume.read_at(&mut old, header.offset_bytes)?;
+                    captured.push((
+                        undo_header(
+                            RecordKind::Undo,
+                            header.lv_id,
+                            header.offset_bytes,
+                            header.length_bytes,
+                        ),
+                        old,
+                    ));
+                }
+                (RecordKind::Marker, _) => captured.push((
+                    undo_header(RecordKind::Marker, 0, 0, 0),
+                    record.payload.clone(),
+                )),
+                _ => captured.push((
+                    undo_header(RecordKind::Marker, 0, 0, 0),
+                    UNDO_NOTHING_MARKER.as_bytes().to_vec(),
+                )),
+            }
+        }
+        let undo = self.undo_journal()?;
+        for (header, payload) in &captured {
+            // After a crash the replay may meet records whose undo is already durable.
+            if header.seq <= undo.appended_seq() {
+                continue;
+            }
+            let record = redoubt_journal::Record {
+                header: *header,
+                payload,
+            };
+            match undo.append_replicated(&record) {
+                Ok(_) => {}
+                Err(redoubt_journal::JournalError::JournalFull { .. }) => {
+                    // The rollback window shrinks from its old end: drop the oldest segment.
+                    let oldest = undo
+                        .sealed_segments()
+                        .next()
+                        .map(|segment| segment.last_seq);
+                    match oldest {
+                        Some(last_seq) => {
+                            undo.prune_through(last_seq)?;
+                            undo.append_replicated(&record)?;
+                        }
+                        None => {
+                            return Err(redoubt_journal::JournalError::JournalFull {
+                                capacity_bytes: undo.capacity_bytes(),
+                                used_bytes: undo.size_bytes(),
+                                record_bytes: record.encoded_size_bytes(),
+                            }
+                            .into())
+                        }
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        undo.sync()?;
+        let undo_first = undo.first_seq().unwrap_or(0);
+        self.status
+            .undo_first_seq
+            .store(undo_first, Ordering::Relaxed);
+        for record in run {
+            self.apply(record)?;
+        }
+        Ok(())
     }
 
     fn apply(&mut self, record: &OwnedRecord) -> Result<(), ReplicationError> {

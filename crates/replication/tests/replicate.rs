@@ -301,8 +301,42 @@ fn two_recovery_servers_converge_to_production_and_resume_after_an_outage() {
     let _ = stop_nbd.send(true);
     for recovery in &mut recoveries {
         recovery.stop();
+        if let Some(thread) = recovery.thread.take() {
+            thread.join().unwrap();
+        }
     }
     drop(clients);
+
+    // The undo journal rolls a replica back: undoing the records after seq S, newest first,
+    // gives exactly production as of S, for several S across the window.
+    let recovery = &recoveries[1];
+    let undo_records = read_undo(&recovery.dir);
+    let window_first = undo_records.first().unwrap().header.seq;
+    assert_eq!(undo_records.last().unwrap().header.seq, history.seq_last());
+    for target in [
+        history.seq_last() - 1,
+        history.seq_last() / 2,
+        window_first.saturating_sub(1).max(history.seq_last() / 4),
+    ] {
+        if target + 1 < window_first {
+            continue;
+        }
+        let mut lvs: Vec<Vec<u8>> = (0..2).map(|index| recovery.replica(index)).collect();
+        for record in undo_records.iter().rev().filter(|r| r.header.seq > target) {
+            if record.header.kind == redoubt_journal::RecordKind::Undo {
+                let index = (0..2)
+                    .find(|i| {
+                        redoubt_journal::lv_id_for_name(&format!("lv{i}")) == record.header.lv_id
+                    })
+                    .unwrap();
+                let offset = record.header.offset_bytes as usize;
+                lvs[index][offset..offset + record.payload.len()].copy_from_slice(&record.payload);
+            }
+        }
+        let mut images = MemoryImages::from_lvs(lvs);
+        check_exact(&history, target, &mut images)
+            .unwrap_or_else(|violation| panic!("rolled back to {target}: {violation}"));
+    }
     drop(runtime);
     drop(engine);
     let _ = commit_thread.join();
@@ -437,4 +471,32 @@ fn sync_mode_acknowledges_only_what_the_target_holds_and_degrades_instead_of_han
     drop(runtime);
     drop(engine);
     let _ = commit_thread.join();
+}
+
+fn read_undo(dir: &Path) -> Vec<redoubt_journal::OwnedRecord> {
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("groups/{GROUP}/aba.json"))).unwrap(),
+    )
+    .unwrap();
+    let hex = state["group_id"].as_str().unwrap();
+    let mut group_id = [0u8; 16];
+    for (index, byte) in group_id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).unwrap();
+    }
+    let config = redoubt_journal::JournalConfig::new(
+        redoubt_journal::GroupId(group_id),
+        capacities().log_record_file_bytes,
+    );
+    let journal = redoubt_journal::Journal::open(
+        redoubt_journal::StdFs,
+        dir.join(format!("groups/{GROUP}/undo")),
+        config,
+    )
+    .unwrap();
+    let first = journal.first_seq().unwrap();
+    journal
+        .read_from(first)
+        .unwrap()
+        .map(|record| record.unwrap())
+        .collect()
 }
