@@ -1,0 +1,274 @@
+//! `GET /v1/status`: each configured server's agent status, gathered in parallel, folded into
+//! the `redoubt status --format json` shape (`shared/spec/cli.md`). An unreachable agent is
+//! reported as such; the fields only it could give are `null`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+use redoubt_config::Config;
+
+use crate::agent::{AgentClient, STATUS_TIMEOUT_MS};
+use crate::record::{self, InitRecord, InitState};
+
+/// Each server's agent status document, or why it could not be had.
+pub type AgentStatuses = HashMap<String, Result<Value, String>>;
+
+pub async fn collect(agent: &Arc<dyn AgentClient>, config: &Config) -> AgentStatuses {
+    let mut calls = JoinSet::new();
+    for server in &config.servers {
+        let agent = Arc::clone(agent);
+        let name = server.name.clone();
+        let address = server.address.clone();
+        calls.spawn(async move {
+            let answer = tokio::time::timeout(
+                Duration::from_millis(STATUS_TIMEOUT_MS),
+                agent.status(&address),
+            )
+            .await;
+            let result = match answer {
+                Ok(Ok(document)) => Ok(document),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err(format!(
+                    "the agent at {address} did not answer within {STATUS_TIMEOUT_MS} ms"
+                )),
+            };
+            (name, result)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(joined) = calls.join_next().await {
+        if let Ok((name, result)) = joined {
+            out.insert(name, result);
+        }
+    }
+    out
+}
+
+/// The agent's entry for `group`, if the agent answered and knows the group.
+fn agent_group<'a>(agents: &'a AgentStatuses, server: &str, group: &str) -> Option<&'a Value> {
+    agents
+        .get(server)?
+        .as_ref()
+        .ok()?
+        .get("groups")?
+        .as_array()?
+        .iter()
+        .find(|entry| entry.get("name").and_then(Value::as_str) == Some(group))
+}
+
+fn field(value: Option<&Value>, name: &str) -> Value {
+    value
+        .and_then(|value| value.get(name))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn first_present(values: &[Value]) -> Value {
+    values
+        .iter()
+        .find(|value| !value.is_null())
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Pure: the status document from the configuration, the initialization records and whatever
+/// the agents said.
+pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &AgentStatuses) -> Value {
+    let servers: Vec<Value> = config
+        .servers
+        .iter()
+        .map(|server| match agents.get(&server.name) {
+            Some(Ok(document)) => json!({
+                "name": server.name, "address": server.address, "reachable": true,
+                "config_version": field(Some(document), "config_version"),
+            }),
+            Some(Err(error)) => json!({
+                "name": server.name, "address": server.address, "reachable": false,
+                "error": error,
+            }),
+            None => json!({
+                "name": server.name, "address": server.address, "reachable": false,
+                "error": "not asked",
+            }),
+        })
+        .collect();
+    let reachable = |server: &str| matches!(agents.get(server), Some(Ok(_)));
+
+    let groups: Vec<Value> = config
+        .groups
+        .iter()
+        .map(|group| {
+            let init = inits.iter().find(|record| record.group == group.name);
+            let initialization = match init {
+                Some(record) if record.state != InitState::Done => json!({
+                    "state": record.state.as_str(),
+                    "step": record::current_step(&record.steps),
+                    "version": record.version,
+                }),
+                _ => json!({"state": "idle", "step": null}),
+            };
+            let production = agent_group(agents, &group.production, &group.name);
+            let exports = production
+                .and_then(|entry| entry.get("exports"))
+                .and_then(Value::as_array);
+            let volumes: Vec<Value> = group
+                .volumes
+                .iter()
+                .map(|volume| {
+                    let export = exports
+                        .and_then(|exports| {
+                            exports.iter().find(|export| {
+                                export.get("volume").and_then(Value::as_str)
+                                    == Some(volume.name.as_str())
+                            })
+                        })
+                        .and_then(|export| export.get("export"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    json!({"name": volume.name, "size_bytes": volume.size_bytes, "export": export})
+                })
+                .collect();
+            let journal_seq = field(production, "journal_seq");
+            let targets: Vec<Value> = group
+                .recovery
+                .iter()
+                .map(|server| {
+                    let from_production = production
+                        .and_then(|entry| entry.get("targets"))
+                        .and_then(Value::as_array)
+                        .and_then(|targets| {
+                            targets.iter().find(|target| {
+                                target.get("server").and_then(Value::as_str)
+                                    == Some(server.as_str())
+                            })
+                        });
+                    let from_recovery = agent_group(agents, server, &group.name);
+                    json!({
+                        "server": server,
+                        "reachable": reachable(server),
+                        "connected": field(from_production, "connected"),
+                        "status_code": field(from_production, "status_code"),
+                        "journal_seq": journal_seq,
+                        "sent_seq": first_present(&[
+                            field(from_production, "sent_seq"),
+                            field(from_recovery, "received_seq"),
+                        ]),
+                        "durable_seq": first_present(&[
+                            field(from_recovery, "durable_seq"),
+                            field(from_production, "durable_seq"),
+                        ]),
+                        "applied_seq": first_present(&[
+                            field(from_recovery, "applied_seq"),
+                            field(from_production, "applied_seq"),
+                        ]),
+                        "sent_bytes": field(from_production, "sent_bytes"),
+                        "backlog_bytes": field(from_production, "backlog_bytes"),
+                        "lag_seconds": field(from_production, "lag_seconds"),
+                        "speed_mb_s": field(from_production, "speed_mb_s"),
+                        "super_transaction_pct": field(from_production, "super_transaction_pct"),
+                        "snapshot_usage_pct": field(from_recovery, "snapshot_usage_pct"),
+                        "needs_resync": first_present(&[
+                            field(from_production, "needs_resync"),
+                            field(from_recovery, "needs_resync"),
+                        ]),
+                        "data_path": field(from_recovery, "data_path"),
+                    })
+                })
+                .collect();
+            let direction = format!("{} -> {}", group.production, group.recovery.join(", "));
+            json!({
+                "name": group.name,
+                "production": group.production,
+                "production_reachable": reachable(&group.production),
+                "direction": direction,
+                "mode": group.mode.as_str(),
+                "config_version": version,
+                "data_path": field(production, "data_path"),
+                "initialization": initialization,
+                "volumes": volumes,
+                "targets": targets,
+            })
+        })
+        .collect();
+    json!({"config_version": version, "groups": groups, "servers": servers})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[server]]
+name = "prod-a"
+address = "127.0.0.1:7411"
+data_dir = "/d/a"
+nbd_listen = "127.0.0.1:10809"
+
+[[server]]
+name = "dr-b"
+address = "127.0.0.1:7412"
+data_dir = "/d/b"
+
+[[group]]
+name = "erp"
+production = "prod-a"
+recovery = ["dr-b"]
+mode = "async"
+retention = "24h"
+throttle = "0"
+compression = "zstd"
+
+[group.containers]
+replication = "4GiB"
+log_record_file = "1GiB"
+snapshot = "1GiB"
+
+[[group.volume]]
+name = "lv_data01"
+size = "1GiB"
+"#;
+
+    #[test]
+    fn folds_agent_statuses_and_reports_unreachable_ones() {
+        let config = redoubt_config::parse("c.toml", CONFIG).expect("valid");
+        let mut agents = AgentStatuses::new();
+        agents.insert(
+            "prod-a".into(),
+            Ok(json!({"server": "prod-a", "config_version": 3, "groups": [{
+                "name": "erp", "role": "production", "data_path": "loaded",
+                "exports": [{"volume": "lv_data01", "export": "nbd://127.0.0.1:10809/lv_data01"}],
+                "journal_seq": 812, "applied_seq": 812,
+                "targets": [{"server": "dr-b", "connected": true, "durable_seq": 812,
+                             "applied_seq": 810, "sent_bytes": 1234, "needs_resync": false}]}]})),
+        );
+        agents.insert("dr-b".into(), Err("connection refused".into()));
+        let status = build(&config, 3, &[], &agents);
+        let group = &status["groups"][0];
+        assert_eq!(group["name"], "erp");
+        assert_eq!(group["direction"], "prod-a -> dr-b");
+        assert_eq!(group["mode"], "async");
+        assert_eq!(group["config_version"], 3);
+        assert_eq!(group["initialization"]["state"], "idle");
+        assert_eq!(group["volumes"][0]["size_bytes"], 1u64 << 30);
+        assert_eq!(
+            group["volumes"][0]["export"],
+            "nbd://127.0.0.1:10809/lv_data01"
+        );
+        let target = &group["targets"][0];
+        assert_eq!(target["server"], "dr-b");
+        assert_eq!(target["reachable"], false);
+        assert_eq!(target["journal_seq"], 812);
+        assert_eq!(
+            target["applied_seq"], 810,
+            "production's view when dr-b is away"
+        );
+        assert_eq!(target["needs_resync"], false);
+        assert_eq!(status["servers"][1]["reachable"], false);
+        assert_eq!(status["servers"][1]["error"], "connection refused");
+        assert_eq!(status["servers"][0]["config_version"], 3);
+    }
+}
