@@ -177,6 +177,8 @@ pub struct Watermarks {
     pub checkpoint_seq: AtomicU64,
     pub journal_bytes: AtomicU64,
     pub needs_resync: AtomicBool,
+    /// Bytes of dirty regions still to resync after a journal overflow.
+    pub resync_remaining_bytes: AtomicU64,
     /// The LCA raises this as targets acknowledge; the journal is pruned only up to it.
     /// `u64::MAX` while the group has no send process.
     pub shipped_seq: AtomicU64,
@@ -304,6 +306,15 @@ impl Engine {
         watermarks
             .needs_resync
             .store(state.needs_resync, Ordering::Relaxed);
+        watermarks.resync_remaining_bytes.store(
+            state
+                .dirty_regions
+                .values()
+                .map(|set| set.len() as u64)
+                .sum::<u64>()
+                * crate::state::DIRTY_REGION_BYTES,
+            Ordering::Relaxed,
+        );
         watermarks.shipped_seq.store(u64::MAX, Ordering::Relaxed);
 
         let shared = Arc::new(Shared {
@@ -334,6 +345,8 @@ impl Engine {
             unsynced_since: None,
             bytes_since_checkpoint: 0,
             overflow_unsynced: false,
+            overflowed_in_batch: false,
+            resync_blocked_until: None,
             config,
         };
         let thread = std::thread::Builder::new()
@@ -544,8 +557,17 @@ struct Committer<F: JournalFs> {
     bytes_since_checkpoint: u64,
     /// Writes went to the LVs without the journal since the last LV sync.
     overflow_unsynced: bool,
+    /// The journal was full during the current batch: no resync pass now.
+    overflowed_in_batch: bool,
+    /// A resync pass found the journal full: the next one waits until then.
+    resync_blocked_until: Option<Instant>,
     config: EngineConfig,
 }
+
+/// Bytes of dirty regions one resync pass reads and journals.
+pub const RESYNC_BYTES_PER_PASS: u64 = 4 << 20;
+/// After a resync pass found the journal full, the next pass waits this long.
+pub const RESYNC_RETRY_MS: u64 = 100;
 
 /// How an op reached the journal.
 enum Logged {
@@ -598,6 +620,12 @@ impl<F: JournalFs> Committer<F> {
         loop {
             let timeout = match self.unsynced_since {
                 Some(since) => sync_interval.saturating_sub(since.elapsed()),
+                // A pending resync goes on between client requests.
+                None if !self.state.dirty_regions.is_empty() => {
+                    self.resync_blocked_until.map_or(Duration::ZERO, |until| {
+                        until.saturating_duration_since(Instant::now())
+                    })
+                }
                 None => idle,
             };
             match self.queue.recv_timeout(timeout) {
@@ -613,11 +641,17 @@ impl<F: JournalFs> Committer<F> {
                             Err(_) => break,
                         }
                     }
+                    self.overflowed_in_batch = false;
                     self.process(batch);
+                    if !self.overflowed_in_batch {
+                        self.resync_pass_or_fail();
+                    }
                     last_activity = Instant::now();
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {
-                    if self.unsynced_since.is_some() {
+                    if !self.state.dirty_regions.is_empty() {
+                        self.resync_pass_or_fail();
+                    } else if self.unsynced_since.is_some() {
                         self.settle_or_fail();
                     } else if self.bytes_since_checkpoint > 0 && last_activity.elapsed() >= idle {
                         self.checkpoint_or_fail();
@@ -798,6 +832,8 @@ impl<F: JournalFs> Committer<F> {
                 match self.journal.append_with_crc(&entry, payload_crc32c) {
                     Ok(seq) => Ok(Logged::Seq(seq)),
                     Err(JournalError::JournalFull { .. }) if !matches!(op, Op::Marker { .. }) => {
+                        self.overflowed_in_batch = true;
+                        self.mark_dirty(op)?;
                         if !self.state.needs_resync {
                             self.state.needs_resync = true;
                             self.state.save(&self.fs, &self.group_dir)?;
@@ -817,6 +853,141 @@ impl<F: JournalFs> Committer<F> {
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Records the regions an op that bypasses the journal will write; durable before the write.
+    fn mark_dirty(&mut self, op: &Op) -> Result<(), DatatapError> {
+        let Some((lv_id, offset_bytes, length_bytes)) = op_range(op) else {
+            return Ok(());
+        };
+        let first = offset_bytes / crate::state::DIRTY_REGION_BYTES;
+        let last = (offset_bytes + length_bytes.max(1) - 1) / crate::state::DIRTY_REGION_BYTES;
+        let regions = self.state.dirty_regions.entry(lv_id).or_default();
+        let mut added = false;
+        for region in first..=last {
+            added |= regions.insert(region);
+        }
+        if added {
+            self.state.save(&self.fs, &self.group_dir)?;
+            self.publish_resync_remaining();
+        }
+        Ok(())
+    }
+
+    fn publish_resync_remaining(&self) {
+        let regions: u64 = self
+            .state
+            .dirty_regions
+            .values()
+            .map(|set| set.len() as u64)
+            .sum();
+        self.shared.watermarks.resync_remaining_bytes.store(
+            regions * crate::state::DIRTY_REGION_BYTES,
+            Ordering::Relaxed,
+        );
+    }
+
+    fn resync_pass_or_fail(&mut self) {
+        if self.state.dirty_regions.is_empty() || self.failure().is_some() {
+            return;
+        }
+        if self
+            .resync_blocked_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return;
+        }
+        self.resync_blocked_until = None;
+        if let Err(error) = self.resync_pass() {
+            self.fail(format!("resync dirty regions: {error}"));
+        }
+    }
+
+    /// One pass of the super transaction after a journal overflow: reads a few dirty regions
+    /// from the LVs as they are now (after everything before is applied) and journals them as
+    /// ordinary writes, so the replicas receive them in order with everything else; the
+    /// regions leave the bitmap once those records are durable.
+    fn resync_pass(&mut self) -> Result<(), DatatapError> {
+        self.settle()?;
+        let mut taken: Vec<(u32, u64)> = Vec::new();
+        let mut bytes = 0;
+        'outer: for (lv_id, regions) in &self.state.dirty_regions {
+            for region in regions {
+                taken.push((*lv_id, *region));
+                bytes += crate::state::DIRTY_REGION_BYTES;
+                if bytes >= RESYNC_BYTES_PER_PASS {
+                    break 'outer;
+                }
+            }
+        }
+        for (lv_id, region) in &taken {
+            let Some(volume) = self.volumes.get(lv_id).cloned() else {
+                continue;
+            };
+            let offset = region * crate::state::DIRTY_REGION_BYTES;
+            let length =
+                crate::state::DIRTY_REGION_BYTES.min(volume.size_bytes().saturating_sub(offset));
+            if length == 0 {
+                continue;
+            }
+            let mut data = Payload::for_filling(length as usize);
+            volume
+                .read_at(data.as_mut_slice(), offset)
+                .map_err(|source| {
+                    DatatapError::io("read a dirty region", &self.group_dir, source)
+                })?;
+            let op = Op::Write {
+                lv_id: *lv_id,
+                offset_bytes: offset,
+                data,
+                fua: false,
+            };
+            let entry = Entry::write(
+                *lv_id,
+                offset,
+                match &op {
+                    Op::Write { data, .. } => data.as_slice(),
+                    _ => &[],
+                },
+                now_ns(),
+            );
+            match self.journal.append(&entry) {
+                Ok(seq) => {
+                    self.unsynced_since.get_or_insert_with(Instant::now);
+                    self.track_unapplied(seq, op);
+                }
+                // Still full (a target is behind): the rest waits for space; checkpoint so that
+                // whatever the targets hold can be pruned meanwhile.
+                Err(JournalError::JournalFull { .. }) => {
+                    self.settle()?;
+                    self.checkpoint()?;
+                    self.resync_blocked_until =
+                        Some(Instant::now() + Duration::from_millis(RESYNC_RETRY_MS));
+                    return Ok(());
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.settle()?;
+        for (lv_id, region) in &taken {
+            if let Some(regions) = self.state.dirty_regions.get_mut(lv_id) {
+                regions.remove(region);
+                if regions.is_empty() {
+                    self.state.dirty_regions.remove(lv_id);
+                }
+            }
+        }
+        if self.state.dirty_regions.is_empty() {
+            self.state.needs_resync = false;
+            self.shared
+                .watermarks
+                .needs_resync
+                .store(false, Ordering::Release);
+            tracing::warn!(group = %self.shared.group, "resync after journal overflow complete");
+        }
+        self.state.save(&self.fs, &self.group_dir)?;
+        self.publish_resync_remaining();
+        Ok(())
     }
 
     /// Makes every appended record durable, then applies all of them to the LVs in seq order.

@@ -32,7 +32,14 @@ pub struct GroupState {
     /// Set when writes went to the LVs without the journal (journal overflow): replicas need
     /// a resync before they can be trusted again.
     pub needs_resync: bool,
+    /// The dirty-region bitmap of a journal overflow: lv_id → indexes of regions of
+    /// [`DIRTY_REGION_BYTES`] written without the journal and not yet resynced.
+    #[serde(default)]
+    pub dirty_regions: BTreeMap<u32, std::collections::BTreeSet<u64>>,
 }
+
+/// Granularity of the dirty-region bitmap.
+pub const DIRTY_REGION_BYTES: u64 = 1 << 20;
 
 impl GroupState {
     pub fn new(group_id: [u8; 16]) -> GroupState {
@@ -42,6 +49,7 @@ impl GroupState {
             lv_ids: BTreeMap::new(),
             checkpoint_seq: 0,
             needs_resync: false,
+            dirty_regions: BTreeMap::new(),
         }
     }
 

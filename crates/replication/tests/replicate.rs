@@ -500,3 +500,127 @@ fn read_undo(dir: &Path) -> Vec<redoubt_journal::OwnedRecord> {
         .map(|record| record.unwrap())
         .collect()
 }
+
+#[test]
+fn a_journal_overflow_falls_back_to_the_dirty_bitmap_and_the_resync_converges() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut store =
+        GroupStore::open_or_create(&root.path().join("prod-a"), GROUP, capacities()).unwrap();
+    // A small journal: the writes below overflow it while the recovery server is away.
+    let (engine, opened, commit_thread) =
+        Engine::open(&mut store, &specs(), EngineConfig::new(GROUP, 16 << 20)).unwrap();
+    let watermarks = engine.watermarks().clone();
+    watermarks.shipped_seq.store(0, Ordering::Release);
+    let exports = Arc::new(Exports::new(
+        opened
+            .into_iter()
+            .map(|volume| Export {
+                name: volume.name,
+                lv_id: volume.lv_id,
+                volume: volume.volume,
+                engine: engine.clone(),
+                read_only: false,
+                description: String::new(),
+            })
+            .collect(),
+    ));
+    let bound = runtime
+        .block_on(bind(&Listen::Tcp("127.0.0.1:0".into())))
+        .unwrap();
+    let nbd_address = bound
+        .uri("lv0")
+        .trim_start_matches("nbd://")
+        .trim_end_matches("/lv0")
+        .to_string();
+    let (stop, stopped) = watch::channel(false);
+    runtime.spawn(serve(bound, exports, stopped.clone()));
+    let dr_dir = root.path().join("dr-b");
+    let mut recovery = Recovery::start(&runtime, &dr_dir, "dr-b", 0);
+    let port = recovery.port;
+    recovery.stop();
+    if let Some(thread) = recovery.thread.take() {
+        thread.join().unwrap();
+    }
+    let status = Arc::new(TargetStatus::default());
+    let targets = Arc::new(Targets {
+        statuses: vec![status.clone()],
+    });
+    let config = LcaConfig {
+        group: GROUP.into(),
+        sender_name: "prod-a".into(),
+        target_name: "dr-b".into(),
+        target_address: format!("127.0.0.1:{port}"),
+        config_version: 0,
+        journal: engine.journal().clone(),
+        compression_level: Some(1),
+        throttle_bytes_per_second: 0,
+        batch_bytes: lca::BATCH_BYTES_DEFAULT,
+    };
+    runtime.spawn(lca::run(
+        config,
+        watermarks.clone(),
+        status.clone(),
+        targets,
+        stopped,
+    ));
+
+    let run_id = 0xb17;
+    let mut workload = WorkloadConfig::new(3, LV_SIZES_BYTES.to_vec(), 2500);
+    workload.blocks_per_write_max = 16;
+    let events = generate(&workload).unwrap();
+    let mut history = History::new(run_id, &LV_SIZES_BYTES).unwrap();
+    let mut clients = [
+        NbdClient::connect(&nbd_address, "lv0").unwrap(),
+        NbdClient::connect(&nbd_address, "lv1").unwrap(),
+    ];
+    for event in &events {
+        if let WorkloadEvent::Write(op) = event {
+            assert_eq!(
+                clients[op.lv_index as usize]
+                    .write(op.offset_bytes, &op.payload(run_id), false)
+                    .unwrap(),
+                0,
+                "writes never fail because a target is away"
+            );
+            history.record_write_ack_order(*op).unwrap();
+        }
+    }
+    assert!(
+        watermarks.needs_resync.load(Ordering::Acquire),
+        "the journal overflowed into the bitmap"
+    );
+    assert!(watermarks.resync_remaining_bytes.load(Ordering::Acquire) > 0);
+
+    // The recovery server returns: the journal drains, the dirty regions are resynced.
+    let recovery = Recovery::start(&runtime, &dr_dir, "dr-b", port);
+    wait_until("the resync completed and the replica caught up", || {
+        !watermarks.needs_resync.load(Ordering::Acquire)
+            && recovery.applied_seq() >= watermarks.durable_seq.load(Ordering::Acquire)
+            && watermarks.durable_seq.load(Ordering::Acquire)
+                == watermarks.applied_seq.load(Ordering::Acquire)
+    });
+    assert_eq!(watermarks.resync_remaining_bytes.load(Ordering::Acquire), 0);
+    for (index, client) in clients.iter_mut().enumerate() {
+        let mut production = Vec::new();
+        for offset in (0..LV_SIZES_BYTES[index]).step_by(1 << 20) {
+            production.extend(client.read(offset, 1 << 20).unwrap().unwrap());
+        }
+        assert!(
+            recovery.replica(index) == production,
+            "lv{index} converged after the resync"
+        );
+    }
+    let mut images = MemoryImages::from_lvs((0..2).map(|index| recovery.replica(index)).collect());
+    check_exact(&history, history.seq_last(), &mut images).unwrap();
+
+    let _ = stop.send(true);
+    drop(clients);
+    drop(runtime);
+    drop(engine);
+    let _ = commit_thread.join();
+}
