@@ -137,11 +137,11 @@ fn current_config(shared: &Shared) -> Result<Option<(ConfigVersion, Config)>, Ap
     Ok(Some((current, config)))
 }
 
+/// The current version (if any) with its configuration, the new configuration, the plans.
+type Planned = (Option<(ConfigVersion, Config)>, Config, Vec<GroupPlan>);
+
 /// Validates and plans `body` against the current configuration.
-fn validate_and_plan(
-    shared: &Shared,
-    body: &ConfigBody,
-) -> Result<(Option<(ConfigVersion, Config)>, Config, Vec<GroupPlan>), ApiError> {
+fn validate_and_plan(shared: &Shared, body: &ConfigBody) -> Result<Planned, ApiError> {
     let file = body.file.as_deref().unwrap_or("config.toml");
     let new = redoubt_config::parse(file, &body.toml).map_err(|diagnostics| ApiError {
         status: StatusCode::BAD_REQUEST,
