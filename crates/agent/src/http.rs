@@ -1,0 +1,74 @@
+//! The HTTP/1.1 JSON API of `docs/agent-api.md`.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::steps::{self, StepRequest};
+use crate::Agent;
+
+/// Largest step request body: a configuration file is at most 16 MiB, and two travel.
+pub const STEP_BODY_BYTES_MAX: usize = 40 << 20;
+
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/status", get(status))
+        .route("/v1/step", post(step))
+        .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(STEP_BODY_BYTES_MAX))
+        .with_state(agent)
+}
+
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": message.into()}))).into_response()
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+async fn health(State(agent): State<Arc<Agent>>) -> Json<Value> {
+    Json(json!({
+        "server": agent.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "time_unix_ms": now_unix_ms(),
+        "config_version": agent.config_version(),
+    }))
+}
+
+async fn status(State(agent): State<Arc<Agent>>) -> Json<Value> {
+    Json(steps::status_json(&agent))
+}
+
+async fn step(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
+    let request: StepRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(parse) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("step request on {}: invalid JSON body: {parse}", agent.name),
+            )
+        }
+    };
+    match steps::run(&agent, request).await {
+        Ok(message) => Json(json!({"outcome": "done", "message": message})).into_response(),
+        Err(failure) => error(failure.status, failure.message),
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint: use GET /v1/health, POST /v1/step or GET /v1/status",
+    )
+}
