@@ -158,14 +158,15 @@ pub async fn run(agent: &Arc<Agent>, request: StepRequest) -> Result<String, Ste
     outcome.map_err(fail)
 }
 
-/// Step 2 stores the configuration; every other step also adopts a newer one, since a plan
+/// Step 2 stores the configuration; steps 3 to 19 also adopt a newer one, since a plan
 /// without step 2 (a group deletion) still changes the version the servers verify against.
+/// Step 20 only compares: it never stores.
 fn adopt_config(agent: &Agent, request: &StepRequest, new: &Config) -> Outcome {
     let current = agent.lock().config.clone();
     let newer = current
         .as_ref()
         .is_none_or(|current| request.config_version > current.version);
-    if request.step != 2 && !newer {
+    if request.step == 20 || request.step == 1 || (request.step != 2 && !newer) {
         return Ok(String::new());
     }
     let outcome = persist::store_config(
