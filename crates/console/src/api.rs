@@ -349,9 +349,12 @@ async fn events(
     // Subscribe before reading the record: nothing between the two is lost (at worst an
     // event is seen twice, which changes nothing for a client that keeps the latest state).
     let mut live = shared.subscribe(&group);
+    let mut closing = shared.closing();
     let record = shared.store.init(&group)?;
     let (sender, receiver) = tokio::sync::mpsc::channel(SSE_QUEUE_MAX);
-    tokio::spawn(async move {
+    let stream_shared = Arc::clone(&shared);
+    shared.spawn_task(async move {
+        let shared = stream_shared;
         let Some(record) = record else {
             let idle = json!({"group": group, "state": "idle"});
             let _ = sender
@@ -371,7 +374,11 @@ async fn events(
             return;
         }
         loop {
-            match live.recv().await {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                _ = closing.wait_for(|closed| *closed) => return,
+            };
+            match received {
                 Ok(event) => {
                     if sender.send(Ok(sse_event(&event))).await.is_err() {
                         return;

@@ -184,14 +184,17 @@ impl Console {
             tracing::info!(resumed, "resumed running initializations");
         }
         let app = api::router(Arc::clone(&self.shared));
+        let shared = Arc::clone(&self.shared);
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
                 // Also stop when the sender is gone.
                 let _ = shutdown.wait_for(|stop| *stop).await;
+                // Event streams end, so that graceful shutdown does not wait for them.
+                shared.close();
             })
             .await
             .map_err(ConsoleError::Serve);
-        self.shared.abort_runners();
+        self.shared.stop_tasks().await;
         result
     }
 }

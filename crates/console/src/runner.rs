@@ -45,6 +45,11 @@ pub struct Shared {
     pub apply_lock: tokio::sync::Mutex<()>,
     events: Mutex<HashMap<String, broadcast::Sender<InitEvent>>>,
     runners: Mutex<HashMap<String, AbortHandle>>,
+    /// Every task the console spawned (executors, event streams), stopped and awaited at
+    /// shutdown so that the store is released when `serve` returns.
+    tasks: Mutex<JoinSet<()>>,
+    /// Turns true when the console shuts down: long-lived responses (SSE) end then.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -63,6 +68,8 @@ impl Shared {
             apply_lock: tokio::sync::Mutex::new(()),
             events: Mutex::new(HashMap::new()),
             runners: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(JoinSet::new()),
+            closing: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -72,6 +79,16 @@ impl Shared {
             .entry(group.to_string())
             .or_insert_with(|| broadcast::channel(EVENTS_BUFFERED_MAX).0)
             .clone()
+    }
+
+    /// Tells long-lived responses to end (console shutdown).
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Turns true when the console shuts down.
+    pub fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     pub fn subscribe(&self, group: &str) -> broadcast::Receiver<InitEvent> {
@@ -86,29 +103,47 @@ impl Shared {
         let _ = self.sender(&group).send(event);
     }
 
+    /// Spawns a console task that shutdown stops and awaits.
+    pub fn spawn_task<F>(&self, task: F) -> AbortHandle
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        // Reap the tasks that ended.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task)
+    }
+
     /// Starts (or restarts) the runner of a group whose record is `running` in the store.
     pub fn spawn_runner(self: &Arc<Self>, group: String) {
         let shared = Arc::clone(self);
         let key = group.clone();
-        let handle = tokio::spawn(async move {
+        let handle = self.spawn_task(async move {
             if let Err(error) = shared.run_group(&group).await {
                 tracing::error!(group = %group, "initialization executor stopped: {error}");
             }
         });
         let mut runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
         runners.retain(|_, handle| !handle.is_finished());
-        if let Some(previous) = runners.insert(key, handle.abort_handle()) {
+        if let Some(previous) = runners.insert(key, handle) {
             previous.abort();
         }
     }
 
-    /// Stops every runner (console shutdown). Rows in flight stay `running` in the store and
-    /// run again when the console starts next.
-    pub fn abort_runners(&self) {
-        let mut runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
-        for (_, handle) in runners.drain() {
-            handle.abort();
-        }
+    /// Stops every task (console shutdown) and waits until they are gone. Rows in flight stay
+    /// `running` in the store and run again when the console starts next.
+    pub async fn stop_tasks(&self) {
+        self.close();
+        let mut tasks = {
+            let mut guard = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut *guard)
+        };
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        self.runners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
     }
 
     /// Resumes every initialization the store holds as `running`.
@@ -189,7 +224,10 @@ impl Shared {
             .store
             .version(record.version)?
             .map(|version| version.toml)
-            .unwrap_or_default();
+            .ok_or(StoreError::Corrupt {
+                context: "read the configuration of an initialization",
+                message: format!("version {} is missing", record.version),
+            })?;
         let previous_config_toml = match record.previous_version {
             Some(previous) => self.store.version(previous)?.map(|version| version.toml),
             None => None,

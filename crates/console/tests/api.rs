@@ -659,3 +659,50 @@ fn a_restarted_console_resumes_without_rerunning_done_rows() {
         console.stop().await;
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_event_streams_and_keeps_running_rows_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::new();
+    agent.set_rule(|call| {
+        if call.step == 11 {
+            Behavior::Hang
+        } else {
+            Behavior::Succeed
+        }
+    });
+    let console = start(dir.path(), Arc::clone(&agent)).await;
+    assert_eq!(console.apply(TWO).await.0, 200);
+    let init = console.wait_state("erp", "running").await;
+    assert_eq!(init["version"], 1);
+    let mut response = console
+        .http
+        .get(format!("{}/v1/init/erp/events", console.url))
+        .bearer_auth(&console.token)
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), response.chunk())
+        .await
+        .expect("snapshot arrives")
+        .unwrap()
+        .expect("stream open");
+    assert!(std::str::from_utf8(&first)
+        .unwrap()
+        .contains("\"group\":\"erp\""));
+    tokio::time::timeout(Duration::from_secs(20), console.stop())
+        .await
+        .expect("shutdown does not wait for the event stream");
+    // The stream ended with the console.
+    let rest = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Ok(Some(_)) = response.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "event stream still open after shutdown");
+
+    // The next start resumes and finishes.
+    let console = start(dir.path(), FakeAgent::new()).await;
+    let init = console.wait_state("erp", "done").await;
+    assert_eq!(init["version"], 1);
+    console.stop().await;
+}
