@@ -1,4 +1,17 @@
-//! The console's HTTP API (axum, JSON). Every route needs `Authorization: Bearer <token>`.
+//! The console's HTTP API (axum, JSON). Every route needs `Authorization: Bearer <token>`
+//! (401 `{"error"}` otherwise; the token is `state_dir/token`). Errors are
+//! `{"error": "...", ...}` with a 4xx/5xx status.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /v1/config` `{"toml", "destroy"?, "file"?}` | `{"version", "plans"}` (plans: `redoubt_plan::report::to_json`); no change: `{"version": current, "plans": []}`; 400 `{"error", "diagnostics": [{file,line,column,field,reason}]}` or `{"error", "plan_errors": [{group,reason}]}`; 409 `{"error"}` if a changed group's initialization is running or failed |
+//! | `POST /v1/config/plan` (same body) | `{"base_version", "plans"}`, nothing saved |
+//! | `GET /v1/config` | `{"version", "toml"}`; 404 before the first apply |
+//! | `GET /v1/config/history` | `[{"version", "saved_unix_ms", "groups": [changed groups]}]`, oldest first |
+//! | `GET /v1/init/{group}` | `{"group", "state": idle/running/failed/done, "version", "step", "steps": [{"number", "title", "deletes", "rows": [{"server","role"} or {"volume"} or {}, "state", "error"?, "targets", "attempts"}]}]}` |
+//! | `GET /v1/init/{group}/events` | SSE: one `data: {"group","version","step","row","state","error"}` per row (current state first), then `data: {"group","version","state": done/failed,"error"}` and the stream ends |
+//! | `POST /v1/init/{group}/retry` | `{"retried_rows", "init"}`; 409 if nothing failed |
+//! | `GET /v1/status` | `{"config_version", "groups": [...cli.md shape...], "servers": [{"name","address","reachable","error"?}]}` |
 
 use std::convert::Infallible;
 use std::sync::Arc;
