@@ -121,6 +121,33 @@ impl RunningAgent {
         body["message"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Runs one step row of `group` for this server and insists it succeeds.
+    pub async fn group_step_ok(
+        &self,
+        group: &str,
+        step: u8,
+        role: &str,
+        version: u64,
+        config: &str,
+    ) -> String {
+        let request = json!({
+            "group": group,
+            "step": step,
+            "row": {"server": self.name, "role": role},
+            "config_version": version,
+            "config_toml": config,
+            "previous_config_toml": null,
+            "destroy": false,
+        });
+        let (status, body) = self.post("/v1/step", &request).await;
+        assert_eq!(
+            status, 200,
+            "step {step} of {group} on {}: {body}",
+            self.name
+        );
+        body["message"].as_str().unwrap_or_default().to_string()
+    }
+
     /// The status entry of group erp.
     pub async fn group_status(&self) -> Value {
         let (status, body) = self.get("/v1/status").await;
