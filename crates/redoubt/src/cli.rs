@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "Continuous, write-ordered replication of Linux block volumes"
 )]
 pub struct Cli {
+    /// The console's URL (or REDOUBT_CONSOLE).
+    #[arg(long, global = true)]
+    pub console: Option<String>,
+    /// File holding the console's API token (or REDOUBT_TOKEN_FILE).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,6 +32,58 @@ pub enum Command {
     /// Run the apply process (ABA) of one group on a recovery server: receive the journal from
     /// production's send process, store it durably and apply it to the replica LVs.
     Apply(ApplyArgs),
+    /// State of groups, servers, LVs and exports (from the console).
+    Status {
+        group: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The per-server daemon: containers, LVs, data path, initialization steps.
+    Agent(AgentArgs),
+    /// The management service: configuration versions, initialization, status, API.
+    Console(ConsoleArgs),
+    /// A local lab: a console and three agents (prod-a, dr-b, dr-c) on loopback.
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AgentArgs {
+    /// This server's name in the configuration.
+    #[arg(long)]
+    pub name: String,
+    /// host:port: the server's `address` (control API and replication).
+    #[arg(long)]
+    pub listen: String,
+    /// Where the agent keeps its copy of the configuration and its state.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConsoleArgs {
+    /// host:port of the API (and web console).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub listen: String,
+    /// Where the console keeps its store and its token.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LabCommand {
+    /// Start a console and three agents under DIR, apply the example group, print the URIs.
+    Up {
+        #[arg(long, default_value = "redoubt-lab")]
+        dir: PathBuf,
+    },
+    /// Stop what `lab up` started; keep the data unless --purge.
+    Down {
+        #[arg(long, default_value = "redoubt-lab")]
+        dir: PathBuf,
+        #[arg(long)]
+        purge: bool,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -115,6 +173,33 @@ pub enum ConfigCommand {
     Diff {
         old: PathBuf,
         new: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Save (step 1) and run the configuration initialization, with live progress.
+    Apply {
+        file: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// A deleted group's production LVs are deleted too.
+        #[arg(long)]
+        destroy: bool,
+        /// Return after saving instead of following the progress.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Follow a group's initialization (Ctrl-C detaches; it goes on).
+    Watch { group: String },
+    /// Run a group's failed initialization rows again.
+    Retry { group: String },
+    /// The configuration in effect.
+    Show {
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The saved configuration versions.
+    History {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },

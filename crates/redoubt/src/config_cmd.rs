@@ -1,6 +1,6 @@
 //! `redoubt config …`: the commands that read configuration files and need no console.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redoubt_config::{Config, Diagnostic};
 use redoubt_plan::{plan, report, PlanOptions};
@@ -9,8 +9,40 @@ use serde::Serialize;
 use crate::cli::{ConfigCommand, Format};
 use crate::exit::{ExitCodeKind, Failure};
 
-pub fn run(command: ConfigCommand) -> Result<(), Failure> {
+pub fn run(
+    command: ConfigCommand,
+    console: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let client = || crate::client::ConsoleClient::from_options(console.clone(), token_file.clone());
     match command {
+        ConfigCommand::Apply {
+            file,
+            yes,
+            destroy,
+            detach,
+        } => {
+            let client = client()?;
+            crate::remote_cmd::runtime()?.block_on(crate::remote_cmd::apply(
+                &client, &file, yes, destroy, !detach,
+            ))
+        }
+        ConfigCommand::Watch { group } => {
+            let client = client()?;
+            crate::remote_cmd::runtime()?.block_on(crate::remote_cmd::watch(&client, &group))
+        }
+        ConfigCommand::Retry { group } => {
+            let client = client()?;
+            crate::remote_cmd::runtime()?.block_on(crate::remote_cmd::retry(&client, &group))
+        }
+        ConfigCommand::Show { format } => {
+            let client = client()?;
+            crate::remote_cmd::runtime()?.block_on(crate::remote_cmd::show(&client, format))
+        }
+        ConfigCommand::History { format } => {
+            let client = client()?;
+            crate::remote_cmd::runtime()?.block_on(crate::remote_cmd::history(&client, format))
+        }
         ConfigCommand::Validate { files, format } => validate(&files, format),
         ConfigCommand::Diff { old, new, format } => diff(&old, &new, format),
         ConfigCommand::Plan {

@@ -3,9 +3,14 @@
 
 mod apply_cmd;
 mod cli;
+mod client;
 mod config_cmd;
+mod daemon_cmd;
 mod datatap_cmd;
 mod exit;
+mod lab;
+mod progress;
+mod remote_cmd;
 mod status_file;
 
 use std::process::ExitCode;
@@ -37,7 +42,14 @@ fn main() -> ExitCode {
 
 fn try_main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Config(command) => config_cmd::run(command),
+        Command::Config(command) => config_cmd::run(command, cli.console, cli.token_file),
+        Command::Status { group, format } => {
+            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
+            remote_cmd::runtime()?.block_on(remote_cmd::status(&client, group.as_deref(), format))
+        }
+        Command::Agent(args) => daemon_cmd::agent(args),
+        Command::Console(args) => daemon_cmd::console(args),
+        Command::Lab(command) => lab::run(command),
         Command::Datatap(args) => datatap_cmd::run(args),
         Command::Apply(args) => apply_cmd::run(args),
     }

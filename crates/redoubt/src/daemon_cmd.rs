@@ -1,0 +1,78 @@
+//! `redoubt agent` and `redoubt console`: the two daemons, in the foreground; SIGTERM or
+//! Ctrl-C stops them cleanly (final checkpoints, data paths closed).
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::cli::{AgentArgs, ConsoleArgs};
+use crate::exit::{ExitCodeKind, Failure};
+
+fn failed(what: &str, error: &dyn std::fmt::Display) -> Failure {
+    Failure::new(ExitCodeKind::Failed, format!("{what}: {error}"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| failed("start the runtime", &error))
+}
+
+/// A channel that turns true on SIGTERM or Ctrl-C.
+fn stop_on_signal() -> Result<watch::Receiver<bool>, Failure> {
+    let (stop, stopped) = watch::channel(false);
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|error| failed("install SIGTERM handler", &error))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = stop.send(true);
+    });
+    Ok(stopped)
+}
+
+pub fn agent(args: AgentArgs) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let config = redoubt_agent::AgentConfig {
+            name: args.name.clone(),
+            listen: args.listen.clone(),
+            state_dir: args.state_dir.clone(),
+        };
+        let bound = redoubt_agent::bind(config)
+            .await
+            .map_err(|error| failed("start the agent", &error))?;
+        let address = bound
+            .local_addr()
+            .map_err(|error| failed("read the listening address", &error))?;
+        println!("ready {address}");
+        let stopped = stop_on_signal()?;
+        bound
+            .serve(stopped)
+            .await
+            .map_err(|error| failed("agent", &error))
+    })
+}
+
+pub fn console(args: ConsoleArgs) -> Result<(), Failure> {
+    runtime()?.block_on(async {
+        let config = redoubt_console::ConsoleConfig {
+            listen: args.listen.clone(),
+            state_dir: args.state_dir.clone(),
+        };
+        let console = redoubt_console::Console::bind(config)
+            .await
+            .map_err(|error| failed("start the console", &error))?;
+        let url = console
+            .url()
+            .map_err(|error| failed("read the listening address", &error))?;
+        println!("ready {url}");
+        println!("token {}", console.token_path().display());
+        let stopped = stop_on_signal()?;
+        console
+            .serve(stopped)
+            .await
+            .map_err(|error| failed("console", &error))
+    })
+}

@@ -1,0 +1,295 @@
+//! `redoubt lab up|down`: a console and three agents (prod-a, dr-b, dr-c) on loopback, with
+//! file-backed containers under DIR, the example group applied, and the URIs printed.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::LabCommand;
+use crate::client::ConsoleClient;
+use crate::exit::{ExitCodeKind, Failure};
+
+/// Servers of the lab, in role order.
+const LAB_SERVERS: [&str; 3] = ["prod-a", "dr-b", "dr-c"];
+/// How long `lab up` waits for a daemon to answer.
+const LAB_READY_TIMEOUT_MS: u64 = 30_000;
+/// How long `lab down` waits for a daemon to exit after SIGTERM before SIGKILL.
+const LAB_STOP_TIMEOUT_MS: u64 = 15_000;
+
+fn failed(message: impl Into<String>) -> Failure {
+    Failure::new(ExitCodeKind::Failed, message)
+}
+
+pub fn run(command: LabCommand) -> Result<(), Failure> {
+    match command {
+        LabCommand::Up { dir } => up(&absolute(&dir)?),
+        LabCommand::Down { dir, purge } => down(&absolute(&dir)?, purge),
+    }
+}
+
+fn absolute(dir: &Path) -> Result<PathBuf, Failure> {
+    std::path::absolute(dir).map_err(|error| failed(format!("resolve {}: {error}", dir.display())))
+}
+
+/// A free loopback port, chosen by the kernel.
+fn free_port() -> Result<u16, Failure> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .map_err(|error| failed(format!("find a free port: {error}")))
+}
+
+fn lab_config(dir: &Path, agent_ports: &[u16; 3], nbd_port: u16) -> String {
+    let mut text = String::from("# The lab's configuration, written by `redoubt lab up`.\n\n");
+    for (name, port) in LAB_SERVERS.iter().zip(agent_ports) {
+        text.push_str(&format!(
+            "[[server]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n",
+            dir.join("data").join(name).display()
+        ));
+        if *name == "prod-a" {
+            text.push_str(&format!("nbd_listen = \"127.0.0.1:{nbd_port}\"\n"));
+        }
+        text.push('\n');
+    }
+    text.push_str(
+        r#"[[group]]
+name = "erp"
+production = "prod-a"
+recovery = ["dr-b", "dr-c"]
+mode = "async"
+retention = "24h"
+throttle = "0"
+compression = "zstd"
+
+[group.containers]
+replication = "1GiB"
+log_record_file = "512MiB"
+snapshot = "256MiB"
+
+[[group.volume]]
+name = "lv_data01"
+size = "256MiB"
+
+[[group.volume]]
+name = "lv_logs"
+size = "64MiB"
+"#,
+    );
+    text
+}
+
+fn spawn_daemon(dir: &Path, name: &str, args: &[String]) -> Result<u32, Failure> {
+    let binary = std::env::current_exe()
+        .map_err(|error| failed(format!("find the redoubt binary: {error}")))?;
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs)
+        .map_err(|error| failed(format!("create {}: {error}", logs.display())))?;
+    let log_path = logs.join(format!("{name}.log"));
+    let log = std::fs::File::create(&log_path)
+        .map_err(|error| failed(format!("create {}: {error}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|error| failed(format!("open {}: {error}", log_path.display())))?;
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .env(
+            "REDOUBT_LOG",
+            std::env::var("REDOUBT_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    // SAFETY: setsid(2) only detaches the child from our session, so the daemon outlives the
+    // CLI and a Ctrl-C at the terminal; it touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .map_err(|error| failed(format!("start {name}: {error}")))?;
+    let pid = child.id();
+    std::fs::write(
+        dir.join("pids").join(format!("{name}.pid")),
+        pid.to_string(),
+    )
+    .map_err(|error| failed(format!("record the pid of {name}: {error}")))?;
+    Ok(pid)
+}
+
+fn wait_until<F: FnMut() -> bool>(what: &str, log: &Path, mut ready: F) -> Result<(), Failure> {
+    let deadline = Instant::now() + Duration::from_millis(LAB_READY_TIMEOUT_MS);
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(failed(format!(
+                "{what} did not become ready within {} s; see {}",
+                LAB_READY_TIMEOUT_MS / 1000,
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn up(dir: &Path) -> Result<(), Failure> {
+    if dir.join("pids").exists()
+        && std::fs::read_dir(dir.join("pids"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        return Err(Failure::new(
+            ExitCodeKind::Refused,
+            format!(
+                "a lab already runs in {} (`redoubt lab down --dir {}` first)",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    for sub in ["pids", "logs", "console"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|error| failed(format!("create {}: {error}", dir.join(sub).display())))?;
+    }
+    let console_port = free_port()?;
+    let agent_ports = [free_port()?, free_port()?, free_port()?];
+    let nbd_port = free_port()?;
+    let config_path = dir.join("lab.toml");
+    std::fs::write(&config_path, lab_config(dir, &agent_ports, nbd_port))
+        .map_err(|error| failed(format!("write {}: {error}", config_path.display())))?;
+
+    println!(
+        "Starting the console and three agents under {} …",
+        dir.display()
+    );
+    let console_url = format!("http://127.0.0.1:{console_port}");
+    spawn_daemon(
+        dir,
+        "console",
+        &[
+            "console".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{console_port}"),
+            "--state-dir".into(),
+            dir.join("console").display().to_string(),
+        ],
+    )?;
+    for (name, port) in LAB_SERVERS.iter().zip(agent_ports) {
+        spawn_daemon(
+            dir,
+            name,
+            &[
+                "agent".into(),
+                "--name".into(),
+                name.to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--state-dir".into(),
+                dir.join("agents").join(name).display().to_string(),
+            ],
+        )?;
+    }
+    let token_file = dir.join("console").join("token");
+    wait_until("the console", &dir.join("logs/console.log"), || {
+        token_file.exists() && std::net::TcpStream::connect(("127.0.0.1", console_port)).is_ok()
+    })?;
+    for (name, port) in LAB_SERVERS.iter().zip(agent_ports) {
+        wait_until(
+            &format!("agent {name}"),
+            &dir.join(format!("logs/{name}.log")),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        )?;
+    }
+    let env_path = dir.join("lab.env");
+    std::fs::write(
+        &env_path,
+        format!(
+            "REDOUBT_CONSOLE={console_url}\nREDOUBT_TOKEN_FILE={}\n",
+            token_file.display()
+        ),
+    )
+    .map_err(|error| failed(format!("write {}: {error}", env_path.display())))?;
+
+    println!("Applying {} …\n", config_path.display());
+    let client = ConsoleClient::new(&console_url, &token_file)?;
+    crate::remote_cmd::runtime()?.block_on(crate::remote_cmd::apply(
+        &client,
+        &config_path,
+        true,
+        false,
+        true,
+    ))?;
+    println!();
+    println!("The lab is up.");
+    println!(
+        "  console:  {console_url}   (token in {})",
+        token_file.display()
+    );
+    println!("  exports:  nbd://127.0.0.1:{nbd_port}/lv_data01");
+    println!("            nbd://127.0.0.1:{nbd_port}/lv_logs");
+    println!(
+        "  try:      qemu-io -f raw -c 'write -P 0x5a 0 1M' nbd://127.0.0.1:{nbd_port}/lv_data01"
+    );
+    println!(
+        "            set -a; . {}; set +a; redoubt status",
+        env_path.display()
+    );
+    println!("  stop:     redoubt lab down --dir {}", dir.display());
+    Ok(())
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn down(dir: &Path, purge: bool) -> Result<(), Failure> {
+    let pids_dir = dir.join("pids");
+    let mut stopped = 0;
+    if let Ok(entries) = std::fs::read_dir(&pids_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(pid) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid > 1 && process_alive(pid) {
+                // SAFETY: plain kill(2) of a daemon this lab started.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+                let deadline = Instant::now() + Duration::from_millis(LAB_STOP_TIMEOUT_MS);
+                while process_alive(pid) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if process_alive(pid) {
+                    // SAFETY: as above.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+                stopped += 1;
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    println!(
+        "Stopped {stopped} process(es) of the lab in {}.",
+        dir.display()
+    );
+    if purge {
+        std::fs::remove_dir_all(dir)
+            .map_err(|error| failed(format!("remove {}: {error}", dir.display())))?;
+        println!("Removed {} and all its data.", dir.display());
+    } else {
+        println!("Data kept in {} (`--purge` deletes it).", dir.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! The commands that talk to the console: `config apply/watch/retry/show/history` and
+//! `status`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::cli::Format;
+use crate::client::ConsoleClient;
+use crate::exit::{ExitCodeKind, Failure};
+use crate::progress::Progress;
+
+/// How often a watching CLI polls the initialization state.
+pub const WATCH_POLL_MS: u64 = 200;
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Failure::new(ExitCodeKind::Failed, format!("start the runtime: {error}")))
+}
+
+fn read_config(path: &Path) -> Result<String, Failure> {
+    // Validate locally first: every error at once, with lines, and nothing sent.
+    if let Err(diagnostics) = redoubt_config::load(path) {
+        for diagnostic in &diagnostics {
+            eprintln!("{diagnostic}");
+        }
+        return Err(Failure::new(
+            ExitCodeKind::Invalid,
+            format!(
+                "{} is not a valid configuration ({} error(s))",
+                path.display(),
+                diagnostics.len()
+            ),
+        ));
+    }
+    std::fs::read_to_string(path).map_err(|error| {
+        Failure::new(
+            ExitCodeKind::Invalid,
+            format!("read {}: {error}", path.display()),
+        )
+    })
+}
+
+fn print_plans(plans: &Value) {
+    let Some(plans) = plans.as_array() else {
+        return;
+    };
+    if plans.is_empty() {
+        println!("No change: the configuration is already in effect; nothing to initialize.");
+    }
+    for plan in plans {
+        println!(
+            "Replication group {}",
+            plan["group"].as_str().unwrap_or("?")
+        );
+        for change in plan["changes"].as_array().into_iter().flatten() {
+            println!("  - {}", change.as_str().unwrap_or(""));
+        }
+        for step in plan["steps"].as_array().into_iter().flatten() {
+            let deletes = step["deletes"].as_array().cloned().unwrap_or_default();
+            let flag = if deletes.iter().any(|d| d["data"] == true) {
+                "   [DELETES DATA]"
+            } else {
+                ""
+            };
+            println!(
+                "  {:>4}. {}{flag}",
+                step["number"],
+                step["title"].as_str().unwrap_or("")
+            );
+            for row in step["rows"].as_array().into_iter().flatten() {
+                match (row["server"].as_str(), row["volume"].as_str()) {
+                    (Some(server), _) => println!(
+                        "          {server} ({})",
+                        row["role"].as_str().unwrap_or("")
+                    ),
+                    (None, Some(volume)) => println!("          volume {volume}"),
+                    _ => {}
+                }
+            }
+            for deletion in &deletes {
+                let marker = if deletion["data"] == true { "!" } else { "-" };
+                println!(
+                    "          {marker} {}",
+                    deletion["description"].as_str().unwrap_or("")
+                );
+            }
+        }
+        for warning in plan["warnings"].as_array().into_iter().flatten() {
+            println!("  Note: {}", warning.as_str().unwrap_or(""));
+        }
+    }
+}
+
+fn confirm(question: &str) -> Result<(), Failure> {
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure::new(
+            ExitCodeKind::Refused,
+            "confirmation needed: run on a terminal or pass --yes",
+        ));
+    }
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            ExitCodeKind::Refused,
+            "not confirmed; nothing was changed",
+        ))
+    }
+}
+
+/// `redoubt config apply FILE`: plan, confirm, save (step 1), then follow the initialization.
+pub async fn apply(
+    client: &ConsoleClient,
+    file: &Path,
+    yes: bool,
+    destroy: bool,
+    follow: bool,
+) -> Result<(), Failure> {
+    let toml = read_config(file)?;
+    let body = json!({"toml": toml, "destroy": destroy});
+    let planned = client.post("/v1/config/plan", &body).await?;
+    let plans = planned["plans"].clone();
+    print_plans(&plans);
+    let groups: Vec<String> = plans
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|plan| plan["group"].as_str().map(str::to_string))
+        .collect();
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let destructive = plans
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|plan| plan["steps"].as_array().cloned().unwrap_or_default())
+        .any(|step| {
+            step["deletes"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|d| d["data"] == true))
+        });
+    if !yes {
+        let question = if destructive {
+            "This initialization DELETES DATA as listed above. Apply it?"
+        } else {
+            "Apply this configuration?"
+        };
+        confirm(question)?;
+    }
+    let applied = client.post("/v1/config", &body).await?;
+    println!("Saved configuration version {}.", applied["version"]);
+    if !follow {
+        return Ok(());
+    }
+    for group in &groups {
+        watch(client, group).await?;
+    }
+    Ok(())
+}
+
+/// Follows one group's initialization until it is done or failed. Ctrl-C detaches only.
+pub async fn watch(client: &ConsoleClient, group: &str) -> Result<(), Failure> {
+    let mut progress = Progress::new();
+    loop {
+        let init = client.get(&format!("/v1/init/{group}")).await?;
+        progress.show(&init);
+        match init["state"].as_str() {
+            Some("done") | Some("idle") => return Ok(()),
+            Some("failed") => {
+                return Err(Failure::new(
+                    ExitCodeKind::Failed,
+                    format!("the initialization of {group} failed; fix the cause, then `redoubt config retry {group}`"),
+                ))
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(WATCH_POLL_MS)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                println!("\nDetached: the initialization goes on (it cannot be stopped). Follow it again with `redoubt config watch {group}`.");
+                return Ok(());
+            }
+        }
+    }
+}
+
+pub async fn retry(client: &ConsoleClient, group: &str) -> Result<(), Failure> {
+    client
+        .post(&format!("/v1/init/{group}/retry"), &json!({}))
+        .await?;
+    watch(client, group).await
+}
+
+pub async fn show(client: &ConsoleClient, format: Format) -> Result<(), Failure> {
+    let current = client.get("/v1/config").await?;
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&current).unwrap_or_default()
+        ),
+        Format::Text => {
+            println!("# configuration version {}", current["version"]);
+            print!("{}", current["toml"].as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+pub async fn history(client: &ConsoleClient, format: Format) -> Result<(), Failure> {
+    let history = client.get("/v1/config/history").await?;
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&history).unwrap_or_default()
+        ),
+        Format::Text => {
+            for version in history.as_array().into_iter().flatten() {
+                println!(
+                    "version {}  saved {} ms  groups: {}",
+                    version["version"],
+                    version["saved_unix_ms"],
+                    version["groups"]
+                        .as_array()
+                        .map(|g| g
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn status(
+    client: &ConsoleClient,
+    group: Option<&str>,
+    format: Format,
+) -> Result<(), Failure> {
+    let mut status = client.get("/v1/status").await?;
+    if let (Some(group), Some(groups)) = (group, status["groups"].as_array_mut()) {
+        groups.retain(|g| g["name"].as_str() == Some(group));
+        if groups.is_empty() {
+            return Err(Failure::new(
+                ExitCodeKind::Invalid,
+                format!("no group named {group}"),
+            ));
+        }
+    }
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        ),
+        Format::Text => print!("{}", status_text(&status)),
+    }
+    Ok(())
+}
+
+fn status_text(status: &Value) -> String {
+    let mut out = String::new();
+    for group in status["groups"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "group {}  {}  mode {}  config version {}  initialization {}\n",
+            group["name"].as_str().unwrap_or("?"),
+            group["direction"].as_str().unwrap_or(""),
+            group["mode"].as_str().unwrap_or(""),
+            group["config_version"],
+            group["initialization"]["state"].as_str().unwrap_or("?"),
+        ));
+        for volume in group["volumes"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  volume {:<16} {:>12} bytes  {}\n",
+                volume["name"].as_str().unwrap_or(""),
+                volume["size_bytes"],
+                volume["export"].as_str().unwrap_or("-")
+            ));
+        }
+        for target in group["targets"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "  target {:<10} status {}  applied {}  journal {}  backlog {} bytes{}\n",
+                target["server"].as_str().unwrap_or(""),
+                target["status_code"],
+                target["applied_seq"],
+                target["journal_seq"],
+                target["backlog_bytes"],
+                if target["needs_resync"] == true {
+                    "  NEEDS RESYNC"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    out
+}
