@@ -1,0 +1,191 @@
+//! `redoubt lab up` from nothing: a console and three agents, the example group initialized,
+//! data written through the export reaching both recovery servers; then a configuration
+//! change (a volume added) applied with `config apply`, a tampered replica caught by step 20,
+//! and `lab down` stopping everything.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use redoubt_testkit::NbdClient;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_redoubt"))
+}
+
+fn redoubt(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env(
+            "REDOUBT_CONSOLE",
+            std::fs::read_to_string(dir.join("lab.env"))
+                .ok()
+                .and_then(|env| {
+                    env.lines()
+                        .find_map(|line| line.strip_prefix("REDOUBT_CONSOLE=").map(str::to_string))
+                })
+                .unwrap_or_default(),
+        )
+        .env("REDOUBT_TOKEN_FILE", dir.join("console/token"))
+        .output()
+        .unwrap()
+}
+
+fn ok(output: std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "failed: {text}");
+    text
+}
+
+/// Stops the lab even when an assertion fails.
+struct Lab<'a>(&'a Path);
+
+impl Drop for Lab<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(binary())
+            .args(["lab", "down", "--dir"])
+            .arg(self.0)
+            .output();
+    }
+}
+
+#[test]
+fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("lab");
+    let dir_text = dir.display().to_string();
+    let up = ok(Command::new(binary())
+        .args(["lab", "up", "--dir", &dir_text])
+        .output()
+        .unwrap());
+    let _lab = Lab(&dir);
+    assert!(up.contains("The lab is up."), "{up}");
+    assert!(
+        up.contains("\u{2713} 20. Verify configuration on S"),
+        "every step checked off:\n{up}"
+    );
+    let export = up
+        .lines()
+        .find_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.ends_with("/lv_data01"))
+        })
+        .unwrap()
+        .to_string();
+    let address = export
+        .trim_start_matches("nbd://")
+        .trim_end_matches("/lv_data01")
+        .to_string();
+
+    // Data written through production's export reaches both recovery servers.
+    let mut client = NbdClient::connect(&address, "lv_data01").unwrap();
+    let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+    assert_eq!(client.write(1 << 20, &data, false).unwrap(), 0);
+    assert_eq!(client.flush().unwrap(), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for server in ["dr-b", "dr-c"] {
+        let replica = dir.join(format!("data/{server}/groups/erp/replication/lv_data01"));
+        loop {
+            let bytes = std::fs::read(&replica).unwrap();
+            if bytes[(1 << 20)..(5 << 20)] == data[..] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{server} did not receive the write"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let status = ok(redoubt(&dir, &["status", "--format", "json"]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["groups"][0]["direction"], "prod-a -> dr-b, dr-c");
+
+    // A change: a volume added. The plan's steps run and the LV appears on every server.
+    let config = std::fs::read_to_string(dir.join("lab.toml")).unwrap()
+        + "\n[[group.volume]]\nname = \"lv_index\"\nsize = \"32MiB\"\n";
+    let changed = dir.join("changed.toml");
+    std::fs::write(&changed, config).unwrap();
+    let applied = ok(redoubt(
+        &dir,
+        &["config", "apply", &changed.display().to_string(), "--yes"],
+    ));
+    assert!(
+        applied.contains("13. Set new logical volume X as requiring replication"),
+        "{applied}"
+    );
+    for server in ["prod-a", "dr-b", "dr-c"] {
+        let lv = dir.join(format!("data/{server}/groups/erp/replication/lv_index"));
+        assert_eq!(
+            std::fs::metadata(&lv).unwrap().len(),
+            32 << 20,
+            "{}",
+            lv.display()
+        );
+    }
+    let history = ok(redoubt(&dir, &["config", "history", "--format", "json"]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&history)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Tampering: a replica LV deleted by hand makes the next initialization fail on exactly
+    // that server, naming the file.
+    std::fs::remove_file(dir.join("data/dr-c/groups/erp/replication/lv_index")).unwrap();
+    let tampered = std::fs::read_to_string(&changed)
+        .unwrap()
+        .replace("retention = \"24h\"", "retention = \"48h\"");
+    std::fs::write(&changed, tampered).unwrap();
+    let failed = redoubt(
+        &dir,
+        &["config", "apply", &changed.display().to_string(), "--yes"],
+    );
+    let text = String::from_utf8_lossy(&failed.stdout).to_string()
+        + &String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{text}");
+    assert!(
+        text.contains("lv_index"),
+        "the failure names the missing LV:\n{text}"
+    );
+    assert!(
+        text.contains("dr-c"),
+        "on the server that was tampered with:\n{text}"
+    );
+    let watched = redoubt(&dir, &["config", "watch", "erp"]);
+    assert_eq!(
+        watched.status.code(),
+        Some(1),
+        "a failed initialization stays failed until retried"
+    );
+    // A second change while one is failed is refused (exit code 3).
+    let refused = redoubt(
+        &dir,
+        &[
+            "config",
+            "apply",
+            &dir.join("lab.toml").display().to_string(),
+            "--yes",
+        ],
+    );
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let down = ok(Command::new(binary())
+        .args(["lab", "down", "--dir", &dir_text])
+        .output()
+        .unwrap());
+    assert!(down.contains("Stopped 4 process(es)"), "{down}");
+    assert!(
+        std::net::TcpStream::connect(&address).is_err(),
+        "the export is gone"
+    );
+}
