@@ -284,12 +284,19 @@ impl DataPath {
                     "sync_degraded".into(),
                     json!(watermarks.sync_degraded.load(Ordering::Acquire)),
                 );
+                let total_bytes: u64 = production.engine.volumes_bytes();
+                let remaining = watermarks.resync_remaining_bytes.load(Ordering::Acquire);
+                let super_transaction_pct = if total_bytes == 0 {
+                    100.0
+                } else {
+                    100.0 - (remaining.min(total_bytes) as f64 * 100.0 / total_bytes as f64)
+                };
                 let targets: Vec<Value> = production
                     .lcas
                     .names
                     .iter()
                     .zip(production.lcas.targets.statuses.iter())
-                    .map(|(name, status)| target_json(name, status))
+                    .map(|(name, status)| target_json(name, status, super_transaction_pct))
                     .collect();
                 fields.insert("targets".into(), Value::Array(targets));
             }
@@ -311,7 +318,7 @@ impl DataPath {
     }
 }
 
-fn target_json(name: &str, status: &TargetStatus) -> Value {
+fn target_json(name: &str, status: &TargetStatus, super_transaction_pct: f64) -> Value {
     let last_error = status
         .last_error
         .lock()
@@ -322,9 +329,17 @@ fn target_json(name: &str, status: &TargetStatus) -> Value {
         "connected": status.connected.load(Ordering::Acquire),
         "durable_seq": status.durable_seq.load(Ordering::Acquire),
         "applied_seq": status.applied_seq.load(Ordering::Acquire),
+        "sent_seq": status.sent_seq.load(Ordering::Acquire),
         "sent_bytes": status.sent_bytes.load(Ordering::Acquire),
         "needs_resync": status.needs_resync.load(Ordering::Acquire),
         "last_error": last_error,
+        // 30: data path loaded and the target's apply process reachable; 60: loaded, target
+        // not connected (the product's status codes).
+        "status_code": if status.connected.load(Ordering::Acquire) { 30 } else { 60 },
+        "backlog_bytes": status.backlog_bytes(),
+        "lag_seconds": status.lag_seconds(),
+        "speed_mb_s": status.speed_mb_s(),
+        "super_transaction_pct": super_transaction_pct,
     })
 }
 

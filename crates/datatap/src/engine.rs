@@ -420,6 +420,15 @@ impl Engine {
         &self.shared.watermarks
     }
 
+    /// Total size of the group's LVs, the denominator of the resync (super transaction) %.
+    pub fn volumes_bytes(&self) -> u64 {
+        self.shared
+            .volumes
+            .values()
+            .map(|volume| volume.size_bytes())
+            .sum()
+    }
+
     pub fn volume(&self, lv_id: u32) -> Option<&Arc<dyn BlockVolume>> {
         self.shared.volumes.get(&lv_id)
     }

@@ -289,18 +289,21 @@ fn status_text(status: &Value) -> String {
             ));
         }
         for target in group["targets"].as_array().into_iter().flatten() {
+            let behind = target["journal_seq"]
+                .as_u64()
+                .zip(target["applied_seq"].as_u64())
+                .map_or(0, |(journal, applied)| journal.saturating_sub(applied));
             out.push_str(&format!(
-                "  target {:<10} status {}  applied {}  journal {}  backlog {} bytes{}\n",
+                "  target {:<10} status {}  applied seq {} of {} ({behind} behind)  in flight {} bytes  lag {:.1} s  {:.1} MB/s  sync {:.0}%{}\n",
                 target["server"].as_str().unwrap_or(""),
                 target["status_code"],
                 target["applied_seq"],
                 target["journal_seq"],
                 target["backlog_bytes"],
-                if target["needs_resync"] == true {
-                    "  NEEDS RESYNC"
-                } else {
-                    ""
-                }
+                target["lag_seconds"].as_f64().unwrap_or(0.0),
+                target["speed_mb_s"].as_f64().unwrap_or(0.0),
+                target["super_transaction_pct"].as_f64().unwrap_or(100.0),
+                if target["needs_resync"] == true { "  NEEDS RESYNC" } else { "" }
             ));
         }
     }

@@ -65,7 +65,89 @@ pub struct TargetStatus {
     pub last_error: Mutex<Option<String>>,
     /// Woken on every Ack.
     pub acked: Notify,
+    /// Batches sent and not yet applied by the target, oldest first (for lag and backlog).
+    pub unapplied: Mutex<std::collections::VecDeque<SentBatch>>,
+    /// Bytes per second the target applies, smoothed over recent acknowledgements.
+    pub applied_bytes_per_second: AtomicU64,
+    /// When the last acknowledgement arrived (unix ms; 0 = never).
+    pub last_ack_unix_ms: AtomicU64,
 }
+
+/// A batch on its way: what lag and backlog are computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct SentBatch {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// When production acknowledged the batch's first write (unix ns).
+    pub first_timestamp_ns: u64,
+    pub bytes: u64,
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+impl TargetStatus {
+    /// Recovery point: how old the oldest write is that the target has not applied yet, in
+    /// seconds (0 when it has applied everything that was sent).
+    pub fn lag_seconds(&self) -> f64 {
+        let oldest = self
+            .unapplied
+            .lock()
+            .ok()
+            .and_then(|queue| queue.front().map(|batch| batch.first_timestamp_ns));
+        match oldest {
+            Some(timestamp_ns) => unix_ns().saturating_sub(timestamp_ns) as f64 / 1e9,
+            None => 0.0,
+        }
+    }
+
+    /// Bytes sent and not yet applied by the target.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.unapplied
+            .lock()
+            .map(|queue| queue.iter().map(|batch| batch.bytes).sum())
+            .unwrap_or(0)
+    }
+
+    /// Applied MB/s, falling to 0 when no acknowledgement came for a while.
+    pub fn speed_mb_s(&self) -> f64 {
+        let last = self.last_ack_unix_ms.load(Ordering::Relaxed);
+        let now_ms = unix_ns() / 1_000_000;
+        if last == 0 || now_ms.saturating_sub(last) > SPEED_STALE_MS {
+            return 0.0;
+        }
+        self.applied_bytes_per_second.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    fn on_applied(&self, applied_seq: u64) {
+        let now_ms = unix_ns() / 1_000_000;
+        let mut bytes = 0;
+        if let Ok(mut queue) = self.unapplied.lock() {
+            while queue
+                .front()
+                .is_some_and(|batch| batch.last_seq <= applied_seq)
+            {
+                bytes += queue.pop_front().map_or(0, |batch| batch.bytes);
+            }
+        }
+        let previous_ms = self.last_ack_unix_ms.swap(now_ms, Ordering::Relaxed);
+        if previous_ms > 0 && now_ms > previous_ms {
+            let rate = bytes.saturating_mul(1000) / (now_ms - previous_ms);
+            let old = self.applied_bytes_per_second.load(Ordering::Relaxed);
+            // Exponential smoothing, weight 1/4 for the newest sample.
+            self.applied_bytes_per_second
+                .store((old * 3 + rate) / 4, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Without an acknowledgement for this long the applied speed reads 0.
+pub const SPEED_STALE_MS: u64 = 2_000;
 
 /// The targets of one group, for the shipped watermark: the journal may be pruned only up to
 /// what every one of them holds durably.
@@ -246,6 +328,7 @@ async fn receive_acks(
                 status
                     .target_backlog_bytes
                     .store(ack.backlog_bytes, Ordering::Relaxed);
+                status.on_applied(ack.applied_seq);
                 watermarks
                     .shipped_seq
                     .store(targets.shipped_seq(), Ordering::Release);
@@ -353,6 +436,17 @@ async fn send_records(
                 .map_err(|_| ReplicationError::Config("sender lock poisoned".into()))?
                 .on_batch_sent(&batch)?;
             next_seq = batch.last_seq() + 1;
+            if let Ok(mut queue) = status.unapplied.lock() {
+                queue.push_back(SentBatch {
+                    first_seq: batch.first_seq(),
+                    last_seq: batch.last_seq(),
+                    first_timestamp_ns: batch
+                        .iter()
+                        .next()
+                        .map_or(0, |record| record.header.timestamp_ns),
+                    bytes,
+                });
+            }
             status.sent_seq.store(batch.last_seq(), Ordering::Release);
             status.sent_bytes.fetch_add(bytes, Ordering::Relaxed);
         }

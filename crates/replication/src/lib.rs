@@ -19,4 +19,4 @@ pub mod lca;
 
 pub use aba::{Aba, AbaConfig, AbaStatus};
 pub use error::ReplicationError;
-pub use lca::{LcaConfig, TargetStatus, Targets};
+pub use lca::{LcaConfig, SentBatch, TargetStatus, Targets};
