@@ -42,6 +42,7 @@ pub struct PathSpec {
     pub targets: Vec<(String, String)>,
     pub compression: Compression,
     pub throttle_bytes_per_second: u64,
+    pub retention_seconds: u64,
 }
 
 impl PathSpec {
@@ -99,6 +100,7 @@ impl PathSpec {
             } else {
                 None
             },
+            retention_seconds: group.retention_seconds,
             mode: group.mode,
             targets,
             compression: group.compression,
@@ -493,6 +495,7 @@ async fn start_recovery(spec: &PathSpec, version: u64) -> Result<Recovery, Strin
         volumes: spec.volumes.clone(),
         capacities: spec.capacities,
         config_version: version,
+        retention_seconds: spec.retention_seconds,
     };
     let group = spec.group.clone();
     let (aba, apply_thread) = tokio::task::spawn_blocking(move || Aba::open(config))

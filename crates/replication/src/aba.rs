@@ -53,6 +53,9 @@ pub struct AbaConfig {
     pub volumes: Vec<VolumeSpec>,
     pub capacities: ContainerCapacities,
     pub config_version: u64,
+    /// How far back rollback must reach: undo records older than this are pruned (and the
+    /// undo journal's capacity prunes the oldest first when it is full).
+    pub retention_seconds: u64,
 }
 
 /// What the ABA has done, for status and tests.
@@ -232,6 +235,8 @@ impl Aba {
             group_dir,
             undo: None,
             undo_capacity_bytes: config.capacities.log_record_file_bytes,
+            retention_seconds: config.retention_seconds,
+            applied_times: std::collections::VecDeque::new(),
         };
         if !replay.is_empty() {
             apply
@@ -470,7 +475,14 @@ struct Applier {
     /// seq), so the replica can be rolled back. Opened once the group id is known.
     undo: Option<Journal<StdFs>>,
     undo_capacity_bytes: u64,
+    retention_seconds: u64,
+    /// (seq, write time in unix ns) of the last record of each applied run, oldest first:
+    /// what retention pruning looks up.
+    applied_times: std::collections::VecDeque<(u64, u64)>,
 }
+
+/// Most (seq, time) samples kept for retention pruning; older ones are merged away.
+const APPLIED_TIMES_MAX: usize = 65_536;
 
 /// Name of the undo record standing for a redo record that overwrote nothing (a marker, or a
 /// volume this server does not have): it keeps the undo seqs equal to the redo seqs.
@@ -648,6 +660,39 @@ impl Applier {
         for record in run {
             self.apply(record)?;
         }
+        if let Some(last) = run.last() {
+            if self.applied_times.len() >= APPLIED_TIMES_MAX {
+                self.applied_times.pop_front();
+            }
+            self.applied_times
+                .push_back((last.header.seq, last.header.timestamp_ns));
+        }
+        Ok(())
+    }
+
+    /// Prunes undo records older than the retention (whole sealed segments only).
+    fn prune_undo_by_retention(&mut self) -> Result<(), ReplicationError> {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+            });
+        let horizon_ns =
+            now_ns.saturating_sub(self.retention_seconds.saturating_mul(1_000_000_000));
+        let mut expired_seq = None;
+        while self
+            .applied_times
+            .front()
+            .is_some_and(|(_, time)| *time < horizon_ns)
+        {
+            expired_seq = self.applied_times.pop_front().map(|(seq, _)| seq);
+        }
+        if let (Some(seq), Some(undo)) = (expired_seq, self.undo.as_mut()) {
+            undo.prune_through(seq)?;
+            self.status
+                .undo_first_seq
+                .store(undo.first_seq().unwrap_or(0), Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -706,6 +751,8 @@ impl Applier {
         if let Some(journal) = store.journal.as_mut() {
             journal.prune_through(self.applied_seq)?;
         }
+        drop(store);
+        self.prune_undo_by_retention()?;
         self.status
             .checkpoint_seq
             .store(self.applied_seq, Ordering::Release);

@@ -492,3 +492,43 @@ fn read_batches(
     }
     Ok(batches)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_backlog_and_speed_follow_the_acknowledgements() {
+        let status = TargetStatus::default();
+        assert_eq!(status.lag_seconds(), 0.0);
+        assert_eq!(status.backlog_bytes(), 0);
+        let an_hour_ago = unix_ns() - 3600 * 1_000_000_000;
+        {
+            let mut queue = status.unapplied.lock().unwrap();
+            queue.push_back(SentBatch {
+                first_seq: 1,
+                last_seq: 10,
+                first_timestamp_ns: an_hour_ago,
+                bytes: 1000,
+            });
+            queue.push_back(SentBatch {
+                first_seq: 11,
+                last_seq: 20,
+                first_timestamp_ns: unix_ns(),
+                bytes: 500,
+            });
+        }
+        assert_eq!(status.backlog_bytes(), 1500);
+        assert!(
+            status.lag_seconds() >= 3599.0,
+            "the oldest unapplied write is an hour old"
+        );
+        status.on_applied(10);
+        assert_eq!(status.backlog_bytes(), 500);
+        assert!(status.lag_seconds() < 60.0);
+        status.on_applied(20);
+        assert_eq!(status.backlog_bytes(), 0);
+        assert_eq!(status.lag_seconds(), 0.0, "caught up: no lag");
+        assert!(status.last_ack_unix_ms.load(Ordering::Relaxed) > 0);
+    }
+}

@@ -57,6 +57,7 @@ impl Recovery {
             volumes: specs(),
             capacities: capacities(),
             config_version: 0,
+            retention_seconds: 24 * 3600,
         })
         .unwrap();
         let listener = runtime
