@@ -72,6 +72,9 @@ pub struct AbaStatus {
     pub last_connection_first_seq: AtomicU64,
     /// Oldest seq whose undo record the replica still has: the rollback window's start.
     pub undo_first_seq: AtomicU64,
+    /// Latest seq that cannot be undone (a discard larger than a record); rollback reaches
+    /// back to just after it at most.
+    pub undo_barrier_seq: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -155,8 +158,16 @@ impl Store {
 }
 
 enum ApplyMessage {
+    /// Durable records to apply (records at or below the applied seq are skipped).
     Records(Vec<OwnedRecord>),
+    /// Checkpoint now (the journal copy needs room).
+    Checkpoint,
 }
+
+/// How long storing a batch waits for room in a full journal copy before giving up.
+pub const STORE_WAIT_FOR_SPACE_MS: u64 = 60_000;
+/// How long one wait for a checkpoint lasts before storing is tried again.
+const STORE_RETRY_MS: u64 = 200;
 
 /// The ABA of one group: its storage, its apply thread and its status.
 pub struct Aba {
@@ -444,20 +455,55 @@ impl Aba {
         durable.saturating_sub(applied)
     }
 
+    /// Appends a batch to the journal copy and makes it durable. When the copy is full, what
+    /// was appended is made durable and the rest waits for the apply thread's checkpoints to
+    /// prune applied records (bounded by `STORE_WAIT_FOR_SPACE_MS`): a slow replica slows the
+    /// sender down instead of failing the connection.
     async fn store_durably(&self, records: Vec<OwnedRecord>) -> Result<u64, ReplicationError> {
         let store = self.store.clone();
+        let status = self.status.clone();
+        let apply = self.apply.clone();
         tokio::task::spawn_blocking(move || -> Result<u64, ReplicationError> {
-            let mut store = store
-                .lock()
-                .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
-            let journal = store
-                .journal
-                .as_mut()
-                .ok_or_else(|| ReplicationError::Config("journal copy not open".into()))?;
-            for record in &records {
-                journal.append_replicated(&record.as_record())?;
+            let deadline =
+                std::time::Instant::now() + Duration::from_millis(STORE_WAIT_FOR_SPACE_MS);
+            let mut next = 0;
+            loop {
+                let mut guard = store
+                    .lock()
+                    .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+                let journal = guard
+                    .journal
+                    .as_mut()
+                    .ok_or_else(|| ReplicationError::Config("journal copy not open".into()))?;
+                while let Some(record) = records.get(next) {
+                    match journal.append_replicated(&record.as_record()) {
+                        Ok(_) => next += 1,
+                        Err(redoubt_journal::JournalError::JournalFull { .. }) => break,
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+                let durable = journal.sync()?;
+                if next == records.len() {
+                    return Ok(durable);
+                }
+                drop(guard);
+                if std::time::Instant::now() > deadline {
+                    return Err(ReplicationError::Config(format!(
+                        "the journal copy stayed full for {} s: the replica does not keep up",
+                        STORE_WAIT_FOR_SPACE_MS / 1000
+                    )));
+                }
+                // What is durable so far may be applied and pruned meanwhile.
+                let _ = apply.send(ApplyMessage::Records(records[..next].to_vec()));
+                let _ = apply.send(ApplyMessage::Checkpoint);
+                let checkpoint = status.checkpoint_seq.load(Ordering::Acquire);
+                let wait_until = std::time::Instant::now() + Duration::from_millis(STORE_RETRY_MS);
+                while status.checkpoint_seq.load(Ordering::Acquire) == checkpoint
+                    && std::time::Instant::now() < wait_until
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
-            Ok(journal.sync()?)
         })
         .await
         .map_err(|error| ReplicationError::Config(error.to_string()))?
@@ -487,6 +533,9 @@ const APPLIED_TIMES_MAX: usize = 65_536;
 /// Name of the undo record standing for a redo record that overwrote nothing (a marker, or a
 /// volume this server does not have): it keeps the undo seqs equal to the redo seqs.
 const UNDO_NOTHING_MARKER: &str = "undo:none";
+/// Name of the undo record standing for a redo record too large to undo: rollback cannot go
+/// back past its seq.
+pub const UNDO_BARRIER_MARKER: &str = "undo:barrier";
 
 impl Applier {
     fn run(mut self, queue: flume::Receiver<ApplyMessage>) {
@@ -502,10 +551,13 @@ impl Applier {
                         tracing::error!(%error, "apply stopped");
                         return;
                     }
-                    if self.since_checkpoint >= CHECKPOINT_INTERVAL_RECORDS {
+                    if self.since_checkpoint >= CHECKPOINT_INTERVAL_RECORDS
+                        || self.journal_copy_half_full()
+                    {
                         self.checkpoint_or_log();
                     }
                 }
+                Ok(ApplyMessage::Checkpoint) => self.checkpoint_or_log(),
                 Err(flume::RecvTimeoutError::Timeout) => {
                     if self.since_checkpoint > 0 {
                         self.checkpoint_or_log();
@@ -593,6 +645,19 @@ impl Applier {
                 };
             let volume = self.volumes.get(&header.lv_id);
             match (header.kind, volume) {
+                // Zeroing or discarding more than a record can carry (mkfs discards a whole
+                // device): no undo is possible across it; the rollback window starts after it.
+                (RecordKind::WriteZeroes | RecordKind::Trim, Some(_))
+                    if header.length_bytes > redoubt_journal::RECORD_PAYLOAD_BYTES_MAX =>
+                {
+                    captured.push((
+                        undo_header(RecordKind::Marker, 0, 0, 0),
+                        UNDO_BARRIER_MARKER.as_bytes().to_vec(),
+                    ));
+                    self.status
+                        .undo_barrier_seq
+                        .store(header.seq, Ordering::Relaxed);
+                }
                 (RecordKind::Write | RecordKind::WriteZeroes | RecordKind::Trim, Some(volume)) => {
                     let mut old = vec![0u8; header.length_bytes as usize];
                     volume.read_at(&mut old, header.offset_bytes)?;
@@ -729,6 +794,17 @@ impl Applier {
             .applied_seq
             .store(self.applied_seq, Ordering::Release);
         Ok(())
+    }
+
+    /// The journal copy is pruned at checkpoints; checkpointing when it is half full keeps
+    /// room for what is on the way.
+    fn journal_copy_half_full(&self) -> bool {
+        self.store.lock().ok().is_some_and(|store| {
+            store
+                .journal
+                .as_ref()
+                .is_some_and(|journal| journal.size_bytes() * 2 > journal.capacity_bytes())
+        })
     }
 
     fn checkpoint_or_log(&mut self) {
