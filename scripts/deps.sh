@@ -10,6 +10,7 @@ packages=(
   qemu-utils        # qemu-img, qemu-io, qemu-nbd
   iproute2          # ip netns, veth, tc netem for the multi-server test bed
   protobuf-compiler # protoc, for etcd-client
+  iperf3            # loopback TCP baseline of bench/replication.sh
 )
 
 missing=()
