@@ -427,7 +427,8 @@ struct Applied {
     label: String,
     steps: Vec<u64>,
     took: Duration,
-    replicated: Result<(), String>,
+    /// Recovery servers not checked for writes (known bugs).
+    skipped: Vec<String>,
     known_bug: Option<String>,
 }
 
@@ -439,9 +440,9 @@ struct Change<'a> {
     steps: &'a [u64],
     /// Text of the error of a known product bug that may fail rows (reported).
     tolerated: Option<&'a str>,
-    /// Whether to check that a write through production's export reaches every recovery
-    /// server afterwards.
-    replicates: bool,
+    /// Recovery servers that a known product bug (reported) keeps from receiving writes
+    /// after this change; a write through production's export must reach every other one.
+    not_replicating_to: &'a [&'a str],
 }
 
 impl Services {
@@ -453,7 +454,7 @@ impl Services {
             next,
             steps: expected_steps,
             tolerated,
-            replicates,
+            not_replicating_to,
         } = change;
         let started = Instant::now();
         let next_path = self.write_config(label, &next);
@@ -524,18 +525,20 @@ impl Services {
         // (b) The servers are as configured.
         self.known_bug_hit = known_bug.is_some();
         self.check_servers(label, previous.as_ref().map(|(config, _)| config), &next);
-        let replicated = match next.group(GROUP) {
-            Some(group) if replicates => {
+        match next.group(GROUP) {
+            Some(group) => {
                 let pattern = u8::try_from(log.len() + 1).unwrap();
-                self.replicates(group, pattern, Duration::from_secs(8))
+                if let Err(error) = self.replicates(group, pattern, not_replicating_to) {
+                    panic!("{label}: a write through the export does not replicate: {error}");
+                }
             }
-            _ => Ok(()),
-        };
+            None => {}
+        }
         log.push(Applied {
             label: label.to_string(),
             steps: numbers(&ran),
             took: started.elapsed(),
-            replicated,
+            skipped: not_replicating_to.iter().map(|s| s.to_string()).collect(),
             known_bug: known_bug.map(str::to_string),
         });
         self.current = Some((next, next_path));
@@ -731,7 +734,7 @@ impl Services {
     /// Writes `pattern` over the first 64 KiB of the group's first LV through production's
     /// export and waits until every recovery server's replica holds it and the status shows
     /// every target connected; `Err` says what is missing after `timeout`.
-    fn replicates(&self, group: &Group, pattern: u8, timeout: Duration) -> Result<(), String> {
+    fn replicates(&self, group: &Group, pattern: u8, except: &[&str]) -> Result<(), String> {
         const BYTES: usize = 64 << 10;
         let volume = &group.volumes[0].name;
         let uri = self.export_uri(&group.production, volume);
@@ -740,10 +743,10 @@ impl Services {
         if wrote.code != Some(0) || !wrote.stdout.contains("wrote 65536/65536") {
             return Err(format!("qemu-io {write} {uri}:\n{}", wrote.text()));
         }
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + REPLICATION_TIMEOUT;
         loop {
             let mut missing = Vec::new();
-            for server in &group.recovery {
+            for server in group.recovery.iter().filter(|s| !except.contains(&s.as_str())) {
                 let path = self.lv_path(server, volume);
                 let mut bytes = vec![0u8; BYTES];
                 let held = std::fs::File::open(&path)
@@ -762,6 +765,9 @@ impl Services {
                     .iter()
                     .filter(|entry| entry["name"] == GROUP)
                     .flat_map(|entry| entry["targets"].as_array().unwrap().iter())
+                    .filter(|target| {
+                        !except.iter().any(|server| target["server"] == *server)
+                    })
                     .all(|target| target["connected"] == true);
                 if connected {
                     return Ok(());
@@ -800,12 +806,10 @@ fn print_log(log: &[Applied]) {
             applied.label,
             applied.steps,
             applied.took,
-            match &applied.replicated {
-                Ok(()) => "yes".to_string(),
-                Err(error) => format!(
-                    "NO: {}",
-                    error.lines().take(2).collect::<Vec<_>>().join(" | ")
-                ),
+            if applied.skipped.is_empty() {
+                "yes".to_string()
+            } else {
+                format!("not to {:?} (KNOWN BUG)", applied.skipped)
             },
             applied
                 .known_bug
@@ -820,6 +824,17 @@ fn print_log(log: &[Applied]) {
 /// step 20 on production expects its snapshot container resized and its data path reloaded.
 /// Reported.
 const BUG_VERIFY_SNAPSHOT_ON_PRODUCTION: &str = "has capacity 1073741824 bytes, configured";
+
+/// A recovery server that stays in the group but gets no step 15 row keeps its apply
+/// process on the old configuration version while step 14 restarts production's send
+/// processes on the new one: the ABA refuses them (ConfigVersionMismatch) for good. Seen
+/// after recovery-removed (dr-b) and recovery-added (dr-b). Reported.
+const BUG_ABA_KEEPS_OLD_VERSION: &[&str] = &["dr-b"];
+
+/// Roles swapped: dr-c, recovery before and after, keeps its undo journal of the old group
+/// id (step 10 does not delete it); its restarted ABA stops with "segment … belongs to group
+/// <old id>, expected group <new id>". Reported.
+const BUG_UNDO_JOURNAL_OF_OLD_GROUP_ID: &[&str] = &["dr-c"];
 
 /// The change a rules-table row names, as an example pair or as its edit of the current
 /// configuration.
@@ -836,7 +851,7 @@ struct Row {
     next: Next,
     steps: &'static [u64],
     tolerated: Option<&'static str>,
-    replicates: bool,
+    not_replicating_to: &'static [&'static str],
 }
 
 const fn example(kind: &'static str, steps: &'static [u64]) -> Row {
@@ -845,7 +860,7 @@ const fn example(kind: &'static str, steps: &'static [u64]) -> Row {
         next: Next::Example,
         steps,
         tolerated: None,
-        replicates: true,
+        not_replicating_to: &[],
     }
 }
 
@@ -855,7 +870,7 @@ const fn edit(kind: &'static str, change: fn(&mut Group), steps: &'static [u64])
         next: Next::Edit(change),
         steps,
         tolerated: None,
-        replicates: true,
+        not_replicating_to: &[],
     }
 }
 
@@ -888,7 +903,7 @@ fn run_chain(rows: Vec<Row>, log: &mut Vec<Applied>) {
                 next,
                 steps: row.steps,
                 tolerated: row.tolerated,
-                replicates: row.replicates,
+                not_replicating_to: row.not_replicating_to,
             },
             log,
         );
@@ -904,8 +919,14 @@ fn every_change_kind_runs_exactly_its_plan_and_leaves_the_servers_as_configured(
     run_chain(
         vec![
             example("new-group", NEW_GROUP),
-            example("recovery-removed", &[1, 2, 7, 14, 17, 18, 20]),
-            example("recovery-added", &[1, 2, 11, 12, 14, 15, 16, 18, 20]),
+            Row {
+                not_replicating_to: BUG_ABA_KEEPS_OLD_VERSION,
+                ..example("recovery-removed", &[1, 2, 7, 14, 17, 18, 20])
+            },
+            Row {
+                not_replicating_to: BUG_ABA_KEEPS_OLD_VERSION,
+                ..example("recovery-added", &[1, 2, 11, 12, 14, 15, 16, 18, 20])
+            },
             example("tunables", &[1, 2, 14, 15, 20]),
             edit(
                 "lv-added",
@@ -933,20 +954,23 @@ fn every_change_kind_runs_exactly_its_plan_and_leaves_the_servers_as_configured(
                 |group| group.containers.replication_bytes = 8 * GIB,
                 &[1, 2, 6, 11, 12, 15, 16, 20],
             ),
-            edit(
-                "roles-swapped",
-                |group| {
-                    group.production = "dr-b".into();
-                    group.recovery = vec!["prod-a".into(), "dr-c".into()];
-                },
-                &[1, 2, 3, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20],
-            ),
+            Row {
+                not_replicating_to: BUG_UNDO_JOURNAL_OF_OLD_GROUP_ID,
+                ..edit(
+                    "roles-swapped",
+                    |group| {
+                        group.production = "dr-b".into();
+                        group.recovery = vec!["prod-a".into(), "dr-c".into()];
+                    },
+                    &[1, 2, 3, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20],
+                )
+            },
             Row {
                 kind: "group-deleted",
                 next: Next::DeleteGroup,
                 steps: &[1, 3, 4, 7, 17, 18, 20],
                 tolerated: None,
-                replicates: false,
+                not_replicating_to: &[],
             },
         ],
         &mut log,
@@ -968,6 +992,7 @@ fn every_change_kind_runs_exactly_its_plan_and_leaves_the_servers_as_configured(
             example("new-group", NEW_GROUP),
             Row {
                 tolerated: Some(BUG_VERIFY_SNAPSHOT_ON_PRODUCTION),
+                not_replicating_to: &["dr-b", "dr-c"],
                 ..example("snapshot-resized", &[1, 2, 8, 9, 11, 16, 20])
             },
         ],
