@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redoubt_config::{Config, Group, NbdListen, Role, Server};
-use redoubt_testkit::netns::{Spawned, TestBed};
+use redoubt_testkit::netns::{Netem, Spawned, TestBed};
 use serde_json::{json, Map, Value};
 
 /// Namespaces of the bed, in address order: the console is 198.18.0.1.
@@ -525,14 +525,11 @@ impl Services {
         // (b) The servers are as configured.
         self.known_bug_hit = known_bug.is_some();
         self.check_servers(label, previous.as_ref().map(|(config, _)| config), &next);
-        match next.group(GROUP) {
-            Some(group) => {
-                let pattern = u8::try_from(log.len() + 1).unwrap();
-                if let Err(error) = self.replicates(group, pattern, not_replicating_to) {
-                    panic!("{label}: a write through the export does not replicate: {error}");
-                }
+        if let Some(group) = next.group(GROUP) {
+            let pattern = u8::try_from(log.len() + 1).unwrap();
+            if let Err(error) = self.replicates(group, pattern, not_replicating_to) {
+                panic!("{label}: a write through the export does not replicate: {error}");
             }
-            None => {}
         }
         log.push(Applied {
             label: label.to_string(),
@@ -746,7 +743,11 @@ impl Services {
         let deadline = Instant::now() + REPLICATION_TIMEOUT;
         loop {
             let mut missing = Vec::new();
-            for server in group.recovery.iter().filter(|s| !except.contains(&s.as_str())) {
+            for server in group
+                .recovery
+                .iter()
+                .filter(|s| !except.contains(&s.as_str()))
+            {
                 let path = self.lv_path(server, volume);
                 let mut bytes = vec![0u8; BYTES];
                 let held = std::fs::File::open(&path)
@@ -765,9 +766,7 @@ impl Services {
                     .iter()
                     .filter(|entry| entry["name"] == GROUP)
                     .flat_map(|entry| entry["targets"].as_array().unwrap().iter())
-                    .filter(|target| {
-                        !except.iter().any(|server| target["server"] == *server)
-                    })
+                    .filter(|target| !except.iter().any(|server| target["server"] == *server))
                     .all(|target| target["connected"] == true);
                 if connected {
                     return Ok(());
@@ -806,7 +805,9 @@ fn print_log(log: &[Applied]) {
             applied.label,
             applied.steps,
             applied.took,
-            if applied.skipped.is_empty() {
+            if applied.label == "group-deleted" {
+                "-".to_string()
+            } else if applied.skipped.is_empty() {
                 "yes".to_string()
             } else {
                 format!("not to {:?} (KNOWN BUG)", applied.skipped)
@@ -835,6 +836,12 @@ const BUG_ABA_KEEPS_OLD_VERSION: &[&str] = &["dr-b"];
 /// id (step 10 does not delete it); its restarted ABA stops with "segment … belongs to group
 /// <old id>, expected group <new id>". Reported.
 const BUG_UNDO_JOURNAL_OF_OLD_GROUP_ID: &[&str] = &["dr-c"];
+
+/// A console killed while a step-11 row runs on an agent that stays up: the resumed console
+/// sends the row again and the agent answers 500 "container … is locked by another owner"
+/// (the first attempt still holds the container's flock after its HTTP request went away),
+/// about one run in ten. Reported.
+const BUG_RESUMED_STEP_LOCKED: &str = "is locked by another owner";
 
 /// The change a rules-table row names, as an example pair or as its edit of the current
 /// configuration.
@@ -999,5 +1006,155 @@ fn every_change_kind_runs_exactly_its_plan_and_leaves_the_servers_as_configured(
         &mut log,
     );
     print_log(&log);
+    eprintln!("total {:?}", started.elapsed());
+}
+
+#[test]
+fn a_killed_console_and_agent_resume_the_initialization() {
+    let started = Instant::now();
+    let mut services = Services::start();
+    let config = services.example("new-group", "after");
+    let path = services.write_config("new-group", &config);
+    let token = std::fs::read_to_string(&services.token_file).unwrap();
+
+    // Every request of the console to an agent takes 2 x 100 ms longer (SYN and request are
+    // delayed), so the initialization is caught while it runs.
+    services
+        .bed
+        .netem(
+            "console",
+            Netem {
+                delay_ms: 100,
+                ..Netem::default()
+            },
+        )
+        .unwrap();
+    services
+        .cli(
+            &[
+                "config",
+                "apply",
+                &path.display().to_string(),
+                "--yes",
+                "--detach",
+            ],
+            COMMAND_TIMEOUT,
+        )
+        .ok("config apply --detach");
+    let seen = poll("step 11 runs", INIT_TIMEOUT, || {
+        let init = services.api(&format!("/v1/init/{GROUP}"))?;
+        let step_11_started = init["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|step| step["number"] == 11)
+            .flat_map(|step| step["rows"].as_array().into_iter().flatten())
+            .any(|row| row["state"] == "running" || row["state"] == "done");
+        if step_11_started {
+            Ok(init)
+        } else {
+            Err(init.to_string())
+        }
+    });
+    services.kill_console();
+    services.kill_agent("dr-b");
+    assert_eq!(
+        seen["state"], "running",
+        "the console was killed while the initialization ran: {seen}"
+    );
+    let unfinished = seen["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|step| step["rows"].as_array().unwrap().iter())
+        .filter(|row| row["state"] != "done")
+        .count();
+    assert!(unfinished > 0, "{seen}");
+    services.bed.clear_netem("console").unwrap();
+
+    // Both restart on their state directories; the initialization resumes and completes.
+    services.start_agent("dr-b");
+    services.start_console();
+    assert_eq!(
+        std::fs::read_to_string(&services.token_file).unwrap(),
+        token,
+        "the restarted console keeps its token"
+    );
+    let watched = services.cli(&["config", "watch", GROUP], INIT_TIMEOUT);
+    if watched.code != Some(0) && watched.text().contains(BUG_RESUMED_STEP_LOCKED) {
+        // Known product bug (reported): the re-sent row collides with the first attempt
+        // still running in the agent. A retry completes it.
+        eprintln!("KNOWN BUG: {BUG_RESUMED_STEP_LOCKED}:\n{}", watched.text());
+        services
+            .cli(&["config", "retry", GROUP], INIT_TIMEOUT)
+            .ok("config retry");
+        services
+            .cli(&["config", "watch", GROUP], INIT_TIMEOUT)
+            .ok("config watch after the retry");
+    } else {
+        watched.ok("config watch after the restart");
+    }
+    let init = services.init();
+    assert_eq!(init["state"], "done", "{init}");
+    assert_eq!(init["version"], 1, "{init}");
+    let mut attempts = Vec::new();
+    for step in init["steps"].as_array().unwrap() {
+        for row in step["rows"].as_array().unwrap() {
+            assert_eq!(row["state"], "done", "step {} row {row}", step["number"]);
+            if row["attempts"].as_u64().unwrap_or(0) > 1 {
+                attempts.push(format!("step {} {row}", step["number"]));
+            }
+        }
+    }
+    eprintln!(
+        "killed with {unfinished} row(s) unfinished; rows run again: {}",
+        attempts.join(", ")
+    );
+    assert_eq!(
+        step_shape(&init["steps"]),
+        step_shape(&plan(None, &path)["steps"]),
+        "the resumed initialization ran exactly the plan"
+    );
+    services.current = Some((config.clone(), path));
+    let group = config.group(GROUP).unwrap();
+    services.check_servers("resumed new-group", None, &config);
+
+    // Data written afterwards reaches dr-b (and dr-c) byte for byte.
+    let volume = &group.volumes[0].name;
+    let uri = services.export_uri(&group.production, volume);
+    let (offset, bytes) = (1u64 << 20, 1usize << 20);
+    services
+        .qemu_io(
+            "prod-a",
+            &uri,
+            &[&format!("write -P 0xa7 {offset} {bytes}"), "flush"],
+        )
+        .ok("qemu-io write");
+    let read = |server: &str| -> Vec<u8> {
+        let mut buffer = vec![0u8; bytes];
+        std::fs::File::open(services.lv_path(server, volume))
+            .and_then(|file| file.read_exact_at(&mut buffer, offset))
+            .map(|()| buffer)
+            .unwrap_or_default()
+    };
+    poll(
+        "the write reaches dr-b and dr-c",
+        REPLICATION_TIMEOUT,
+        || {
+            let production = read("prod-a");
+            if production.len() != bytes || production.iter().any(|byte| *byte != 0xa7) {
+                return Err("production's LV does not hold the write yet".into());
+            }
+            for server in ["dr-b", "dr-c"] {
+                if read(server) != production {
+                    return Err(format!(
+                        "{server}'s replica differs from production\n{}",
+                        services.logs()
+                    ));
+                }
+            }
+            Ok(())
+        },
+    );
     eprintln!("total {:?}", started.elapsed());
 }
