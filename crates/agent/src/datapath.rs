@@ -163,12 +163,8 @@ impl DataPath {
     /// configuration version.
     pub async fn start(spec: PathSpec, version: u64) -> Result<DataPath, String> {
         let running = match spec.role {
-            Role::Production => {
-                Running::Production(Box::new(start_production(&spec, version).await?))
-            }
-            Role::Recovery1 | Role::Recovery2 => {
-                Running::Recovery(start_recovery(&spec, version).await?)
-            }
+            Role::Production => Running::Production(Box::new(start_production(&spec).await?)),
+            Role::Recovery1 | Role::Recovery2 => Running::Recovery(start_recovery(&spec).await?),
         };
         Ok(DataPath {
             spec,
@@ -206,7 +202,7 @@ impl DataPath {
     /// checked [`PathSpec::same_engine`].
     pub async fn restart_lcas(&mut self, spec: PathSpec, version: u64) {
         if let Running::Production(production) = &mut self.running {
-            let lcas = start_lcas(&spec, version, &production.engine);
+            let lcas = start_lcas(&spec, &production.engine);
             let old = std::mem::replace(&mut production.lcas, lcas);
             stop_lcas(old).await;
         }
@@ -363,7 +359,7 @@ async fn join_thread(
     }
 }
 
-async fn start_production(spec: &PathSpec, version: u64) -> Result<Production, String> {
+async fn start_production(spec: &PathSpec) -> Result<Production, String> {
     let group = spec.group.clone();
     let opened = {
         let spec = spec.clone();
@@ -423,7 +419,7 @@ async fn start_production(spec: &PathSpec, version: u64) -> Result<Production, S
         let task = tokio::spawn(serve_nbd(bound, Arc::new(Exports::new(list)), stopped));
         nbd = Some((stop, task));
     }
-    let lcas = start_lcas(spec, version, &engine);
+    let lcas = start_lcas(spec, &engine);
     Ok(Production {
         engine,
         commit_thread: Some(commit_thread),
@@ -433,7 +429,7 @@ async fn start_production(spec: &PathSpec, version: u64) -> Result<Production, S
     })
 }
 
-fn start_lcas(spec: &PathSpec, version: u64, engine: &Engine) -> Lcas {
+fn start_lcas(spec: &PathSpec, engine: &Engine) -> Lcas {
     let (stop, stopped) = watch::channel(false);
     let targets = Arc::new(Targets {
         statuses: spec
@@ -455,7 +451,10 @@ fn start_lcas(spec: &PathSpec, version: u64, engine: &Engine) -> Lcas {
             sender_name: spec.server.clone(),
             target_name: name.clone(),
             target_address: address.clone(),
-            config_version: version,
+            // Both sides run the configuration the initialization gave them, and a change that
+            // matters to replication restarts the processes it concerns; a version check in the
+            // handshake would stop replication between steps 14 and 15 of every change.
+            config_version: 0,
             journal: engine.journal().clone(),
             compression_level: match spec.compression {
                 Compression::Zstd => Some(ZSTD_LEVEL),
@@ -487,14 +486,17 @@ async fn stop_lcas(lcas: Lcas) {
     }
 }
 
-async fn start_recovery(spec: &PathSpec, version: u64) -> Result<Recovery, String> {
+async fn start_recovery(spec: &PathSpec) -> Result<Recovery, String> {
     let config = AbaConfig {
         server_name: spec.server.clone(),
         group: spec.group.clone(),
         data_dir: spec.data_dir.clone(),
         volumes: spec.volumes.clone(),
         capacities: spec.capacities,
-        config_version: version,
+        // Both sides run the configuration the initialization gave them, and a change that
+        // matters to replication restarts the processes it concerns; a version check in the
+        // handshake would stop replication between steps 14 and 15 of every change.
+        config_version: 0,
         retention_seconds: spec.retention_seconds,
     };
     let group = spec.group.clone();

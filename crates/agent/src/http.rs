@@ -60,7 +60,18 @@ async fn step(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
             )
         }
     };
-    match steps::run(&agent, request).await {
+    // The step runs in its own task: a console that goes away mid-step (a crash, a timeout)
+    // must not cancel it halfway, and the one-step-at-a-time lock is held until it is done, so
+    // the console's retry waits for it instead of colliding with it.
+    let runner = agent.clone();
+    let outcome = match tokio::spawn(async move { steps::run(&runner, request).await }).await {
+        Ok(outcome) => outcome,
+        Err(error) => Err(steps::StepFailure {
+            status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            message: format!("the step task ended abnormally: {error}"),
+        }),
+    };
+    match outcome {
         Ok(message) => Json(json!({"outcome": "done", "message": message})).into_response(),
         Err(failure) => error(failure.status, failure.message),
     }

@@ -364,6 +364,9 @@ impl Context<'_> {
         for layout in self.group_dirs() {
             deleted += clear_directory(&layout.journal_dir()).map_err(failed)?;
             deleted += clear_directory(&layout.snapshot_dir()).map_err(failed)?;
+            // The undo journal belongs to the old direction (and to the old journal's group
+            // id): a replica of the new direction starts a new one.
+            deleted += clear_directory(&layout.group_dir().join("undo")).map_err(failed)?;
         }
         Ok(join_sentences(vec![
             stopped_note(stopped),
@@ -479,6 +482,9 @@ impl Context<'_> {
         for layout in self.group_dirs() {
             deleted += clear_directory(&layout.journal_dir()).map_err(failed)?;
             deleted += clear_directory(&layout.snapshot_dir()).map_err(failed)?;
+            // The undo journal belongs to the old direction (and to the old journal's group
+            // id): a replica of the new direction starts a new one.
+            deleted += clear_directory(&layout.group_dir().join("undo")).map_err(failed)?;
         }
         Ok(join_sentences(vec![
             stopped_note(stopped),
@@ -715,7 +721,29 @@ impl Context<'_> {
                         "3 containers and {} LVs as configured",
                         spec.volumes.len()
                     )),
-                    Ok(mismatches) => problems.extend(mismatches.iter().map(|m| m.to_string())),
+                    Ok(mismatches) => {
+                        // Production keeps the LVs a change removed from the group (no step
+                        // deletes production data): they are no longer protected, not wrong.
+                        let production = spec.role == Role::Production;
+                        let mut kept = 0;
+                        for mismatch in &mismatches {
+                            if production
+                                && matches!(
+                                    mismatch,
+                                    redoubt_volume::Mismatch::LvNotConfigured { .. }
+                                )
+                            {
+                                kept += 1;
+                            } else {
+                                problems.push(mismatch.to_string());
+                            }
+                        }
+                        if kept > 0 {
+                            checked.push(format!(
+                                "{kept} LV(s) no longer in the group kept on production"
+                            ));
+                        }
+                    }
                     Err(error) => problems.push(format!("verify the containers: {error}")),
                 }
                 let inner = self.agent.lock();

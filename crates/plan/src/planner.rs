@@ -540,7 +540,9 @@ impl<'a> Builder<'a> {
                 self.on(16, &all);
             }
             ContainerKind::Snapshot => {
-                // Only recovery servers hold snapshots, so production has no row here.
+                // Every server has the group's three containers (production's snapshot
+                // container is empty but configured), so 11 and 16 run everywhere and verify
+                // finds the new capacity on each.
                 self.on(8, &recovery);
                 self.delete_on(8, &recovery, Deleted::Snapshots, |server| {
                     format!("deletes every snapshot of {group} on {server}")
@@ -549,8 +551,8 @@ impl<'a> Builder<'a> {
                 self.delete_on(9, &recovery, Deleted::SnapshotContainer, |server| {
                     format!("deletes the snapshot container of {group} on {server}")
                 });
-                self.on(11, &recovery);
-                self.on(16, &recovery);
+                self.on(11, &all);
+                self.on(16, &all);
             }
             ContainerKind::Replication => {
                 // The production server's replication container is resized in place by step 11

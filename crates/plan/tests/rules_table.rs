@@ -123,7 +123,7 @@ fn snapshot_container_resized() {
     let plan = single("snapshot-resized");
     assert_eq!(numbers(&plan), [1, 2, 8, 9, 11, 16, 20]);
     assert_eq!(rows_of(&plan, 8), RECOVERY2);
-    assert_eq!(rows_of(&plan, 11), RECOVERY2);
+    assert_eq!(rows_of(&plan, 11), ALL3);
 }
 
 #[test]

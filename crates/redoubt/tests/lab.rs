@@ -98,6 +98,43 @@ fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // fio writes with crc32c verification through the export; once drained, both replicas
+    // are byte-identical to production.
+    let logs_uri = export.replace("/lv_data01", "/lv_logs");
+    let fio = Command::new("fio")
+        .args([
+            "--name=verify",
+            "--ioengine=nbd",
+            &format!("--uri={logs_uri}"),
+            "--rw=randwrite",
+            "--bsrange=4k-256k",
+            "--iodepth=16",
+            "--size=48M",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--randseed=7",
+        ])
+        .output()
+        .expect("run fio");
+    assert!(
+        fio.status.success(),
+        "fio: {}",
+        String::from_utf8_lossy(&fio.stdout)
+    );
+    let production_logs = dir.join("data/prod-a/groups/erp/replication/lv_logs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for server in ["dr-b", "dr-c"] {
+        let replica = dir.join(format!("data/{server}/groups/erp/replication/lv_logs"));
+        while std::fs::read(&replica).unwrap() != std::fs::read(&production_logs).unwrap() {
+            assert!(
+                Instant::now() < deadline,
+                "{server}'s lv_logs never matched production after fio"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     let status = ok(redoubt(&dir, &["status", "--format", "json"]));
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(status["groups"][0]["direction"], "prod-a -> dr-b, dr-c");

@@ -168,6 +168,11 @@ fn recovery_servers_resume_after_a_link_cut_and_a_sigkill_and_converge() {
     write(&bed, &nbd_address, thirds[1].clone(), run_id, &mut history);
     dr_c.kill9().unwrap();
     write(&bed, &nbd_address, thirds[2].clone(), run_id, &mut history);
+    // Production itself (datatap and send processes) is killed and comes back.
+    let mut production = production;
+    production.kill9().unwrap();
+    let production = bed.spawn("prod-a", binary(), &args).unwrap();
+    production.wait_for_line("ready ", READY_TIMEOUT).unwrap();
     let production_status = status(&dirs[0].join("status.json"));
     assert_eq!(
         production_status["needs_resync"], false,

@@ -656,7 +656,6 @@ impl Services {
                 ("snapshot", group.containers.snapshot_bytes),
             ] {
                 if self.known_bug_hit && container == "snapshot" && role == Role::Production {
-                    // BUG_VERIFY_SNAPSHOT_ON_PRODUCTION: not resized there (reported).
                     continue;
                 }
                 assert_eq!(
@@ -781,10 +780,6 @@ impl Services {
     }
 }
 
-/// Step 20 on production fails after an LV removal: the LV is kept on production (it is
-/// never deleted there) but verify reports it as not in the configuration. Reported.
-const BUG_VERIFY_KEPT_LV: &str = "is in its container but not in the configuration";
-
 fn edited(config: &Config, edit: impl FnOnce(&mut Group)) -> Config {
     let mut config = config.clone();
     let group = config
@@ -820,28 +815,6 @@ fn print_log(log: &[Applied]) {
         );
     }
 }
-
-/// The snapshot container resized: steps 11 and 16 run on the recovery servers only, but
-/// step 20 on production expects its snapshot container resized and its data path reloaded.
-/// Reported.
-const BUG_VERIFY_SNAPSHOT_ON_PRODUCTION: &str = "has capacity 1073741824 bytes, configured";
-
-/// A recovery server that stays in the group but gets no step 15 row keeps its apply
-/// process on the old configuration version while step 14 restarts production's send
-/// processes on the new one: the ABA refuses them (ConfigVersionMismatch) for good. Seen
-/// after recovery-removed (dr-b) and recovery-added (dr-b). Reported.
-const BUG_ABA_KEEPS_OLD_VERSION: &[&str] = &["dr-b"];
-
-/// Roles swapped: dr-c, recovery before and after, keeps its undo journal of the old group
-/// id (step 10 does not delete it); its restarted ABA stops with "segment … belongs to group
-/// <old id>, expected group <new id>". Reported.
-const BUG_UNDO_JOURNAL_OF_OLD_GROUP_ID: &[&str] = &["dr-c"];
-
-/// A console killed while a step-11 row runs on an agent that stays up: the resumed console
-/// sends the row again and the agent answers 500 "container … is locked by another owner"
-/// (the first attempt still holds the container's flock after its HTTP request went away),
-/// about one run in ten. Reported.
-const BUG_RESUMED_STEP_LOCKED: &str = "is locked by another owner";
 
 /// The change a rules-table row names, as an example pair or as its edit of the current
 /// configuration.
@@ -926,14 +899,8 @@ fn every_change_kind_runs_exactly_its_plan_and_leaves_the_servers_as_configured(
     run_chain(
         vec![
             example("new-group", NEW_GROUP),
-            Row {
-                not_replicating_to: BUG_ABA_KEEPS_OLD_VERSION,
-                ..example("recovery-removed", &[1, 2, 7, 14, 17, 18, 20])
-            },
-            Row {
-                not_replicating_to: BUG_ABA_KEEPS_OLD_VERSION,
-                ..example("recovery-added", &[1, 2, 11, 12, 14, 15, 16, 18, 20])
-            },
+            example("recovery-removed", &[1, 2, 7, 14, 17, 18, 20]),
+            example("recovery-added", &[1, 2, 11, 12, 14, 15, 16, 18, 20]),
             example("tunables", &[1, 2, 14, 15, 20]),
             edit(
                 "lv-added",
@@ -961,17 +928,14 @@ fn every_change_kind_runs_exactly_its_plan_and_leaves_the_servers_as_configured(
                 |group| group.containers.replication_bytes = 8 * GIB,
                 &[1, 2, 6, 11, 12, 15, 16, 20],
             ),
-            Row {
-                not_replicating_to: BUG_UNDO_JOURNAL_OF_OLD_GROUP_ID,
-                ..edit(
-                    "roles-swapped",
-                    |group| {
-                        group.production = "dr-b".into();
-                        group.recovery = vec!["prod-a".into(), "dr-c".into()];
-                    },
-                    &[1, 2, 3, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20],
-                )
-            },
+            edit(
+                "roles-swapped",
+                |group| {
+                    group.production = "dr-b".into();
+                    group.recovery = vec!["prod-a".into(), "dr-c".into()];
+                },
+                &[1, 2, 3, 10, 11, 12, 14, 15, 16, 17, 18, 19, 20],
+            ),
             Row {
                 kind: "group-deleted",
                 next: Next::DeleteGroup,
@@ -982,26 +946,18 @@ fn every_change_kind_runs_exactly_its_plan_and_leaves_the_servers_as_configured(
         ],
         &mut log,
     );
-    // Changes whose initialization ends failed (product bugs, reported) block the group, so
-    // each comes last on fresh servers.
+    // Two more rows from the example pairs, each from a new group on fresh servers.
     run_chain(
         vec![
             example("new-group", NEW_GROUP),
-            Row {
-                tolerated: Some(BUG_VERIFY_KEPT_LV),
-                ..example("lv-removed", &[1, 2, 4, 14, 15, 16, 17, 20])
-            },
+            example("lv-removed", &[1, 2, 4, 14, 15, 16, 17, 20]),
         ],
         &mut log,
     );
     run_chain(
         vec![
             example("new-group", NEW_GROUP),
-            Row {
-                tolerated: Some(BUG_VERIFY_SNAPSHOT_ON_PRODUCTION),
-                not_replicating_to: &["dr-b", "dr-c"],
-                ..example("snapshot-resized", &[1, 2, 8, 9, 11, 16, 20])
-            },
+            example("snapshot-resized", &[1, 2, 8, 9, 11, 16, 20]),
         ],
         &mut log,
     );
@@ -1080,20 +1036,11 @@ fn a_killed_console_and_agent_resume_the_initialization() {
         token,
         "the restarted console keeps its token"
     );
-    let watched = services.cli(&["config", "watch", GROUP], INIT_TIMEOUT);
-    if watched.code != Some(0) && watched.text().contains(BUG_RESUMED_STEP_LOCKED) {
-        // Known product bug (reported): the re-sent row collides with the first attempt
-        // still running in the agent. A retry completes it.
-        eprintln!("KNOWN BUG: {BUG_RESUMED_STEP_LOCKED}:\n{}", watched.text());
-        services
-            .cli(&["config", "retry", GROUP], INIT_TIMEOUT)
-            .ok("config retry");
-        services
-            .cli(&["config", "watch", GROUP], INIT_TIMEOUT)
-            .ok("config watch after the retry");
-    } else {
-        watched.ok("config watch after the restart");
-    }
+    // The re-sent row waits for its first attempt, still running in the agent that stayed
+    // up, instead of colliding with it.
+    services
+        .cli(&["config", "watch", GROUP], INIT_TIMEOUT)
+        .ok("config watch after the restart");
     let init = services.init();
     assert_eq!(init["state"], "done", "{init}");
     assert_eq!(init["version"], 1, "{init}");
