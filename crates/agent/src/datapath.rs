@@ -173,6 +173,14 @@ impl DataPath {
         })
     }
 
+    /// The datatap engine when this is a production data path.
+    pub fn engine(&self) -> Option<Engine> {
+        match &self.running {
+            Running::Production(production) => Some(production.engine.clone()),
+            Running::Recovery(_) => None,
+        }
+    }
+
     /// The ABA to hand replication connections to, with its connection set.
     pub fn aba(&self) -> Option<(Arc<Aba>, AbaConnections, watch::Receiver<bool>)> {
         match &self.running {

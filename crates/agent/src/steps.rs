@@ -147,7 +147,7 @@ pub async fn run(agent: &Arc<Agent>, request: StepRequest) -> Result<String, Ste
         9 => context.delete_snapshots(true),
         10 => context.delete_journals_and_snapshots().await,
         11 => context.create_containers().await,
-        12 | 13 => context.mark_full_sync(),
+        12 | 13 => context.mark_full_sync().await,
         14 => context.reset_lca().await,
         15 => context.reset_aba().await,
         16 => context.load().await,
@@ -500,7 +500,7 @@ impl Context<'_> {
             .map_err(failed)
     }
 
-    fn mark_full_sync(&self) -> Outcome {
+    async fn mark_full_sync(&self) -> Outcome {
         if self.role_new() != Some(Role::Production) {
             return Err(refused(format!(
                 "{} is not the production server of group {}",
@@ -534,11 +534,55 @@ impl Context<'_> {
             record.full_sync_requested.extend(names.iter().cloned());
         })
         .map_err(failed)?;
+        let started = self.start_pending_full_sync().await?;
         Ok(format!(
-            "marked {} LV(s) for a full sync: {}",
+            "marked {} LV(s) for a full sync: {}{}",
             names.len(),
-            names.join(", ")
+            names.join(", "),
+            if started {
+                "; the super transaction has started"
+            } else {
+                "; it starts with the data path (step 16)"
+            }
         ))
+    }
+
+    /// Hands the LVs marked by steps 12 and 13 to the running datatap as a super transaction
+    /// (all their regions resent in order); they stay marked until the datatap has recorded
+    /// them durably, so a crash in between only repeats the request.
+    async fn start_pending_full_sync(&self) -> Result<bool, (StatusCode, String)> {
+        let (engine, names) = {
+            let inner = self.agent.lock();
+            let engine = inner.paths.get(self.group()).and_then(|path| path.engine());
+            let names: Vec<String> = inner
+                .state
+                .groups
+                .get(self.group())
+                .map(|record| record.full_sync_requested.iter().cloned().collect())
+                .unwrap_or_default();
+            (engine, names)
+        };
+        let Some(engine) = engine else {
+            return Ok(false);
+        };
+        if names.is_empty() {
+            return Ok(false);
+        }
+        let lv_ids: Vec<u32> = names
+            .iter()
+            .map(|name| redoubt_journal::lv_id_for_name(name))
+            .collect();
+        engine
+            .submit(redoubt_datatap::Op::FullSync { lv_ids })
+            .await
+            .map_err(|error| failed(format!("start the full sync: {error}")))?;
+        update_state(self.agent, |state| {
+            if let Some(record) = state.groups.get_mut(self.group()) {
+                record.full_sync_requested.clear();
+            }
+        })
+        .map_err(failed)?;
+        Ok(true)
     }
 
     async fn reset_lca(&self) -> Outcome {
@@ -613,21 +657,28 @@ impl Context<'_> {
             .paths
             .get(self.group())
             .map(|path| path.spec == spec);
-        match current {
-            Some(true) => Ok(format!("{what} already loaded")),
+        let loaded = match current {
+            Some(true) => format!("{what} already loaded"),
             Some(false) => {
                 self.stop().await?;
                 start_path(self.agent, spec, self.request.config_version)
                     .await
                     .map_err(failed)?;
-                Ok(format!("reloaded {what} with the new configuration"))
+                format!("reloaded {what} with the new configuration")
             }
             None => {
                 start_path(self.agent, spec, self.request.config_version)
                     .await
                     .map_err(failed)?;
-                Ok(format!("loaded {what}"))
+                format!("loaded {what}")
             }
+        };
+        if self.start_pending_full_sync().await? {
+            Ok(format!(
+                "{loaded}; started the full sync (super transaction)"
+            ))
+        } else {
+            Ok(loaded)
         }
     }
 

@@ -117,8 +117,11 @@ async fn new_group_replicates_resumes_and_verifies() {
     assert_eq!(prod_status["role"], "production", "{prod_status}");
     assert_eq!(prod_status["data_path"], "loaded", "{prod_status}");
     assert_eq!(prod_status["targets"][0]["server"], "dr-b", "{prod_status}");
+    // Step 12's request was handed to the datatap when step 16 loaded it: the super
+    // transaction runs there, nothing is left pending in the agent.
     assert_eq!(
-        prod_status["full_sync_requested"][0], "lv0",
+        prod_status["full_sync_requested"].as_array().map(Vec::len),
+        Some(0),
         "{prod_status}"
     );
     let dr_status = dr.group_status().await;

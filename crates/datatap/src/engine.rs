@@ -144,6 +144,9 @@ pub enum Op {
     Marker { name: String },
     /// Syncs the LVs and records a checkpoint now.
     Checkpoint,
+    /// Starts a super transaction: every region of these LVs (all LVs when empty) is sent to
+    /// the recovery servers again, in order with new writes (initialization steps 12 and 13).
+    FullSync { lv_ids: Vec<u32> },
 }
 
 impl Op {
@@ -591,6 +594,8 @@ type Reply = oneshot::Sender<Result<u64, OpError>>;
 
 /// A reply held until the journal is synced and the LVs are applied.
 enum Waiter {
+    /// Marks the LVs' regions for the resync once what came before is settled.
+    FullSync(Vec<u32>),
     /// A FUA write or a marker: answered with its seq once durable.
     Durable(u64),
     Flush,
@@ -617,7 +622,7 @@ fn op_range(op: &Op) -> Option<(u32, u64, u64)> {
             offset_bytes,
             length_bytes,
         } => Some((*lv_id, *offset_bytes, u64::from(*length_bytes))),
-        Op::Flush | Op::Marker { .. } | Op::Checkpoint => None,
+        Op::Flush | Op::Marker { .. } | Op::Checkpoint | Op::FullSync { .. } => None,
     }
 }
 
@@ -728,10 +733,10 @@ impl<F: JournalFs> Committer<F> {
                     let _ = reply.send(outcome);
                 }
                 Ok(Logged::Nothing) => {
-                    let waiter = if matches!(op, Op::Checkpoint) {
-                        Waiter::Checkpoint
-                    } else {
-                        Waiter::Flush
+                    let waiter = match op {
+                        Op::Checkpoint => Waiter::Checkpoint,
+                        Op::FullSync { lv_ids } => Waiter::FullSync(lv_ids),
+                        _ => Waiter::Flush,
                     };
                     waiting.push((reply, waiter));
                 }
@@ -768,6 +773,13 @@ impl<F: JournalFs> Committer<F> {
             } else {
                 match waiter {
                     Waiter::Durable(seq) => Ok(seq),
+                    Waiter::FullSync(lv_ids) => match self.mark_full_sync(&lv_ids) {
+                        Ok(()) => Ok(self.applied_seq),
+                        Err(error) => {
+                            self.fail(format!("start a full sync: {error}"));
+                            Err(self.stopped())
+                        }
+                    },
                     Waiter::Flush => self
                         .sync_direct_writes()
                         .map(|()| self.journal.durable_seq()),
@@ -827,7 +839,7 @@ impl<F: JournalFs> Committer<F> {
                 length_bytes,
             } => Entry::trim(*lv_id, *offset_bytes, *length_bytes, timestamp_ns),
             Op::Marker { name } => Entry::marker(name, timestamp_ns),
-            Op::Flush | Op::Checkpoint => return Ok(Logged::Nothing),
+            Op::Flush | Op::Checkpoint | Op::FullSync { .. } => return Ok(Logged::Nothing),
         };
         let payload_crc32c = match op {
             Op::Write { data, .. } => data.crc32c(),
@@ -880,6 +892,33 @@ impl<F: JournalFs> Committer<F> {
             self.state.save(&self.fs, &self.group_dir)?;
             self.publish_resync_remaining();
         }
+        Ok(())
+    }
+
+    /// Every region of the LVs becomes dirty: the resync passes send them all (a super
+    /// transaction), in order with the writes that keep coming.
+    fn mark_full_sync(&mut self, lv_ids: &[u32]) -> Result<(), DatatapError> {
+        let chosen: Vec<(u32, u64)> = self
+            .volumes
+            .iter()
+            .filter(|(lv_id, _)| lv_ids.is_empty() || lv_ids.contains(lv_id))
+            .map(|(lv_id, volume)| (*lv_id, volume.size_bytes()))
+            .collect();
+        for (lv_id, size_bytes) in chosen {
+            let regions = size_bytes.div_ceil(crate::state::DIRTY_REGION_BYTES);
+            self.state
+                .dirty_regions
+                .entry(lv_id)
+                .or_default()
+                .extend(0..regions);
+        }
+        self.state.needs_resync = true;
+        self.state.save(&self.fs, &self.group_dir)?;
+        self.shared
+            .watermarks
+            .needs_resync
+            .store(true, Ordering::Release);
+        self.publish_resync_remaining();
         Ok(())
     }
 
@@ -945,6 +984,34 @@ impl<F: JournalFs> Committer<F> {
                 .map_err(|source| {
                     DatatapError::io("read a dirty region", &self.group_dir, source)
                 })?;
+            if data.as_slice().iter().all(|byte| *byte == 0) {
+                // A region of zeroes travels as a zeroing record, not as a MiB of zeroes.
+                let length_bytes = u32::try_from(length).unwrap_or(u32::MAX);
+                let entry = Entry::write_zeroes(*lv_id, offset, length_bytes, now_ns());
+                match self.journal.append(&entry) {
+                    Ok(seq) => {
+                        self.unsynced_since.get_or_insert_with(Instant::now);
+                        self.track_unapplied(
+                            seq,
+                            Op::WriteZeroes {
+                                lv_id: *lv_id,
+                                offset_bytes: offset,
+                                length_bytes,
+                                fua: false,
+                            },
+                        );
+                        continue;
+                    }
+                    Err(JournalError::JournalFull { .. }) => {
+                        self.settle()?;
+                        self.checkpoint()?;
+                        self.resync_blocked_until =
+                            Some(Instant::now() + Duration::from_millis(RESYNC_RETRY_MS));
+                        return Ok(());
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
             let op = Op::Write {
                 lv_id: *lv_id,
                 offset_bytes: offset,
@@ -1067,7 +1134,7 @@ impl<F: JournalFs> Committer<F> {
                 length_bytes,
                 ..
             } => volume.trim(*offset_bytes, u64::from(*length_bytes)),
-            Op::Flush | Op::Marker { .. } | Op::Checkpoint => Ok(()),
+            Op::Flush | Op::Marker { .. } | Op::Checkpoint | Op::FullSync { .. } => Ok(()),
         }
     }
 

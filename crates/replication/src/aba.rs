@@ -162,6 +162,8 @@ enum ApplyMessage {
     Records(Vec<OwnedRecord>),
     /// Checkpoint now (the journal copy needs room).
     Checkpoint,
+    /// A new replica starts after this seq (first contact with production's journal).
+    StartAfter(u64),
 }
 
 /// How long storing a batch waits for room in a full journal copy before giving up.
@@ -355,16 +357,30 @@ impl Aba {
         let (group_id, durable_seq) = {
             let store = self.store.clone();
             let hello_group_id = hello.group_id.0;
+            let journal_first_seq = hello.journal.first_seq;
+            let apply = self.apply.clone();
+            let status = self.status.clone();
             let group_name_matches = hello.group_name == self.config.group;
             tokio::task::spawn_blocking(move || -> Result<([u8; 16], u64), ReplicationError> {
                 let mut store = store
                     .lock()
                     .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
                 if store.state.group_id.is_none() && group_name_matches {
-                    // First contact: this replica now belongs to that journal.
+                    // First contact: this replica now belongs to that journal, and starts where
+                    // production's journal starts. What came before reaches it through the full
+                    // sync (initialization step 12) that every plan adding a recovery server
+                    // runs, journaled after this point.
                     store.state.group_id = Some(hex(&hello_group_id));
+                    store.state.checkpoint_seq = journal_first_seq.saturating_sub(1);
                     save_state(&store.group_dir.clone(), &store.state)?;
                     store.open_journal(hello_group_id)?;
+                    status
+                        .applied_seq
+                        .store(store.state.checkpoint_seq, Ordering::Release);
+                    status
+                        .checkpoint_seq
+                        .store(store.state.checkpoint_seq, Ordering::Release);
+                    let _ = apply.send(ApplyMessage::StartAfter(store.state.checkpoint_seq));
                 }
                 let group_id = store
                     .state
@@ -558,6 +574,12 @@ impl Applier {
                     }
                 }
                 Ok(ApplyMessage::Checkpoint) => self.checkpoint_or_log(),
+                Ok(ApplyMessage::StartAfter(seq)) => {
+                    // Only ever for a replica that has applied nothing yet.
+                    if self.applied_seq == 0 {
+                        self.applied_seq = seq;
+                    }
+                }
                 Err(flume::RecvTimeoutError::Timeout) => {
                     if self.since_checkpoint > 0 {
                         self.checkpoint_or_log();

@@ -625,3 +625,139 @@ fn a_journal_overflow_falls_back_to_the_dirty_bitmap_and_the_resync_converges() 
     drop(engine);
     let _ = commit_thread.join();
 }
+
+#[test]
+fn a_full_sync_brings_data_written_before_a_recovery_server_joined() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut store =
+        GroupStore::open_or_create(&root.path().join("prod-a"), GROUP, capacities()).unwrap();
+    let (engine, opened, commit_thread) =
+        Engine::open(&mut store, &specs(), EngineConfig::new(GROUP, 64 << 20)).unwrap();
+    let watermarks = engine.watermarks().clone();
+    let exports = Arc::new(Exports::new(
+        opened
+            .into_iter()
+            .map(|volume| Export {
+                name: volume.name,
+                lv_id: volume.lv_id,
+                volume: volume.volume,
+                engine: engine.clone(),
+                read_only: false,
+                description: String::new(),
+            })
+            .collect(),
+    ));
+    let bound = runtime
+        .block_on(bind(&Listen::Tcp("127.0.0.1:0".into())))
+        .unwrap();
+    let nbd_address = bound
+        .uri("lv0")
+        .trim_start_matches("nbd://")
+        .trim_end_matches("/lv0")
+        .to_string();
+    let (stop, stopped) = watch::channel(false);
+    runtime.spawn(serve(bound, exports, stopped.clone()));
+
+    // Production has data (and has pruned its journal) before any recovery server exists.
+    let mut client = NbdClient::connect(&nbd_address, "lv0").unwrap();
+    // More than a journal segment (8 MiB here), so the checkpoint prunes the journal.
+    let old: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 253) as u8 + 1).collect();
+    for (index, chunk) in old.chunks(1 << 20).enumerate() {
+        assert_eq!(
+            client
+                .write((2 << 20) + ((index as u64) << 20), chunk, false)
+                .unwrap(),
+            0
+        );
+    }
+    assert_eq!(client.flush().unwrap(), 0);
+    runtime
+        .block_on(engine.submit(redoubt_datatap::Op::Checkpoint))
+        .unwrap();
+    assert!(
+        std::fs::read_dir(&engine.journal().dir)
+            .unwrap()
+            .flatten()
+            .all(|entry| !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("0000000000000001.")),
+        "the journal's first segment was pruned"
+    );
+
+    // A recovery server joins; the full sync (steps 12/13) sends every region in order.
+    watermarks.shipped_seq.store(
+        watermarks.durable_seq.load(Ordering::Acquire),
+        Ordering::Release,
+    );
+    let recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0);
+    runtime
+        .block_on(engine.submit(redoubt_datatap::Op::FullSync { lv_ids: Vec::new() }))
+        .unwrap();
+    assert!(
+        watermarks.needs_resync.load(Ordering::Acquire),
+        "the super transaction is running"
+    );
+    let status = Arc::new(TargetStatus::default());
+    let targets = Arc::new(Targets {
+        statuses: vec![status.clone()],
+    });
+    let config = LcaConfig {
+        group: GROUP.into(),
+        sender_name: "prod-a".into(),
+        target_name: "dr-b".into(),
+        target_address: format!("127.0.0.1:{}", recovery.port),
+        config_version: 0,
+        journal: engine.journal().clone(),
+        compression_level: Some(1),
+        throttle_bytes_per_second: 0,
+        batch_bytes: lca::BATCH_BYTES_DEFAULT,
+    };
+    runtime.spawn(lca::run(
+        config,
+        watermarks.clone(),
+        status.clone(),
+        targets,
+        stopped,
+    ));
+    // New writes keep coming during the super transaction.
+    let new: Vec<u8> = vec![0xab; 1 << 20];
+    assert_eq!(client.write(3 << 20, &new, false).unwrap(), 0);
+    assert_eq!(client.flush().unwrap(), 0);
+    wait_until("the full sync completed and dr-b caught up", || {
+        !watermarks.needs_resync.load(Ordering::Acquire)
+            && watermarks.durable_seq.load(Ordering::Acquire)
+                == watermarks.applied_seq.load(Ordering::Acquire)
+            && recovery.applied_seq() >= watermarks.durable_seq.load(Ordering::Acquire)
+    });
+    let first = recovery
+        .aba
+        .as_ref()
+        .unwrap()
+        .status()
+        .last_connection_first_seq
+        .load(Ordering::Acquire);
+    assert!(
+        first > 1,
+        "the new replica started where production's journal starts ({first})"
+    );
+    let mut production = Vec::new();
+    for offset in (0..LV_SIZES_BYTES[0]).step_by(1 << 20) {
+        production.extend(client.read(offset, 1 << 20).unwrap().unwrap());
+    }
+    assert_eq!(&production[(3 << 20)..(4 << 20)], &new[..]);
+    assert!(
+        recovery.replica(0) == production,
+        "the replica has the data written before it joined"
+    );
+    let _ = stop.send(true);
+    drop(client);
+    drop(runtime);
+    drop(engine);
+    let _ = commit_thread.join();
+}
