@@ -290,6 +290,14 @@ impl DataPath {
                     "sync_degraded".into(),
                     json!(watermarks.sync_degraded.load(Ordering::Acquire)),
                 );
+                // The source backlog: how full the log record file container is.
+                fields.insert(
+                    "journal_usage_pct".into(),
+                    json!(percent(
+                        watermarks.journal_bytes.load(Ordering::Relaxed),
+                        self.spec.capacities.log_record_file_bytes
+                    )),
+                );
                 let total_bytes: u64 = production.engine.volumes_bytes();
                 let remaining = watermarks.resync_remaining_bytes.load(Ordering::Acquire);
                 let super_transaction_pct = if total_bytes == 0 {
@@ -316,11 +324,28 @@ impl DataPath {
                     ("received_seq", &status.received_seq),
                     ("durable_seq", &status.durable_seq),
                     ("applied_seq", &status.applied_seq),
+                    ("undo_first_seq", &status.undo_first_seq),
                 ] {
                     fields.insert(key.into(), json!(value.load(Ordering::Acquire)));
                 }
+                // The target backlog: how full its journal copy is.
+                fields.insert(
+                    "journal_usage_pct".into(),
+                    json!(percent(
+                        status.journal_bytes.load(Ordering::Relaxed),
+                        self.spec.capacities.log_record_file_bytes
+                    )),
+                );
             }
         }
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part.min(whole) as f64 * 100.0 / whole as f64
     }
 }
 

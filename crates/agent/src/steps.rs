@@ -817,7 +817,24 @@ impl Context<'_> {
                             "the data path of group {} has failed: {failure}",
                             self.group()
                         )),
-                        None => checked.push("data path loaded".into()),
+                        None => {
+                            checked.push("data path loaded".into());
+                            // Verify does not wait for a super transaction (a full sync of
+                            // large LVs takes long); it says that one runs and how far it is.
+                            if let Some(engine) = path.engine() {
+                                let watermarks = engine.watermarks();
+                                let remaining = watermarks
+                                    .resync_remaining_bytes
+                                    .load(std::sync::atomic::Ordering::Acquire);
+                                let total = engine.volumes_bytes().max(1);
+                                if remaining > 0 {
+                                    checked.push(format!(
+                                        "super transaction running: {:.0}% synced",
+                                        100.0 - remaining.min(total) as f64 * 100.0 / total as f64
+                                    ));
+                                }
+                            }
+                        }
                     },
                 }
             }

@@ -166,6 +166,8 @@ pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &Agent
                             field(from_production, "applied_seq"),
                         ]),
                         "sent_bytes": field(from_production, "sent_bytes"),
+                        "source_backlog_pct": field(production, "journal_usage_pct"),
+                        "target_backlog_pct": field(from_recovery, "journal_usage_pct"),
                         "backlog_bytes": field(from_production, "backlog_bytes"),
                         "lag_seconds": field(from_production, "lag_seconds"),
                         "speed_mb_s": field(from_production, "speed_mb_s"),

@@ -294,7 +294,7 @@ fn status_text(status: &Value) -> String {
                 .zip(target["applied_seq"].as_u64())
                 .map_or(0, |(journal, applied)| journal.saturating_sub(applied));
             out.push_str(&format!(
-                "  target {:<10} status {}  applied seq {} of {} ({behind} behind)  in flight {} bytes  lag {:.1} s  {:.1} MB/s  sync {:.0}%{}\n",
+                "  target {:<10} status {}  applied seq {} of {} ({behind} behind)  in flight {} bytes  lag {:.1} s  {:.1} MB/s  sync {:.0}%  journals {:.1}%/{:.1}%{}\n",
                 target["server"].as_str().unwrap_or(""),
                 target["status_code"],
                 target["applied_seq"],
@@ -303,6 +303,8 @@ fn status_text(status: &Value) -> String {
                 target["lag_seconds"].as_f64().unwrap_or(0.0),
                 target["speed_mb_s"].as_f64().unwrap_or(0.0),
                 target["super_transaction_pct"].as_f64().unwrap_or(100.0),
+                target["source_backlog_pct"].as_f64().unwrap_or(0.0),
+                target["target_backlog_pct"].as_f64().unwrap_or(0.0),
                 if target["needs_resync"] == true { "  NEEDS RESYNC" } else { "" }
             ));
         }

@@ -72,6 +72,8 @@ pub struct AbaStatus {
     pub last_connection_first_seq: AtomicU64,
     /// Oldest seq whose undo record the replica still has: the rollback window's start.
     pub undo_first_seq: AtomicU64,
+    /// Bytes in the journal copy (received, not yet pruned): the target backlog.
+    pub journal_bytes: AtomicU64,
     /// Latest seq that cannot be undone (a discard larger than a record); rollback reaches
     /// back to just after it at most.
     pub undo_barrier_seq: AtomicU64,
@@ -499,6 +501,9 @@ impl Aba {
                     }
                 }
                 let durable = journal.sync()?;
+                status
+                    .journal_bytes
+                    .store(journal.size_bytes(), Ordering::Relaxed);
                 if next == records.len() {
                     return Ok(durable);
                 }
@@ -848,6 +853,9 @@ impl Applier {
         save_state(&self.group_dir, &store.state)?;
         if let Some(journal) = store.journal.as_mut() {
             journal.prune_through(self.applied_seq)?;
+            self.status
+                .journal_bytes
+                .store(journal.size_bytes(), Ordering::Relaxed);
         }
         drop(store);
         self.prune_undo_by_retention()?;
