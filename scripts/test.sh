@@ -12,7 +12,7 @@ cargo build --workspace --release --quiet
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --workspace --release 2>&1 | tee "$log" || status=$?
+cargo test --workspace --release --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line over every test binary (cargo prints one per binary, doc tests last).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -188,9 +188,10 @@ fn assert_swap_detected(seed: u64) -> bool {
         message.contains("the image mixes two points in time"),
         "{message}"
     );
-    let stale: Vec<BlockLocation> = scenario
-        .blocks_held(later, last)
-        .into_iter()
+    // Applied last, the earlier write is stale on every block it shares with any write that
+    // should have replaced it (the later one, or one in between); the checker may name any.
+    let stale: Vec<BlockLocation> = (earlier + 1..=last)
+        .flat_map(|write| scenario.blocks_held(write, last))
         .filter(|at| covers(&scenario.ops()[earlier], at))
         .collect();
     assert!(
@@ -551,4 +552,11 @@ fn scale_256_mib_and_100k_writes() {
     let started = std::time::Instant::now();
     check_exact(&history, applied as u64, &mut replica).unwrap();
     eprintln!("check_exact: {:?}", started.elapsed());
+}
+
+/// Regression guard: a seed where the checker names a stale block that an intermediate write
+/// (not the swapped one) should have replaced.
+#[test]
+fn swap_regression_seed_12386369595102134963() {
+    assert!(assert_swap_detected(12386369595102134963));
 }
