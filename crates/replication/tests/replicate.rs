@@ -106,22 +106,23 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn two_recovery_servers_converge_to_production_and_resume_after_an_outage() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let production_dir = root.path().join("prod-a");
+/// Production for a test: the datatap's engine over two LVs, their NBD exports on 127.0.0.1,
+/// and the commit thread to join at the end.
+struct Production {
+    engine: Engine,
+    watermarks: Arc<redoubt_datatap::Watermarks>,
+    nbd_address: String,
+    commit_thread: std::thread::JoinHandle<()>,
+}
 
-    // Production: datatap with two LVs and the journal it writes.
-    let mut store = GroupStore::open_or_create(&production_dir, GROUP, capacities()).unwrap();
-    let (engine, opened, commit_thread) =
-        Engine::open(&mut store, &specs(), EngineConfig::new(GROUP, 512 << 20)).unwrap();
-    let watermarks = engine.watermarks().clone();
-    watermarks.shipped_seq.store(0, Ordering::Release);
+fn start_production(
+    runtime: &tokio::runtime::Runtime,
+    dir: &Path,
+    config: EngineConfig,
+    stopped: watch::Receiver<bool>,
+) -> Production {
+    let mut store = GroupStore::open_or_create(dir, GROUP, capacities()).unwrap();
+    let (engine, opened, commit_thread) = Engine::open(&mut store, &specs(), config).unwrap();
     let exports = Arc::new(Exports::new(
         opened
             .into_iter()
@@ -143,8 +144,39 @@ fn two_recovery_servers_converge_to_production_and_resume_after_an_outage() {
         .trim_start_matches("nbd://")
         .trim_end_matches("/lv0")
         .to_string();
+    runtime.spawn(serve(bound, exports, stopped));
+    Production {
+        watermarks: engine.watermarks().clone(),
+        engine,
+        nbd_address,
+        commit_thread,
+    }
+}
+
+#[test]
+fn two_recovery_servers_converge_to_production_and_resume_after_an_outage() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let production_dir = root.path().join("prod-a");
+
+    // Production: datatap with two LVs and the journal it writes.
     let (stop_nbd, nbd_stopped) = watch::channel(false);
-    runtime.spawn(serve(bound, exports, nbd_stopped));
+    let Production {
+        engine,
+        watermarks,
+        nbd_address,
+        commit_thread,
+    } = start_production(
+        &runtime,
+        &production_dir,
+        EngineConfig::new(GROUP, 512 << 20),
+        nbd_stopped.clone(),
+    );
+    watermarks.shipped_seq.store(0, Ordering::Release);
 
     // Two recovery servers and a send process towards each.
     let mut recoveries = vec![
@@ -351,37 +383,22 @@ fn sync_mode_acknowledges_only_what_the_target_holds_and_degrades_instead_of_han
         .build()
         .unwrap();
     let root = tempfile::tempdir().unwrap();
-    let mut store =
-        GroupStore::open_or_create(&root.path().join("prod-a"), GROUP, capacities()).unwrap();
     let mut config = EngineConfig::new(GROUP, 512 << 20);
     config.sync_replication = true;
     config.sync_target_timeout_ms = 500;
-    let (engine, opened, commit_thread) = Engine::open(&mut store, &specs(), config).unwrap();
-    let watermarks = engine.watermarks().clone();
-    watermarks.shipped_seq.store(0, Ordering::Release);
-    let exports = Arc::new(Exports::new(
-        opened
-            .into_iter()
-            .map(|volume| Export {
-                name: volume.name,
-                lv_id: volume.lv_id,
-                volume: volume.volume,
-                engine: engine.clone(),
-                read_only: false,
-                description: String::new(),
-            })
-            .collect(),
-    ));
-    let bound = runtime
-        .block_on(bind(&Listen::Tcp("127.0.0.1:0".into())))
-        .unwrap();
-    let nbd_address = bound
-        .uri("lv0")
-        .trim_start_matches("nbd://")
-        .trim_end_matches("/lv0")
-        .to_string();
     let (stop, stopped) = watch::channel(false);
-    runtime.spawn(serve(bound, exports, stopped.clone()));
+    let Production {
+        engine,
+        watermarks,
+        nbd_address,
+        commit_thread,
+    } = start_production(
+        &runtime,
+        &root.path().join("prod-a"),
+        config,
+        stopped.clone(),
+    );
+    watermarks.shipped_seq.store(0, Ordering::Release);
     let mut recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0);
     let status = Arc::new(TargetStatus::default());
     let targets = Arc::new(Targets {
@@ -510,36 +527,20 @@ fn a_journal_overflow_falls_back_to_the_dirty_bitmap_and_the_resync_converges() 
         .build()
         .unwrap();
     let root = tempfile::tempdir().unwrap();
-    let mut store =
-        GroupStore::open_or_create(&root.path().join("prod-a"), GROUP, capacities()).unwrap();
     // A small journal: the writes below overflow it while the recovery server is away.
-    let (engine, opened, commit_thread) =
-        Engine::open(&mut store, &specs(), EngineConfig::new(GROUP, 16 << 20)).unwrap();
-    let watermarks = engine.watermarks().clone();
-    watermarks.shipped_seq.store(0, Ordering::Release);
-    let exports = Arc::new(Exports::new(
-        opened
-            .into_iter()
-            .map(|volume| Export {
-                name: volume.name,
-                lv_id: volume.lv_id,
-                volume: volume.volume,
-                engine: engine.clone(),
-                read_only: false,
-                description: String::new(),
-            })
-            .collect(),
-    ));
-    let bound = runtime
-        .block_on(bind(&Listen::Tcp("127.0.0.1:0".into())))
-        .unwrap();
-    let nbd_address = bound
-        .uri("lv0")
-        .trim_start_matches("nbd://")
-        .trim_end_matches("/lv0")
-        .to_string();
     let (stop, stopped) = watch::channel(false);
-    runtime.spawn(serve(bound, exports, stopped.clone()));
+    let Production {
+        engine,
+        watermarks,
+        nbd_address,
+        commit_thread,
+    } = start_production(
+        &runtime,
+        &root.path().join("prod-a"),
+        EngineConfig::new(GROUP, 16 << 20),
+        stopped.clone(),
+    );
+    watermarks.shipped_seq.store(0, Ordering::Release);
     let dr_dir = root.path().join("dr-b");
     let mut recovery = Recovery::start(&runtime, &dr_dir, "dr-b", 0);
     let port = recovery.port;
@@ -634,34 +635,18 @@ fn a_full_sync_brings_data_written_before_a_recovery_server_joined() {
         .build()
         .unwrap();
     let root = tempfile::tempdir().unwrap();
-    let mut store =
-        GroupStore::open_or_create(&root.path().join("prod-a"), GROUP, capacities()).unwrap();
-    let (engine, opened, commit_thread) =
-        Engine::open(&mut store, &specs(), EngineConfig::new(GROUP, 64 << 20)).unwrap();
-    let watermarks = engine.watermarks().clone();
-    let exports = Arc::new(Exports::new(
-        opened
-            .into_iter()
-            .map(|volume| Export {
-                name: volume.name,
-                lv_id: volume.lv_id,
-                volume: volume.volume,
-                engine: engine.clone(),
-                read_only: false,
-                description: String::new(),
-            })
-            .collect(),
-    ));
-    let bound = runtime
-        .block_on(bind(&Listen::Tcp("127.0.0.1:0".into())))
-        .unwrap();
-    let nbd_address = bound
-        .uri("lv0")
-        .trim_start_matches("nbd://")
-        .trim_end_matches("/lv0")
-        .to_string();
     let (stop, stopped) = watch::channel(false);
-    runtime.spawn(serve(bound, exports, stopped.clone()));
+    let Production {
+        engine,
+        watermarks,
+        nbd_address,
+        commit_thread,
+    } = start_production(
+        &runtime,
+        &root.path().join("prod-a"),
+        EngineConfig::new(GROUP, 64 << 20),
+        stopped.clone(),
+    );
 
     // Production has data (and has pruned its journal) before any recovery server exists.
     let mut client = NbdClient::connect(&nbd_address, "lv0").unwrap();
