@@ -128,6 +128,10 @@ pub struct DatatapArgs {
     /// Write a JSON status document here, refreshed every 200 ms.
     #[arg(long)]
     pub status_file: Option<PathBuf>,
+    /// Start a full sync (super transaction) of every LV to the targets, as initialization
+    /// step 12 does: for a recovery server that joins a volume that already holds data.
+    #[arg(long)]
+    pub full_sync: bool,
 }
 
 #[derive(clap::Args, Debug)]

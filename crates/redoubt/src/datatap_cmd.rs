@@ -175,6 +175,12 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
                 stopped.clone(),
             ));
         }
+        if args.full_sync {
+            engine
+                .submit(Op::FullSync { lv_ids: Vec::new() })
+                .await
+                .map_err(|error| failed("start the full sync", &error))?;
+        }
         if let Some(path) = args.status_file.clone() {
             let watermarks = engine.watermarks().clone();
             let targets = targets.clone();
