@@ -142,6 +142,8 @@ fn fio_crc32c_verify_after_random_writes_and_a_restart() {
             "--iodepth=16".into(),
             "--size=64M".into(),
             "--verify=crc32c".into(),
+            // No verify-state file left in the working directory.
+            "--verify_state_save=0".into(),
             "--verify_fatal=1".into(),
             "--randseed=42".into(),
         ];

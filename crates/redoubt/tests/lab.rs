@@ -111,6 +111,7 @@ fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
             "--iodepth=16",
             "--size=48M",
             "--verify=crc32c",
+            "--verify_state_save=0",
             "--verify_fatal=1",
             "--do_verify=1",
             "--randseed=7",
