@@ -984,53 +984,25 @@ impl<F: JournalFs> Committer<F> {
                 .map_err(|source| {
                     DatatapError::io("read a dirty region", &self.group_dir, source)
                 })?;
-            if data.as_slice().iter().all(|byte| *byte == 0) {
-                // A region of zeroes travels as a zeroing record, not as a MiB of zeroes.
-                let length_bytes = u32::try_from(length).unwrap_or(u32::MAX);
-                let entry = Entry::write_zeroes(*lv_id, offset, length_bytes, now_ns());
-                match self.journal.append(&entry) {
-                    Ok(seq) => {
-                        self.unsynced_since.get_or_insert_with(Instant::now);
-                        self.track_unapplied(
-                            seq,
-                            Op::WriteZeroes {
-                                lv_id: *lv_id,
-                                offset_bytes: offset,
-                                length_bytes,
-                                fua: false,
-                            },
-                        );
-                        continue;
-                    }
-                    Err(JournalError::JournalFull { .. }) => {
-                        self.settle()?;
-                        self.checkpoint()?;
-                        self.resync_blocked_until =
-                            Some(Instant::now() + Duration::from_millis(RESYNC_RETRY_MS));
-                        return Ok(());
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-            }
-            let op = Op::Write {
-                lv_id: *lv_id,
-                offset_bytes: offset,
-                data,
-                fua: false,
+            // A region of zeroes travels as a zeroing record, not as a MiB of zeroes.
+            let entry = if data.as_slice().iter().all(|byte| *byte == 0) {
+                Entry::write_zeroes(
+                    *lv_id,
+                    offset,
+                    u32::try_from(length).unwrap_or(u32::MAX),
+                    now_ns(),
+                )
+            } else {
+                Entry::write(*lv_id, offset, data.as_slice(), now_ns())
             };
-            let entry = Entry::write(
-                *lv_id,
-                offset,
-                match &op {
-                    Op::Write { data, .. } => data.as_slice(),
-                    _ => &[],
-                },
-                now_ns(),
-            );
             match self.journal.append(&entry) {
                 Ok(seq) => {
                     self.unsynced_since.get_or_insert_with(Instant::now);
-                    self.track_unapplied(seq, op);
+                    // The LV already holds this data (it was just read from it, after
+                    // everything before was applied): the record is for the replicas only,
+                    // so it passes through the LV side as a no-op, in its place in the order.
+                    debug_assert!(self.unapplied.back().is_none_or(|(last, _)| *last < seq));
+                    self.unapplied.push_back((seq, Op::Flush));
                 }
                 // Still full (a target is behind): the rest waits for space; checkpoint so that
                 // whatever the targets hold can be pruned meanwhile.
