@@ -444,7 +444,8 @@ impl Aba {
                         self.status.received_seq.store(batch.last_seq(), Ordering::Relaxed);
                         self.status.received_bytes.fetch_add(batch.len_bytes(), Ordering::Relaxed);
                         let records: Vec<OwnedRecord> = batch.iter().map(|record| record.to_owned_record()).collect();
-                        let durable = self.store_durably(records.clone()).await?;
+                        // The records come back from the blocking task: one copy of each payload, not two.
+                        let (durable, records) = self.store_durably(records).await?;
                         session.on_durable(durable)?;
                         self.status.durable_seq.store(durable, Ordering::Release);
                         self.apply
@@ -477,55 +478,61 @@ impl Aba {
     /// was appended is made durable and the rest waits for the apply thread's checkpoints to
     /// prune applied records (bounded by `STORE_WAIT_FOR_SPACE_MS`): a slow replica slows the
     /// sender down instead of failing the connection.
-    async fn store_durably(&self, records: Vec<OwnedRecord>) -> Result<u64, ReplicationError> {
+    async fn store_durably(
+        &self,
+        records: Vec<OwnedRecord>,
+    ) -> Result<(u64, Vec<OwnedRecord>), ReplicationError> {
         let store = self.store.clone();
         let status = self.status.clone();
         let apply = self.apply.clone();
-        tokio::task::spawn_blocking(move || -> Result<u64, ReplicationError> {
-            let deadline =
-                std::time::Instant::now() + Duration::from_millis(STORE_WAIT_FOR_SPACE_MS);
-            let mut next = 0;
-            loop {
-                let mut guard = store
-                    .lock()
-                    .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
-                let journal = guard
-                    .journal
-                    .as_mut()
-                    .ok_or_else(|| ReplicationError::Config("journal copy not open".into()))?;
-                while let Some(record) = records.get(next) {
-                    match journal.append_replicated(&record.as_record()) {
-                        Ok(_) => next += 1,
-                        Err(redoubt_journal::JournalError::JournalFull { .. }) => break,
-                        Err(error) => return Err(error.into()),
+        tokio::task::spawn_blocking(
+            move || -> Result<(u64, Vec<OwnedRecord>), ReplicationError> {
+                let deadline =
+                    std::time::Instant::now() + Duration::from_millis(STORE_WAIT_FOR_SPACE_MS);
+                let mut next = 0;
+                loop {
+                    let mut guard = store
+                        .lock()
+                        .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+                    let journal = guard
+                        .journal
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::Config("journal copy not open".into()))?;
+                    while let Some(record) = records.get(next) {
+                        match journal.append_replicated(&record.as_record()) {
+                            Ok(_) => next += 1,
+                            Err(redoubt_journal::JournalError::JournalFull { .. }) => break,
+                            Err(error) => return Err(error.into()),
+                        }
+                    }
+                    let durable = journal.sync()?;
+                    status
+                        .journal_bytes
+                        .store(journal.size_bytes(), Ordering::Relaxed);
+                    if next == records.len() {
+                        return Ok((durable, records));
+                    }
+                    drop(guard);
+                    if std::time::Instant::now() > deadline {
+                        return Err(ReplicationError::Config(format!(
+                            "the journal copy stayed full for {} s: the replica does not keep up",
+                            STORE_WAIT_FOR_SPACE_MS / 1000
+                        )));
+                    }
+                    // What is durable so far may be applied and pruned meanwhile.
+                    let _ = apply.send(ApplyMessage::Records(records[..next].to_vec()));
+                    let _ = apply.send(ApplyMessage::Checkpoint);
+                    let checkpoint = status.checkpoint_seq.load(Ordering::Acquire);
+                    let wait_until =
+                        std::time::Instant::now() + Duration::from_millis(STORE_RETRY_MS);
+                    while status.checkpoint_seq.load(Ordering::Acquire) == checkpoint
+                        && std::time::Instant::now() < wait_until
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                 }
-                let durable = journal.sync()?;
-                status
-                    .journal_bytes
-                    .store(journal.size_bytes(), Ordering::Relaxed);
-                if next == records.len() {
-                    return Ok(durable);
-                }
-                drop(guard);
-                if std::time::Instant::now() > deadline {
-                    return Err(ReplicationError::Config(format!(
-                        "the journal copy stayed full for {} s: the replica does not keep up",
-                        STORE_WAIT_FOR_SPACE_MS / 1000
-                    )));
-                }
-                // What is durable so far may be applied and pruned meanwhile.
-                let _ = apply.send(ApplyMessage::Records(records[..next].to_vec()));
-                let _ = apply.send(ApplyMessage::Checkpoint);
-                let checkpoint = status.checkpoint_seq.load(Ordering::Acquire);
-                let wait_until = std::time::Instant::now() + Duration::from_millis(STORE_RETRY_MS);
-                while status.checkpoint_seq.load(Ordering::Acquire) == checkpoint
-                    && std::time::Instant::now() < wait_until
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        })
+            },
+        )
         .await
         .map_err(|error| ReplicationError::Config(error.to_string()))?
     }
