@@ -11,6 +11,7 @@ packages=(
   iproute2          # ip netns, veth, tc netem for the multi-server test bed
   protobuf-compiler # protoc, for etcd-client
   iperf3            # loopback TCP baseline of bench/replication.sh
+  etcd-server       # etcd: HA console store, fencing tests (3 members on loopback)
 )
 
 missing=()
