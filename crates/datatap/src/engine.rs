@@ -147,6 +147,10 @@ pub enum Op {
     /// Starts a super transaction: every region of these LVs (all LVs when empty) is sent to
     /// the recovery servers again, in order with new writes (initialization steps 12 and 13).
     FullSync { lv_ids: Vec<u32> },
+    /// Checksum resync: these (lv_id, region of `DIRTY_REGION_BYTES`) regions are sent again,
+    /// as a super transaction, through the same path as a full sync (`redoubt resync
+    /// --checksum` marks the regions whose hashes differ on a replica).
+    ResyncRegions { regions: Vec<(u32, u64)> },
 }
 
 impl Op {
@@ -182,6 +186,9 @@ pub struct Watermarks {
     pub needs_resync: AtomicBool,
     /// Bytes of dirty regions still to resync after a journal overflow.
     pub resync_remaining_bytes: AtomicU64,
+    /// Bytes of the running super transaction (full, overflow or checksum resync): what
+    /// `resync_remaining_bytes` counts down from; 0 when none runs.
+    pub resync_total_bytes: AtomicU64,
     /// The LCA raises this as targets acknowledge; the journal is pruned only up to it.
     /// `u64::MAX` while the group has no send process.
     pub shipped_seq: AtomicU64,
@@ -204,6 +211,8 @@ struct Shared {
     journal: JournalLocation,
     sync_replication: bool,
     sync_target_timeout_ms: u64,
+    /// Online verify's copy-before-write hashing seam (`verify.rs`).
+    verify: Arc<crate::verify::VerifyHook>,
 }
 
 /// A handle on a group's engine; cheap to clone, one per connection.
@@ -318,6 +327,10 @@ impl Engine {
                 * crate::state::DIRTY_REGION_BYTES,
             Ordering::Relaxed,
         );
+        watermarks.resync_total_bytes.store(
+            watermarks.resync_remaining_bytes.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         watermarks.shipped_seq.store(u64::MAX, Ordering::Relaxed);
 
         let shared = Arc::new(Shared {
@@ -332,6 +345,17 @@ impl Engine {
             },
             sync_replication: config.sync_replication,
             sync_target_timeout_ms: config.sync_target_timeout_ms,
+            verify: Arc::new(crate::verify::VerifyHook::new(
+                journal.durable_seq(),
+                opened
+                    .iter()
+                    .map(|v| crate::verify::VerifyVolume {
+                        name: v.name.clone(),
+                        lv_id: v.lv_id,
+                        volume: v.volume.clone(),
+                    })
+                    .collect(),
+            )),
         });
         let (sender, receiver) = flume::bounded(QUEUE_DEPTH_MAX);
         let committer = Committer {
@@ -430,6 +454,11 @@ impl Engine {
             .values()
             .map(|volume| volume.size_bytes())
             .sum()
+    }
+
+    /// Online verify of this group's LVs (`verify.rs`).
+    pub fn verify_hook(&self) -> &Arc<crate::verify::VerifyHook> {
+        &self.shared.verify
     }
 
     pub fn volume(&self, lv_id: u32) -> Option<&Arc<dyn BlockVolume>> {
@@ -596,6 +625,8 @@ type Reply = oneshot::Sender<Result<u64, OpError>>;
 enum Waiter {
     /// Marks the LVs' regions for the resync once what came before is settled.
     FullSync(Vec<u32>),
+    /// Marks these regions for the resync once what came before is settled.
+    ResyncRegions(Vec<(u32, u64)>),
     /// A FUA write or a marker: answered with its seq once durable.
     Durable(u64),
     Flush,
@@ -622,7 +653,11 @@ fn op_range(op: &Op) -> Option<(u32, u64, u64)> {
             offset_bytes,
             length_bytes,
         } => Some((*lv_id, *offset_bytes, u64::from(*length_bytes))),
-        Op::Flush | Op::Marker { .. } | Op::Checkpoint | Op::FullSync { .. } => None,
+        Op::Flush
+        | Op::Marker { .. }
+        | Op::Checkpoint
+        | Op::FullSync { .. }
+        | Op::ResyncRegions { .. } => None,
     }
 }
 
@@ -736,6 +771,7 @@ impl<F: JournalFs> Committer<F> {
                     let waiter = match op {
                         Op::Checkpoint => Waiter::Checkpoint,
                         Op::FullSync { lv_ids } => Waiter::FullSync(lv_ids),
+                        Op::ResyncRegions { regions } => Waiter::ResyncRegions(regions),
                         _ => Waiter::Flush,
                     };
                     waiting.push((reply, waiter));
@@ -777,6 +813,13 @@ impl<F: JournalFs> Committer<F> {
                         Ok(()) => Ok(self.applied_seq),
                         Err(error) => {
                             self.fail(format!("start a full sync: {error}"));
+                            Err(self.stopped())
+                        }
+                    },
+                    Waiter::ResyncRegions(regions) => match self.mark_regions(&regions) {
+                        Ok(()) => Ok(self.applied_seq),
+                        Err(error) => {
+                            self.fail(format!("start a checksum resync: {error}"));
                             Err(self.stopped())
                         }
                     },
@@ -839,7 +882,9 @@ impl<F: JournalFs> Committer<F> {
                 length_bytes,
             } => Entry::trim(*lv_id, *offset_bytes, *length_bytes, timestamp_ns),
             Op::Marker { name } => Entry::marker(name, timestamp_ns),
-            Op::Flush | Op::Checkpoint | Op::FullSync { .. } => return Ok(Logged::Nothing),
+            Op::Flush | Op::Checkpoint | Op::FullSync { .. } | Op::ResyncRegions { .. } => {
+                return Ok(Logged::Nothing)
+            }
         };
         let payload_crc32c = match op {
             Op::Write { data, .. } => data.crc32c(),
@@ -922,6 +967,38 @@ impl<F: JournalFs> Committer<F> {
         Ok(())
     }
 
+    /// Checksum resync: the given regions (of existing LVs) become dirty.
+    fn mark_regions(&mut self, regions: &[(u32, u64)]) -> Result<(), DatatapError> {
+        for (lv_id, region) in regions {
+            let Some(volume) = self.volumes.get(lv_id) else {
+                continue;
+            };
+            if *region
+                >= volume
+                    .size_bytes()
+                    .div_ceil(crate::state::DIRTY_REGION_BYTES)
+            {
+                continue;
+            }
+            self.state
+                .dirty_regions
+                .entry(*lv_id)
+                .or_default()
+                .insert(*region);
+        }
+        if self.state.dirty_regions.is_empty() {
+            return Ok(());
+        }
+        self.state.needs_resync = true;
+        self.state.save(&self.fs, &self.group_dir)?;
+        self.shared
+            .watermarks
+            .needs_resync
+            .store(true, Ordering::Release);
+        self.publish_resync_remaining();
+        Ok(())
+    }
+
     fn publish_resync_remaining(&self) {
         let regions: u64 = self
             .state
@@ -929,10 +1006,23 @@ impl<F: JournalFs> Committer<F> {
             .values()
             .map(|set| set.len() as u64)
             .sum();
-        self.shared.watermarks.resync_remaining_bytes.store(
-            regions * crate::state::DIRTY_REGION_BYTES,
-            Ordering::Relaxed,
-        );
+        let remaining = regions * crate::state::DIRTY_REGION_BYTES;
+        let watermarks = &self.shared.watermarks;
+        let before = watermarks
+            .resync_remaining_bytes
+            .swap(remaining, Ordering::AcqRel);
+        // The total grows by what was added; a finished super transaction has none.
+        let total = watermarks.resync_total_bytes.load(Ordering::Acquire);
+        let total = if remaining == 0 {
+            0
+        } else {
+            total
+                .saturating_add(remaining.saturating_sub(before))
+                .max(remaining)
+        };
+        watermarks
+            .resync_total_bytes
+            .store(total, Ordering::Release);
     }
 
     fn resync_pass_or_fail(&mut self) {
@@ -1053,10 +1143,13 @@ impl<F: JournalFs> Committer<F> {
         while let Some((seq, op)) = self.unapplied.pop_front() {
             assert!(seq <= durable_seq, "only durable records reach the LVs");
             assert!(seq > self.applied_seq, "records reach the LVs in seq order");
-            self.apply_op(&op).map_err(|error| DatatapError::Failed {
-                group: self.shared.group.clone(),
-                reason: format!("apply seq {seq} to its volume: {error}"),
-            })?;
+            let verify = &self.shared.verify;
+            verify
+                .around_apply(Some(seq), op_range(&op), || self.apply_op(&op))
+                .map_err(|error| DatatapError::Failed {
+                    group: self.shared.group.clone(),
+                    reason: format!("apply seq {seq} to its volume: {error}"),
+                })?;
             self.applied_seq = seq;
             self.bytes_since_checkpoint += op.payload_bytes().max(1);
         }
@@ -1106,7 +1199,11 @@ impl<F: JournalFs> Committer<F> {
                 length_bytes,
                 ..
             } => volume.trim(*offset_bytes, u64::from(*length_bytes)),
-            Op::Flush | Op::Marker { .. } | Op::Checkpoint | Op::FullSync { .. } => Ok(()),
+            Op::Flush
+            | Op::Marker { .. }
+            | Op::Checkpoint
+            | Op::FullSync { .. }
+            | Op::ResyncRegions { .. } => Ok(()),
         }
     }
 
@@ -1119,15 +1216,18 @@ impl<F: JournalFs> Committer<F> {
             op,
             Op::Write { fua: true, .. } | Op::WriteZeroes { fua: true, .. }
         );
-        let result = self.apply_op(op).and_then(|()| {
-            if fua {
-                op_range(op)
-                    .and_then(|(lv_id, _, _)| self.volumes.get(&lv_id))
-                    .map_or(Ok(()), |volume| volume.sync())
-            } else {
-                Ok(())
-            }
-        });
+        let verify = &self.shared.verify;
+        let result = verify
+            .around_apply(None, op_range(op), || self.apply_op(op))
+            .and_then(|()| {
+                if fua {
+                    op_range(op)
+                        .and_then(|(lv_id, _, _)| self.volumes.get(&lv_id))
+                        .map_or(Ok(()), |volume| volume.sync())
+                } else {
+                    Ok(())
+                }
+            });
         match result {
             Ok(()) => {
                 self.overflow_unsynced = true;

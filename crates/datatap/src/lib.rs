@@ -18,6 +18,7 @@ pub mod listen;
 pub mod payload;
 pub mod server;
 pub mod state;
+pub mod verify;
 
 pub use block::{BlockVolume, FsVolume};
 pub use engine::{Engine, EngineConfig, JournalLocation, Op, OpError, OpenedVolume, Watermarks};
