@@ -22,6 +22,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/step", post(step))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(STEP_BODY_BYTES_MAX))
         .with_state(agent)
@@ -64,6 +65,11 @@ async fn step(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
     // must not cancel it halfway, and the one-step-at-a-time lock is held until it is done, so
     // the console's retry waits for it instead of colliding with it.
     let runner = agent.clone();
+    let (group, step_number, started) = (
+        request.group.clone(),
+        request.step,
+        std::time::Instant::now(),
+    );
     let outcome = match tokio::spawn(async move { steps::run(&runner, request).await }).await {
         Ok(outcome) => outcome,
         Err(error) => Err(steps::StepFailure {
@@ -71,15 +77,34 @@ async fn step(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
             message: format!("the step task ended abnormally: {error}"),
         }),
     };
+    agent.metrics.record_step(
+        &group,
+        step_number,
+        started.elapsed().as_secs_f64(),
+        outcome.is_ok(),
+    );
     match outcome {
         Ok(message) => Json(json!({"outcome": "done", "message": message})).into_response(),
         Err(failure) => error(failure.status, failure.message),
     }
 }
 
+/// `GET /metrics`: Prometheus/OpenMetrics text (`crate::metrics`).
+async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+    let text = crate::metrics::render(&steps::status_json(&agent), &agent.metrics);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint: use GET /v1/health, POST /v1/step or GET /v1/status",
+        "no such endpoint: use GET /v1/health, POST /v1/step, GET /v1/status or GET /metrics",
     )
 }

@@ -16,6 +16,7 @@
 pub mod client;
 mod datapath;
 mod http;
+pub mod metrics;
 pub mod persist;
 mod route;
 mod steps;
@@ -75,6 +76,8 @@ pub(crate) struct Agent {
     pub state_dir: PathBuf,
     /// Steps run one at a time (each may take the groups' containers' locks).
     pub steps: tokio::sync::Mutex<()>,
+    /// Step durations and outcomes for `GET /metrics`.
+    pub metrics: metrics::AgentMetrics,
     inner: Mutex<Inner>,
 }
 
@@ -182,6 +185,7 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
         name: config.name,
         state_dir: config.state_dir,
         steps: tokio::sync::Mutex::new(()),
+        metrics: metrics::AgentMetrics::new(),
         inner: Mutex::new(Inner {
             config: stored,
             state,

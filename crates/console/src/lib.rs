@@ -19,10 +19,12 @@
 
 pub mod agent;
 pub mod api;
+pub mod metrics;
 pub mod record;
 pub mod runner;
 pub mod status;
 pub mod store;
+pub mod web;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -183,7 +185,9 @@ impl Console {
         if resumed > 0 {
             tracing::info!(resumed, "resumed running initializations");
         }
-        let app = api::router(Arc::clone(&self.shared));
+        let web = web::Web::new(Arc::clone(&self.shared));
+        web.start_sampler();
+        let app = web::wrap(api::router(Arc::clone(&self.shared)), web);
         let shared = Arc::clone(&self.shared);
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
