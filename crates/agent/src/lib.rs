@@ -13,6 +13,7 @@
 //! The CLI calls [`bind`] (and prints the bound address), then [`BoundAgent::serve`]; or
 //! [`run`] for both. Steps run one at a time; status reads never wait for a step.
 
+mod attach;
 pub mod client;
 mod datapath;
 mod http;
@@ -76,6 +77,8 @@ pub(crate) struct Agent {
     pub state_dir: PathBuf,
     /// Steps run one at a time (each may take the groups' containers' locks).
     pub steps: tokio::sync::Mutex<()>,
+    /// Block devices made of this server's exports (`redoubt attach`).
+    pub host: attach::SharedHost,
     /// Step durations and outcomes for `GET /metrics`.
     pub metrics: metrics::AgentMetrics,
     inner: Mutex<Inner>,
@@ -174,6 +177,7 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
     })?;
     let stored = persist::load_current(&config.state_dir)?;
     let state = persist::load_state(&config.state_dir)?;
+    let host = attach::open(&config.state_dir)?;
     let listener =
         TcpListener::bind(&config.listen)
             .await
@@ -185,6 +189,7 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
         name: config.name,
         state_dir: config.state_dir,
         steps: tokio::sync::Mutex::new(()),
+        host,
         metrics: metrics::AgentMetrics::new(),
         inner: Mutex::new(Inner {
             config: stored,
@@ -193,6 +198,7 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
         }),
     });
     agent.restore().await;
+    attach::restore(&agent).await;
     Ok(BoundAgent { agent, listener })
 }
 

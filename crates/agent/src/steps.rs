@@ -265,7 +265,32 @@ impl Context<'_> {
     }
 
     async fn stop(&self) -> Result<bool, (StatusCode, String)> {
+        // Block devices of LVs the change removes go before their exports do.
+        self.detach_removed().await?;
         stop_path(self.agent, self.group()).await.map_err(failed)
+    }
+
+    /// Detaches the block devices (`redoubt attach`) of the LVs the new configuration removes
+    /// from this group (all of them when the group is deleted); a device in use fails the step.
+    async fn detach_removed(&self) -> Result<Vec<String>, (StatusCode, String)> {
+        let removed = self.new.group(self.group()).map(|group| {
+            self.old
+                .and_then(|old| old.group(self.group()))
+                .map(|old| {
+                    old.volumes
+                        .iter()
+                        .filter(|volume| group.volume(&volume.name).is_none())
+                        .map(|volume| volume.name.clone())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        });
+        if removed.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        crate::attach::detach_group(self.agent, self.group(), removed)
+            .await
+            .map_err(refused)
     }
 
     async fn delete_internal_state(&self) -> Outcome {
@@ -683,6 +708,18 @@ impl Context<'_> {
     }
 
     async fn unload_removed(&self) -> Outcome {
+        let detached = self.detach_removed().await?;
+        let detached_note = if detached.is_empty() {
+            String::new()
+        } else {
+            format!("detached {}; ", detached.join(", "))
+        };
+        self.unload_removed_exports()
+            .await
+            .map(|message| format!("{detached_note}{message}"))
+    }
+
+    async fn unload_removed_exports(&self) -> Outcome {
         let Some(spec) = self.spec_new()? else {
             let stopped = self.stop().await?;
             update_state(self.agent, |state| {
@@ -1243,6 +1280,10 @@ pub fn status_json(agent: &Agent) -> Value {
         fields.insert(
             "full_sync_requested".into(),
             json!(record.full_sync_requested),
+        );
+        fields.insert(
+            "attachments".into(),
+            Value::Array(crate::attach::attachments_json(agent, Some(&name))),
         );
         groups.push(Value::Object(fields));
     }

@@ -17,6 +17,7 @@
 //!
 //! The decision of what runs next is the pure [`record::next`].
 
+mod attach;
 pub mod agent;
 pub mod api;
 pub mod metrics;

@@ -45,6 +45,17 @@ pub enum Command {
     /// A local lab: a console and three agents (prod-a, dr-b, dr-c) on loopback.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Give applications a block device of an LV, /dev/redoubt/GROUP/LV, on the server that
+    /// serves it (the production server; with --snapshot, the recovery server, read-only).
+    Attach(AttachArgs),
+    /// Remove the block device `attach` made (refused while it is mounted or in use).
+    Detach(AttachArgs),
+    /// Write the manual pages (man1) into a directory.
+    #[command(hide = true)]
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -219,4 +230,21 @@ pub enum ConfigCommand {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AttachArgs {
+    pub group: String,
+    /// The LV's name.
+    #[arg(value_name = "LV")]
+    pub volume: String,
+    /// A snapshot of the LV (`redoubt snapshot create`) instead of the LV: attached read-only
+    /// on the recovery server that holds it.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// With --snapshot: the recovery server that holds it (default: the one that has it).
+    #[arg(long)]
+    pub server: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }

@@ -77,6 +77,14 @@ impl ConsoleClient {
         self.send(request, path).await
     }
 
+    pub async fn delete(&self, path: &str) -> Result<Value, Failure> {
+        let request = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        self.send(request, path).await
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder, path: &str) -> Result<Value, Failure> {
         let response = request.send().await.map_err(|error| {
             Failure::new(

@@ -2,6 +2,7 @@
 //! nothing here decides anything a library could.
 
 mod apply_cmd;
+mod attach_cmd;
 mod cli;
 mod client;
 mod config_cmd;
@@ -9,6 +10,7 @@ mod daemon_cmd;
 mod datatap_cmd;
 mod exit;
 mod lab;
+mod man_cmd;
 mod progress;
 mod remote_cmd;
 mod status_file;
@@ -52,5 +54,8 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Lab(command) => lab::run(command),
         Command::Datatap(args) => datatap_cmd::run(args),
         Command::Apply(args) => apply_cmd::run(args),
+        Command::Attach(args) => attach_cmd::attach(args, cli.console, cli.token_file),
+        Command::Detach(args) => attach_cmd::detach(args, cli.console, cli.token_file),
+        Command::Man { out } => man_cmd::run(&out),
     }
 }
