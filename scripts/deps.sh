@@ -12,7 +12,18 @@ packages=(
   protobuf-compiler # protoc, for etcd-client
   iperf3            # loopback TCP baseline of bench/replication.sh
   etcd-server       # etcd: HA console store, fencing tests (3 members on loopback)
+  nbd-client        # the kernel NBD client (netlink) behind `redoubt attach` where the nbd module exists
+  e2fsprogs         # mkfs.ext4 for the file system tests
+  dpkg-dev          # dpkg-deb, dpkg --root: the package test
+  systemd           # systemd-analyze verify of the units in the package test
 )
+
+# cargo-deb builds the .deb (packaging/build-deb.sh, crates/redoubt/tests/package.rs); pinned.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
+  echo "deps: installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
+fi
 
 missing=()
 for package in "${packages[@]}"; do
