@@ -11,6 +11,9 @@ packages=(
   iproute2          # ip netns, veth, tc netem for the multi-server test bed
   protobuf-compiler # protoc, for etcd-client
   iperf3            # loopback TCP baseline of bench/replication.sh
+  chromium          # the web console's browser tests (Playwright drives it)
+  libxml2-utils     # xmllint: the XML status document against docs/status.xsd
+  python3-prometheus-client # a real Prometheus/OpenMetrics parser for /metrics
   etcd-server       # etcd: HA console store, fencing tests (3 members on loopback)
   nbd-client        # the kernel NBD client (netlink) behind `redoubt attach` where the nbd module exists
   e2fsprogs         # mkfs.ext4 for the file system tests
@@ -26,13 +29,29 @@ if ! cargo deb --version 2>/dev/null | grep -qF "$CARGO_DEB_VERSION"; then
 fi
 
 missing=()
+# Node.js runs the browser tests (tests/browser); the image may bring its own node.
+if ! command -v node >/dev/null 2>&1; then
+  packages+=(nodejs npm)
+fi
+
 for package in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$package")
   fi
 done
 
+# The browser tests' npm packages (playwright-core, pinned by package-lock.json).
+browser_deps() {
+  local dir
+  dir="$(dirname "$0")/../tests/browser"
+  if [ -f "$dir/package-lock.json" ] && [ ! -d "$dir/node_modules/playwright-core" ]; then
+    echo "deps: npm ci in tests/browser"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
+
 if [ ${#missing[@]} -eq 0 ]; then
+  browser_deps
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -43,3 +62,4 @@ echo "deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+browser_deps

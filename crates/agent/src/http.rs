@@ -91,16 +91,13 @@ async fn step(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
 }
 
 /// `GET /metrics`: Prometheus/OpenMetrics text (`crate::metrics`).
-async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+async fn metrics(State(agent): State<Arc<Agent>>, headers: axum::http::HeaderMap) -> Response {
     let text = crate::metrics::render(&steps::status_json(&agent), &agent.metrics);
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let (content_type, body) = crate::metrics::negotiate(text, accept);
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn not_found() -> Response {

@@ -15,6 +15,10 @@ use serde_json::Value;
 use std::sync::atomic::AtomicU64;
 
 type Labels = Vec<(String, String)>;
+
+/// The OpenMetrics content type (what Prometheus asks for first).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Bucket bounds of the step-duration histogram, in seconds (10 ms .. ~82 min).
@@ -232,6 +236,54 @@ pub fn render(status: &Value, kept: &AgentMetrics) -> String {
     out
 }
 
+/// The content type of the classic Prometheus text format (what a scraper gets unless it asks
+/// for OpenMetrics).
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The body and content type for a scraper's `Accept` header.
+pub fn negotiate(openmetrics: String, accept: Option<&str>) -> (&'static str, String) {
+    if wants_openmetrics(accept) {
+        (OPENMETRICS_CONTENT_TYPE, openmetrics)
+    } else {
+        (
+            PROMETHEUS_TEXT_CONTENT_TYPE,
+            to_prometheus_text(&openmetrics),
+        )
+    }
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (Prometheus does when it can).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+/// Pure: the OpenMetrics text prometheus-client writes → the classic Prometheus text format
+/// (version 0.0.4): a counter's family is named with its `_total` suffix, and the `# EOF` and
+/// `# UNIT` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +318,19 @@ mod tests {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_classic_text_format_names_counters_with_total_and_has_no_eof() {
+        let openmetrics = "# HELP x_bytes Bytes.\n# TYPE x_bytes counter\nx_bytes_total{a=\"b\"} 4\n# HELP g A gauge.\n# TYPE g gauge\ng 1.0\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(openmetrics),
+            "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total{a=\"b\"} 4\n# HELP g A gauge.\n# TYPE g gauge\ng 1.0\n"
+        );
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(None));
     }
 }

@@ -188,7 +188,7 @@
       pending = setTimeout(() => {
         pending = null;
         refreshInto(windowContainer, windowContainer.dataset.refresh).catch(() => {});
-      }, 100);
+      }, 300);
     };
     const describe = (event) => {
       let row = '';
@@ -198,6 +198,48 @@
         return 'step ' + event.step + row + ': ' + event.state + (event.error ? ' — ' + event.error : '');
       }
       return 'initialization ' + (event.version !== undefined ? 'to version ' + event.version + ' ' : '') + event.state + (event.error ? ' — ' + event.error : '');
+    };
+    const MARKS = { done: '\u2713', running: '\u25b6', failed: '\u2717', pending: '\u00b7' };
+    const setState = (element, state) => {
+      element.classList.remove('done', 'running', 'failed', 'pending');
+      element.classList.add(state);
+      element.dataset.state = state;
+      const mark = element.querySelector(':scope > .mark');
+      if (mark) { mark.textContent = MARKS[state] || MARKS.pending; }
+    };
+    // Applies one row event to the step list at once (the checkmark appears as the row ends);
+    // the server-rendered refresh that follows confirms it.
+    const apply = (event) => {
+      const step = windowContainer.querySelector('li.step[data-step="' + event.step + '"]');
+      if (!step) { return; }
+      const rows = Array.from(step.querySelectorAll('li.row'));
+      let row = null;
+      if (event.row && event.row.server) { row = rows.find((r) => r.dataset.server === event.row.server); }
+      if (event.row && event.row.volume) { row = rows.find((r) => r.dataset.volume === event.row.volume); }
+      if (row) { setState(row, event.state); }
+      const states = rows.length ? rows.map((r) => r.dataset.state) : [event.state];
+      let state = 'pending';
+      if (states.includes('failed')) { state = 'failed'; }
+      else if (states.every((s) => s === 'done')) { state = 'done'; }
+      else if (states.some((s) => s === 'running' || s === 'done')) { state = 'running'; }
+      setState(step, state);
+      // The progress section follows the rows.
+      let done = 0;
+      let total = 0;
+      windowContainer.querySelectorAll('li.step').forEach((li) => {
+        const stepRows = li.querySelectorAll('li.row');
+        if (stepRows.length) {
+          total += stepRows.length;
+          stepRows.forEach((r) => { if (r.dataset.state === 'done') { done += 1; } });
+        } else {
+          total += 1;
+          if (li.dataset.state === 'done') { done += 1; }
+        }
+      });
+      const bar = windowContainer.querySelector('section.progress progress');
+      const text = windowContainer.querySelector('[data-testid="progress-text"]');
+      if (bar && total) { bar.value = Math.round((done * 100) / total); }
+      if (text) { text.textContent = done + ' of ' + total + ' rows done · running'; }
     };
     const follow = () => {
       if (source) { source.close(); }
@@ -210,6 +252,7 @@
         item.className = event.state || '';
         log.prepend(item);
         while (log.children.length > 200) { log.removeChild(log.lastChild); }
+        if (event.step !== undefined) { apply(event); }
         refresh();
         if (event.step === undefined) {
           // The final event (done, failed) or "idle": the stream ends; do not reconnect.

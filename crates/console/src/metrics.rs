@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -25,7 +25,8 @@ type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The OpenMetrics content type Prometheus negotiates for this text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Default)]
 struct Families {
@@ -193,7 +194,7 @@ pub fn render(status: &Value, inits: &[InitRecord]) -> String {
 }
 
 /// `GET /metrics` (behind the API's token check).
-pub async fn handler(State(shared): State<Arc<Shared>>) -> Response {
+pub async fn handler(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let status = match crate::web::status_document(&shared).await {
         Ok((_, status)) => status,
         Err(error) => return (StatusCode::INTERNAL_SERVER_ERROR, error).into_response(),
@@ -204,11 +205,59 @@ pub async fn handler(State(shared): State<Arc<Shared>>) -> Response {
             return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response()
         }
     };
-    (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        render(&status, &inits),
-    )
-        .into_response()
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let (content_type, body) = negotiate(render(&status, &inits), accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// The content type of the classic Prometheus text format (what a scraper gets unless it asks
+/// for OpenMetrics).
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The body and content type for a scraper's `Accept` header.
+pub fn negotiate(openmetrics: String, accept: Option<&str>) -> (&'static str, String) {
+    if wants_openmetrics(accept) {
+        (OPENMETRICS_CONTENT_TYPE, openmetrics)
+    } else {
+        (
+            PROMETHEUS_TEXT_CONTENT_TYPE,
+            to_prometheus_text(&openmetrics),
+        )
+    }
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (Prometheus does when it can).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| accept.contains("application/openmetrics-text"))
+}
+
+/// Pure: the OpenMetrics text prometheus-client writes → the classic Prometheus text format
+/// (version 0.0.4): a counter's family is named with its `_total` suffix, and the `# EOF` and
+/// `# UNIT` lines go.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -242,5 +291,19 @@ mod tests {
             !text.contains("redoubt_target_journal_usage_percent{"),
             "null fields are left out:\n{text}"
         );
+    }
+
+    #[test]
+    fn the_classic_text_format_names_counters_with_total_and_has_no_eof() {
+        let openmetrics = "# HELP x_bytes Bytes.\n# TYPE x_bytes counter\nx_bytes_total{a=\"b\"} 4\n# HELP g A gauge.\n# TYPE g gauge\ng 1.0\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(openmetrics),
+            "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total{a=\"b\"} 4\n# HELP g A gauge.\n# TYPE g gauge\ng 1.0\n"
+        );
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(!wants_openmetrics(None));
     }
 }

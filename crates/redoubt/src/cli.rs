@@ -35,8 +35,26 @@ pub enum Command {
     /// State of groups, servers, LVs and exports (from the console).
     Status {
         group: Option<String>,
+        /// text for people, json for scripts, xml: the product's status document
+        /// (docs/status.xsd).
+        #[arg(long, value_enum, default_value = "text")]
+        format: StatusFormat,
+    },
+    /// Long operations of the recovery API (rollback, failover, failback, verify): the list,
+    /// one of them, or --watch ID to follow it with a progress bar.
+    Operations {
+        /// An operation id (`op-N`); without it, every operation, newest first.
+        id: Option<String>,
+        /// Follow the operation with a progress bar until it is done or failed.
+        #[arg(long, requires = "id")]
+        watch: bool,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+    },
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// The per-server daemon: containers, LVs, data path, initialization steps.
     Agent(AgentArgs),
@@ -173,6 +191,14 @@ pub struct ApplyArgs {
 pub enum Format {
     Text,
     Json,
+}
+
+/// `redoubt status` also speaks the product's XML status document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
+    Xml,
 }
 
 #[derive(Subcommand, Debug)]

@@ -5,6 +5,7 @@ mod apply_cmd;
 mod attach_cmd;
 mod cli;
 mod client;
+mod completion_cmd;
 mod config_cmd;
 mod daemon_cmd;
 mod datatap_cmd;
@@ -14,6 +15,7 @@ mod man_cmd;
 mod progress;
 mod remote_cmd;
 mod status_file;
+mod status_xml;
 
 use std::process::ExitCode;
 
@@ -47,11 +49,24 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Config(command) => config_cmd::run(command, cli.console, cli.token_file),
         Command::Status { group, format } => {
             let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
-            remote_cmd::runtime()?.block_on(remote_cmd::status(&client, group.as_deref(), format))
+            remote_cmd::runtime()?.block_on(status_xml::status(&client, group.as_deref(), format))
         }
         Command::Agent(args) => daemon_cmd::agent(args),
         Command::Console(args) => daemon_cmd::console(args),
         Command::Lab(command) => lab::run(command),
+        Command::Operations { id, watch, format } => {
+            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
+            remote_cmd::runtime()?.block_on(progress::operations_cmd(
+                &client,
+                id.as_deref(),
+                watch,
+                format,
+            ))
+        }
+        Command::Completion { shell } => {
+            completion_cmd::run(shell);
+            Ok(())
+        }
         Command::Datatap(args) => datatap_cmd::run(args),
         Command::Apply(args) => apply_cmd::run(args),
         Command::Attach(args) => attach_cmd::attach(args, cli.console, cli.token_file),

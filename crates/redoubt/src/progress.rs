@@ -1,9 +1,19 @@
-//! The initialization progress display: the step list with a mark per step and row, redrawn in
-//! place on a terminal, one line per change otherwise (logs, pipes).
+//! Progress displays. The initialization's step list with a mark per step and row, redrawn in
+//! place on a terminal, one line per change otherwise (logs, pipes); and [`operation`], the bar
+//! of any long operation of the recovery API (rollback, failover, failback, verify, resync):
+//! it polls `GET /v1/operations/{id}` (`docs/recovery-api.md`) and draws an indicatif bar on
+//! a terminal, a line per change otherwise.
 
 use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::client::ConsoleClient;
+use crate::exit::{ExitCodeKind, Failure};
+
+/// How often [`operation`] polls the operation's state.
+pub const OPERATION_POLL_MS: u64 = 250;
 
 pub struct Progress {
     terminal: bool,
@@ -115,5 +125,169 @@ impl Progress {
         }
         let _ = stdout.flush();
         self.last = text;
+    }
+}
+
+/// Where an operation stands, from its `GET /v1/operations/{id}` document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperationView {
+    pub state: String,
+    /// 0..=100.
+    pub pct: u64,
+    pub line: String,
+}
+
+/// Pure: what to show of an operation document.
+pub fn operation_view(document: &Value) -> OperationView {
+    let state = document["state"].as_str().unwrap_or("running").to_string();
+    let pct = match document["pct"].as_f64().filter(|pct| pct.is_finite()) {
+        Some(pct) => pct.clamp(0.0, 100.0).round() as u64,
+        None if state == "done" => 100,
+        None => 0,
+    };
+    let mut line = format!(
+        "{} {}",
+        document["kind"].as_str().unwrap_or("operation"),
+        document["id"].as_str().unwrap_or("")
+    );
+    if let Some(message) = document["message"].as_str().filter(|m| !m.is_empty()) {
+        line.push_str(": ");
+        line.push_str(message);
+    }
+    if state == "failed" {
+        line.push_str(" — failed: ");
+        line.push_str(document["error"].as_str().unwrap_or("no reason given"));
+    }
+    OperationView { state, pct, line }
+}
+
+/// Follows operation `id` until it is done or failed, with a progress bar; returns its final
+/// document (`result` holds the outcome). A failed operation is an error (exit 1) carrying the
+/// operation's error. Ctrl-C detaches: the operation goes on, and the document returned is
+/// still `running`.
+pub async fn operation(client: &ConsoleClient, id: &str) -> Result<Value, Failure> {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = if terminal {
+        let bar = indicatif::ProgressBar::new(100);
+        let style = indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:40}] {pos:>3}% {elapsed_precise} {msg}",
+        )
+        .map(|style| style.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Some(bar)
+    } else {
+        None
+    };
+    let mut last_line = String::new();
+    loop {
+        let document = client.get(&format!("/v1/operations/{id}")).await?;
+        let view = operation_view(&document);
+        match &bar {
+            Some(bar) => {
+                bar.set_position(view.pct);
+                bar.set_message(view.line.clone());
+            }
+            None => {
+                let line = format!("{:>3}% {}", view.pct, view.line);
+                if line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+            }
+        }
+        match view.state.as_str() {
+            "done" => {
+                if let Some(bar) = &bar {
+                    bar.finish_with_message(view.line);
+                }
+                return Ok(document);
+            }
+            "failed" => {
+                if let Some(bar) = &bar {
+                    bar.abandon_with_message(view.line.clone());
+                }
+                return Err(Failure::new(ExitCodeKind::Failed, view.line));
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(OPERATION_POLL_MS)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                eprintln!("Detached: operation {id} goes on; follow it with GET /v1/operations/{id}.");
+                return Ok(document);
+            }
+        }
+    }
+}
+
+/// `redoubt operations [ID] [--watch] [--format json]`.
+pub async fn operations_cmd(
+    client: &ConsoleClient,
+    id: Option<&str>,
+    watch: bool,
+    format: crate::cli::Format,
+) -> Result<(), Failure> {
+    let document = match (id, watch) {
+        (Some(id), true) => operation(client, id).await?,
+        (Some(id), false) => client.get(&format!("/v1/operations/{id}")).await?,
+        (None, _) => client.get("/v1/operations").await?,
+    };
+    match format {
+        crate::cli::Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&document).unwrap_or_default()
+        ),
+        crate::cli::Format::Text => {
+            let list = match document.as_array() {
+                Some(list) => list.clone(),
+                None => document["operations"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_else(|| vec![document.clone()]),
+            };
+            for entry in &list {
+                let view = operation_view(entry);
+                println!(
+                    "{:<8} {:>3}%  {:<8} {}",
+                    view.state,
+                    view.pct,
+                    entry["group"].as_str().unwrap_or("-"),
+                    view.line
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_operation_document_becomes_a_bar_position_and_a_line() {
+        let running = operation_view(
+            &json!({"id": "op-3", "kind": "rollback", "state": "running",
+            "pct": 41.6, "message": "undoing seq 812..400"}),
+        );
+        assert_eq!(running.pct, 42);
+        assert_eq!(running.line, "rollback op-3: undoing seq 812..400");
+        let failed = operation_view(&json!({"id": "op-4", "kind": "verify", "state": "failed",
+            "pct": 10, "error": "dr-b unreachable"}));
+        assert_eq!(failed.state, "failed");
+        assert!(
+            failed.line.ends_with("failed: dr-b unreachable"),
+            "{}",
+            failed.line
+        );
+        let done = operation_view(&json!({"id": "op-5", "kind": "failback", "state": "done"}));
+        assert_eq!(done.pct, 100, "done without pct is complete");
+        assert_eq!(operation_view(&json!({"pct": 250})).pct, 100, "clamped");
     }
 }

@@ -339,9 +339,14 @@ pub fn steps(init: &Value) -> String {
             out.push_str("<ul class=\"rows\">");
             for row in &rows {
                 let row_state = row["state"].as_str().unwrap_or("pending");
+                let key = match (row["server"].as_str(), row["volume"].as_str()) {
+                    (Some(server), _) => format!(" data-server=\"{}\"", escape(server)),
+                    (None, Some(volume)) => format!(" data-volume=\"{}\"", escape(volume)),
+                    _ => String::new(),
+                };
                 let _ = write!(
                     out,
-                    "<li class=\"row {s}\" data-state=\"{s}\"><span class=\"mark\">{m}</span> {label}",
+                    "<li class=\"row {s}\" data-state=\"{s}\"{key}><span class=\"mark\">{m}</span> {label}",
                     s = escape(row_state),
                     m = mark(row_state),
                     label = row_label(row),

@@ -1,0 +1,17 @@
+//! `redoubt completion bash|zsh|fish|elvish|powershell`: the shell completion script of the
+//! whole command line (clap_complete), on stdout.
+//!
+//! ```text
+//! redoubt completion bash > /etc/bash_completion.d/redoubt
+//! redoubt completion zsh  > "${fpath[1]}/_redoubt"
+//! redoubt completion fish > ~/.config/fish/completions/redoubt.fish
+//! ```
+
+use clap::CommandFactory;
+
+use crate::cli::Cli;
+
+pub fn run(shell: clap_complete::Shell) {
+    let mut command = Cli::command();
+    clap_complete::generate(shell, &mut command, "redoubt", &mut std::io::stdout());
+}
