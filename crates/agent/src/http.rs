@@ -92,7 +92,9 @@ async fn step(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {
 
 /// `GET /metrics`: Prometheus/OpenMetrics text (`crate::metrics`).
 async fn metrics(State(agent): State<Arc<Agent>>, headers: axum::http::HeaderMap) -> Response {
-    let text = crate::metrics::render(&steps::status_json(&agent), &agent.metrics);
+    // The same document as `GET /v1/status` (with what that route adds, e.g. TLS refusals).
+    let Json(document) = status(State(agent.clone())).await;
+    let text = crate::metrics::render(&document, &agent.metrics);
     let accept = headers
         .get(axum::http::header::ACCEPT)
         .and_then(|value| value.to_str().ok());

@@ -132,6 +132,12 @@ pub fn render(status: &Value, kept: &AgentMetrics) -> String {
         &labels(&[("server", server)]),
         &status["config_version"],
     );
+    families.count(
+        "redoubt_tls_refusals",
+        "Peers refused by mutual TLS since the agent started (failed handshakes, names not allowed)",
+        &labels(&[("server", server)]),
+        &status["tls_refusals"],
+    );
     for group in status["groups"].as_array().into_iter().flatten() {
         let name = group["name"].as_str().unwrap_or("");
         let role = group["role"].as_str().unwrap_or("none");
@@ -294,7 +300,7 @@ mod tests {
         let kept = AgentMetrics::new();
         kept.record_step("erp", 11, 0.25, true);
         kept.record_step("erp", 11, 0.5, false);
-        let status = json!({"server": "prod-a", "config_version": 3, "groups": [
+        let status = json!({"server": "prod-a", "config_version": 3, "tls_refusals": 2, "groups": [
             {"name": "erp", "role": "production", "data_path": "loaded", "journal_seq": 812,
              "journal_usage_pct": 12.5, "needs_resync": false,
              "targets": [{"server": "dr-b", "connected": true, "status_code": 30,
@@ -307,6 +313,7 @@ mod tests {
         let text = render(&status, &kept);
         for expected in [
             "redoubt_agent_config_version{server=\"prod-a\"} 3.0",
+            "redoubt_tls_refusals_total{server=\"prod-a\"} 2",
             "redoubt_journal_seq{group=\"erp\",role=\"production\"} 812.0",
             "redoubt_target_backlog_bytes{group=\"erp\",target=\"dr-b\"} 1024.0",
             "redoubt_target_speed_megabytes_per_second{group=\"erp\",target=\"dr-b\"} 85.5",

@@ -80,18 +80,27 @@ impl History {
 /// Plot size in SVG user units.
 const PLOT_WIDTH: f64 = 360.0;
 const PLOT_HEIGHT: f64 = 90.0;
-/// The plots always span one hour, ending now.
+/// The plots span at most one hour, ending now ...
 const PLOT_SPAN_MS: u64 = 3_600_000;
+/// ... and at least one minute.
+const PLOT_SPAN_MIN_MS: u64 = 60_000;
 
 /// An SVG line plot of `values` (time, value) over the hour ending at `now_unix_ms`, with the
 /// latest value and the peak in its title. `unit` labels the axis.
 pub fn svg_plot(title: &str, unit: &str, now_unix_ms: u64, values: &[(u64, f64)]) -> String {
     let peak = values.iter().map(|(_, v)| *v).fold(0.0, f64::max);
     let top = if peak > 0.0 { peak * 1.1 } else { 1.0 };
-    let start = now_unix_ms.saturating_sub(PLOT_SPAN_MS);
+    // The hour ending now, or less while the console has not sampled for an hour yet (at
+    // least a minute, so a fresh console's first samples are readable).
+    let span_ms = values
+        .first()
+        .map_or(PLOT_SPAN_MS, |(first, _)| {
+            now_unix_ms.saturating_sub(*first)
+        })
+        .clamp(PLOT_SPAN_MIN_MS, PLOT_SPAN_MS);
+    let start = now_unix_ms.saturating_sub(span_ms);
     let point = |(time, value): (u64, f64)| {
-        let x = (time.saturating_sub(start).min(PLOT_SPAN_MS) as f64 / PLOT_SPAN_MS as f64)
-            * PLOT_WIDTH;
+        let x = (time.saturating_sub(start).min(span_ms) as f64 / span_ms as f64) * PLOT_WIDTH;
         let y = PLOT_HEIGHT - (value / top).clamp(0.0, 1.0) * PLOT_HEIGHT;
         format!("{x:.1},{y:.1}")
     };
@@ -132,11 +141,12 @@ pub fn svg_plot(title: &str, unit: &str, now_unix_ms: u64, values: &[(u64, f64)]
     let _ = write!(
         svg,
         "<text x=\"4\" y=\"12\" class=\"plot-label\">{:.1} {}</text>\
-         <text x=\"4\" y=\"{}\" class=\"plot-label\">-60 min</text>\
+         <text x=\"4\" y=\"{}\" class=\"plot-label\">-{} min</text>\
          <text x=\"{}\" y=\"{}\" class=\"plot-label\" text-anchor=\"end\">now</text></svg>",
         top,
         super::pages::escape(unit),
         PLOT_HEIGHT - 3.0,
+        span_ms.div_ceil(60_000),
         PLOT_WIDTH - 4.0,
         PLOT_HEIGHT - 3.0
     );
@@ -204,7 +214,12 @@ mod tests {
             "{svg}"
         );
         assert!(svg.contains("25.0 MB/s now, peak 50.0 MB/s"), "{svg}");
+        assert!(svg.contains(">-60 min<"), "{svg}");
         let empty = svg_plot("backlog", "MiB", now, &[]);
         assert!(!empty.contains("polyline"), "{empty}");
+        // A console that sampled for 5 minutes plots those 5 minutes across the width.
+        let young = svg_plot("speed", "MB/s", now, &[(now - 300_000, 1.0), (now, 1.0)]);
+        assert!(young.contains("points=\"0.0,8.2 360.0,8.2\""), "{young}");
+        assert!(young.contains(">-5 min<"), "{young}");
     }
 }
