@@ -298,8 +298,10 @@ impl DataPath {
                         self.spec.capacities.log_record_file_bytes
                     )),
                 );
-                let total_bytes: u64 = production.engine.volumes_bytes();
+                // Of the running super transaction (full, overflow or checksum resync).
+                let total_bytes = watermarks.resync_total_bytes.load(Ordering::Acquire);
                 let remaining = watermarks.resync_remaining_bytes.load(Ordering::Acquire);
+                fields.insert("resync_remaining_bytes".into(), json!(remaining));
                 let super_transaction_pct = if total_bytes == 0 {
                     100.0
                 } else {

@@ -22,6 +22,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/status", get(status))
         .route("/v1/step", post(step))
+        .merge(crate::verify_routes::routes())
         .merge(crate::attach::routes())
         .route("/metrics", get(metrics))
         .fallback(not_found)

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod persist;
 mod route;
 mod steps;
+mod verify_routes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

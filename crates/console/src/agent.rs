@@ -62,7 +62,28 @@ pub trait AgentClient: Send + Sync + 'static {
     ) -> AgentFuture<'a, StepResponse>;
     /// The agent's `GET /v1/status` document, as it is.
     fn status<'a>(&'a self, address: &'a str) -> AgentFuture<'a, serde_json::Value>;
+    /// Any JSON route of the agent of `server` (`method` GET, POST or DELETE; `path` from
+    /// `/v1/`): the answer's body, or the agent's error (verify, resync, recovery routes).
+    fn call<'a>(
+        &'a self,
+        server: &'a str,
+        address: &'a str,
+        method: &'a str,
+        path: &'a str,
+        body: Option<&'a serde_json::Value>,
+    ) -> AgentFuture<'a, serde_json::Value> {
+        let _ = (server, method, path, body);
+        Box::pin(async move {
+            Err(AgentError::Protocol {
+                address: address.to_string(),
+                message: "this agent client has no generic calls".into(),
+            })
+        })
+    }
 }
+
+/// Longest a generic agent call ([`AgentClient::call`]) may take.
+pub const CALL_TIMEOUT_MS: u64 = 60_000;
 
 /// Plain HTTP/1.1 to `http://{address}` (mutual TLS comes with the security issue).
 pub struct HttpAgentClient {
@@ -119,6 +140,34 @@ fn unreachable(address: &str) -> impl FnOnce(reqwest::Error) -> AgentError + '_ 
 }
 
 impl AgentClient for HttpAgentClient {
+    fn call<'a>(
+        &'a self,
+        server: &'a str,
+        address: &'a str,
+        method: &'a str,
+        path: &'a str,
+        body: Option<&'a serde_json::Value>,
+    ) -> AgentFuture<'a, serde_json::Value> {
+        let _ = server;
+        Box::pin(async move {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|error| {
+                AgentError::Protocol {
+                    address: address.to_string(),
+                    message: format!("bad method {method}: {error}"),
+                }
+            })?;
+            let mut request = self
+                .client
+                .request(method, format!("http://{address}{path}"))
+                .timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let response = request.send().await.map_err(unreachable(address))?;
+            read_json(address, response).await
+        })
+    }
+
     fn step<'a>(
         &'a self,
         address: &'a str,

@@ -51,6 +51,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/init/{group}/events", get(events))
         .route("/v1/init/{group}/retry", post(retry))
         .route("/v1/status", get(status_handler))
+        .merge(crate::verify::routes())
+        .merge(crate::operations::routes())
         .merge(crate::attach::routes())
         .route("/metrics", get(crate::metrics::handler))
         .layer(middleware::from_fn_with_state(

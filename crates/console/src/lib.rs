@@ -17,14 +17,16 @@
 //!
 //! The decision of what runs next is the pure [`record::next`].
 
-mod attach;
 pub mod agent;
 pub mod api;
+mod attach;
 pub mod metrics;
+pub mod operations;
 pub mod record;
 pub mod runner;
 pub mod status;
 pub mod store;
+pub mod verify;
 pub mod web;
 
 use std::io::Write;

@@ -50,6 +50,8 @@ pub struct Shared {
     tasks: Mutex<JoinSet<()>>,
     /// Turns true when the console shuts down: long-lived responses (SSE) end then.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Long-running operations (verify, resync, …) and their progress.
+    pub operations: crate::operations::Operations,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -70,6 +72,7 @@ impl Shared {
             runners: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             closing: tokio::sync::watch::Sender::new(false),
+            operations: crate::operations::Operations::default(),
         }
     }
 

@@ -63,6 +63,12 @@ pub enum Command {
     /// A local lab: a console and three agents (prod-a, dr-b, dr-c) on loopback.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Online verify: compare region hashes of production and every replica as of one
+    /// sequence point, while writes go on; exits 1 when a region differs.
+    Verify(crate::verify_cmd::VerifyArgs),
+    /// Resend what a recovery server lacks: `--checksum` compares region hashes and sends
+    /// only the regions that differ (a super transaction).
+    Resync(crate::verify_cmd::ResyncArgs),
     /// Give applications a block device of an LV, /dev/redoubt/GROUP/LV, on the server that
     /// serves it (the production server; with --snapshot, the recovery server, read-only).
     Attach(AttachArgs),

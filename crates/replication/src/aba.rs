@@ -180,6 +180,8 @@ pub struct Aba {
     store: Arc<Mutex<Store>>,
     apply: flume::Sender<ApplyMessage>,
     busy: AtomicBool,
+    /// Online verify's copy-before-write hashing seam on the apply thread (`verify.rs`).
+    verify: Arc<redoubt_datatap::verify::VerifyHook>,
 }
 
 impl Aba {
@@ -241,7 +243,13 @@ impl Aba {
             .store(store.state.checkpoint_seq, Ordering::Relaxed);
         let store = Arc::new(Mutex::new(store));
         let (apply, queue) = flume::bounded(APPLY_QUEUE_BATCHES_MAX);
+        let verify = crate::verify::replica_hook(
+            &config.volumes,
+            &volumes,
+            status.applied_seq.load(Ordering::Relaxed),
+        );
         let applier = Applier {
+            verify: verify.clone(),
             volumes,
             store: store.clone(),
             status: status.clone(),
@@ -268,6 +276,7 @@ impl Aba {
                 store,
                 apply,
                 busy: AtomicBool::new(false),
+                verify,
             }),
             thread,
         ))
@@ -275,6 +284,11 @@ impl Aba {
 
     pub fn status(&self) -> &Arc<AbaStatus> {
         &self.status
+    }
+
+    /// Online verify of this replica (`verify.rs`).
+    pub fn verify_hook(&self) -> &Arc<redoubt_datatap::verify::VerifyHook> {
+        &self.verify
     }
 
     pub fn config(&self) -> &AbaConfig {
@@ -539,6 +553,7 @@ impl Aba {
 }
 
 struct Applier {
+    verify: Arc<redoubt_datatap::verify::VerifyHook>,
     volumes: BTreeMap<u32, Arc<Volume>>,
     store: Arc<Mutex<Store>>,
     status: Arc<AbaStatus>,
@@ -590,6 +605,7 @@ impl Applier {
                     // Only ever for a replica that has applied nothing yet.
                     if self.applied_seq == 0 {
                         self.applied_seq = seq;
+                        self.verify.set_applied(seq);
                     }
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {
@@ -806,22 +822,30 @@ impl Applier {
             seq: header.seq,
             reason: error.to_string(),
         };
-        if let Some(volume) = self.volumes.get(&header.lv_id) {
-            match header.kind {
-                RecordKind::Write => volume
-                    .write_at(&record.payload, header.offset_bytes)
-                    .map_err(apply_error)?,
-                RecordKind::WriteZeroes => volume
-                    .write_zeroes(header.offset_bytes, u64::from(header.length_bytes))
-                    .map_err(apply_error)?,
-                RecordKind::Trim => {
-                    volume
-                        .trim(header.offset_bytes, u64::from(header.length_bytes))
-                        .map_err(apply_error)?;
+        let write = || -> Result<(), ReplicationError> {
+            if let Some(volume) = self.volumes.get(&header.lv_id) {
+                match header.kind {
+                    RecordKind::Write => volume
+                        .write_at(&record.payload, header.offset_bytes)
+                        .map_err(apply_error)?,
+                    RecordKind::WriteZeroes => volume
+                        .write_zeroes(header.offset_bytes, u64::from(header.length_bytes))
+                        .map_err(apply_error)?,
+                    RecordKind::Trim => {
+                        volume
+                            .trim(header.offset_bytes, u64::from(header.length_bytes))
+                            .map_err(apply_error)?;
+                    }
+                    RecordKind::Marker | RecordKind::Undo => {}
                 }
-                RecordKind::Marker | RecordKind::Undo => {}
             }
-        }
+            Ok(())
+        };
+        self.verify.around_apply(
+            Some(header.seq),
+            crate::verify::record_range(record),
+            || Ok(write()),
+        )??;
         self.applied_seq = header.seq;
         self.since_checkpoint += 1;
         self.status

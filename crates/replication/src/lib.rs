@@ -16,6 +16,7 @@ pub mod aba;
 mod conn;
 pub mod error;
 pub mod lca;
+pub mod verify;
 
 pub use aba::{Aba, AbaConfig, AbaStatus};
 pub use error::ReplicationError;
