@@ -384,7 +384,7 @@ impl VerifyHook {
         wait_for_seq_ms: u64,
     ) -> Result<Arc<VerifySession>, VerifyError> {
         if !(VERIFY_REGION_BYTES_MIN..=VERIFY_REGION_BYTES_MAX).contains(&region_size_bytes)
-            || region_size_bytes % 4096 != 0
+            || !region_size_bytes.is_multiple_of(4096)
         {
             return Err(VerifyError::RegionSize {
                 region_size_bytes,
