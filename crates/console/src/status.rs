@@ -129,7 +129,21 @@ pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &Agent
                         .and_then(|export| export.get("export"))
                         .cloned()
                         .unwrap_or(Value::Null);
-                    json!({"name": volume.name, "size_bytes": volume.size_bytes, "export": export})
+                    // `redoubt attach`: the production agent's block device of the LV.
+                    let attached = production
+                        .and_then(|entry| entry.get("attachments"))
+                        .and_then(Value::as_array)
+                        .and_then(|attachments| {
+                            attachments.iter().find(|attachment| {
+                                attachment.get("volume").and_then(Value::as_str)
+                                    == Some(volume.name.as_str())
+                                    && attachment.get("snapshot").is_none()
+                            })
+                        })
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    json!({"name": volume.name, "size_bytes": volume.size_bytes, "export": export,
+                           "attached": attached})
                 })
                 .collect();
             let journal_seq = field(production, "journal_seq");

@@ -1,0 +1,137 @@
+//! `redoubt attach` / `detach` on a lab: a block device of a protected LV at
+//! `/dev/redoubt/GROUP/LV`, owned by the production agent. Attach twice is refused (exit 3),
+//! detach of a mounted device is refused (exit 3), a mounted ext4 keeps working across a
+//! SIGKILL and restart of the agent (the agent finds its attachment again and reports it), and
+//! detach leaves no link, loop device or helper behind. The kernel NBD path has its own test
+//! that runs where the `nbd` module is loaded. Needs root (CI runs as root).
+
+mod common;
+
+use std::path::Path;
+
+use common::lab::{link_target, run, wait_until, write_durably, Lab};
+
+const LINK: &str = "/dev/redoubt/erp/lv_logs";
+
+/// `redoubt status --format json`: the `attached` field of the LV.
+fn attachment_state(lab: &Lab) -> serde_json::Value {
+    let status: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["status", "--format", "json"])).unwrap();
+    status["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|group| group["name"] == "erp")
+        .and_then(|group| group["volumes"].as_array())
+        .into_iter()
+        .flatten()
+        .find(|volume| volume["name"] == "lv_logs")
+        .map(|volume| volume["attached"].clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn attach_gives_a_device_that_survives_an_agent_restart_and_detach_removes_it() {
+    if redoubt_host::kernel_nbd_available() {
+        eprintln!("the nbd module is loaded: kernel_nbd_path_where_the_module_exists covers it");
+    }
+    let mut lab = Lab::up();
+    let mount = lab.path().join("mnt");
+    std::fs::create_dir_all(&mount).unwrap();
+
+    let out = lab.ok(&["attach", "erp", "lv_logs"]);
+    assert!(out.contains(LINK), "{out}");
+    let device = link_target(LINK);
+    assert!(device.starts_with("/dev/loop"), "{device}");
+
+    // A second attach is refused: exit 3, the first one untouched.
+    let again = lab.redoubt(&["attach", "erp", "lv_logs"]);
+    assert_eq!(again.status.code(), Some(3), "{again:?}");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already attached"), "{stderr}");
+    assert_eq!(link_target(LINK), device);
+
+    // ext4 on it, a file written durably.
+    run("mkfs.ext4", &["-q", LINK]);
+    run("mount", &[LINK, &mount.display().to_string()]);
+    lab.mounts.push(mount.clone());
+    write_durably(&mount.join("before"), b"written before the agent restart");
+
+    // Detach while mounted: refused, nothing changes.
+    let busy = lab.redoubt(&["detach", "erp", "lv_logs"]);
+    assert_eq!(busy.status.code(), Some(3), "{busy:?}");
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("in use"));
+    assert_eq!(link_target(LINK), device);
+
+    // The agent dies and comes back: the file system goes on, the agent owns the device again.
+    lab.kill_and_restart_agent("prod-a");
+    write_durably(&mount.join("after"), b"written after the agent restart");
+    assert_eq!(
+        std::fs::read(mount.join("before")).unwrap(),
+        b"written before the agent restart"
+    );
+    wait_until("the restarted agent reports the attachment", || {
+        attachment_state(&lab)["state"] == "attached"
+    });
+    let state = attachment_state(&lab);
+    assert_eq!(state["device"], device.as_str(), "{state}");
+    assert_eq!(state["link"], LINK, "{state}");
+
+    run("umount", &[&mount.display().to_string()]);
+    lab.mounts.clear();
+    let out = lab.ok(&["detach", "erp", "lv_logs"]);
+    assert!(out.contains(LINK), "{out}");
+    assert!(
+        Path::new(LINK).symlink_metadata().is_err(),
+        "the link is gone"
+    );
+    let loop_name = device.trim_start_matches("/dev/");
+    assert!(
+        !Path::new("/sys/block")
+            .join(loop_name)
+            .join("loop")
+            .exists(),
+        "{device} is detached"
+    );
+    assert_eq!(attachment_state(&lab), serde_json::Value::Null);
+    let helpers = run("ps", &["-eo", "args"]);
+    assert!(
+        !helpers.lines().any(
+            |line| line.contains("nbdfuse") && line.contains(&lab.path().display().to_string())
+        ),
+        "no nbdfuse helper of this lab is left"
+    );
+
+    // Detach again: not attached (exit 1), and invalid names are refused before any work.
+    let missing = lab.redoubt(&["detach", "erp", "lv_logs"]);
+    assert_eq!(missing.status.code(), Some(1), "{missing:?}");
+    let invalid = lab.redoubt(&["attach", "erp", "../lv_logs"]);
+    assert_eq!(invalid.status.code(), Some(2), "{invalid:?}");
+}
+
+#[test]
+fn kernel_nbd_path_where_the_module_exists() {
+    if !redoubt_host::kernel_nbd_available() {
+        eprintln!(
+            "SKIPPED: this kernel has no nbd module loaded (/sys/module/nbd); the kernel NBD \
+             path of `redoubt attach` runs only where `modprobe nbd` worked. The FUSE + loop \
+             path is tested by attach_gives_a_device_that_survives_an_agent_restart_and_detach_removes_it."
+        );
+        return;
+    }
+    let mut lab = Lab::up();
+    let out = lab.ok(&["attach", "erp", "lv_logs"]);
+    assert!(out.contains("kernel-nbd"), "{out}");
+    let device = link_target(LINK);
+    assert!(device.starts_with("/dev/nbd"), "{device}");
+    let mount = lab.path().join("mnt");
+    std::fs::create_dir_all(&mount).unwrap();
+    run("mkfs.ext4", &["-q", LINK]);
+    run("mount", &[LINK, &mount.display().to_string()]);
+    lab.mounts.push(mount.clone());
+    write_durably(&mount.join("file"), b"through the kernel client");
+    run("umount", &[&mount.display().to_string()]);
+    lab.mounts.clear();
+    lab.ok(&["detach", "erp", "lv_logs"]);
+    assert!(Path::new(LINK).symlink_metadata().is_err());
+}

@@ -1,0 +1,176 @@
+//! The .deb: `packaging/build-deb.sh --no-build` packages the release binary this test run
+//! built (cargo-deb), and the package is installed into a scratch root with `dpkg --root`:
+//! binary, systemd units, default settings (as conffiles), man pages and guide are where a
+//! user expects them, the binary runs, the units parse (`systemd-analyze verify`), and remove
+//! keeps the settings while purge deletes them. Run with `cargo test --release` (the package
+//! holds target/release/redoubt).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(workspace())
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("cannot run {program} (scripts/deps.sh installs it): {error}")
+        });
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn the_deb_installs_binary_units_settings_man_pages_and_guide() {
+    let binary = Path::new(env!("CARGO_BIN_EXE_redoubt"));
+    assert!(
+        binary.ends_with("release/redoubt"),
+        "the package holds the release binary: run `cargo test --release` (binary here: {})",
+        binary.display()
+    );
+    let package = run("bash", &["packaging/build-deb.sh", "--no-build"]);
+    let package = workspace().join(package.lines().last().unwrap_or_default());
+    let package_text = package.display().to_string();
+
+    // What dpkg-deb lists.
+    let contents = run("dpkg-deb", &["--contents", &package_text]);
+    for expected in [
+        "./usr/bin/redoubt",
+        "./lib/systemd/system/redoubt-agent.service",
+        "./lib/systemd/system/redoubt-console.service",
+        "./etc/redoubt/agent.env",
+        "./etc/redoubt/console.env",
+        "./usr/share/man/man1/redoubt.1.gz",
+        "./usr/share/man/man1/redoubt-attach.1.gz",
+        "./usr/share/man/man1/redoubt-config-apply.1.gz",
+        "./usr/share/doc/redoubt/guide/README.md",
+        "./usr/share/doc/redoubt/examples/redoubt.toml",
+    ] {
+        assert!(
+            contents.lines().any(|line| line.ends_with(expected)),
+            "{expected} missing from the package:\n{contents}"
+        );
+    }
+    let depends = run("dpkg-deb", &["--field", &package_text, "Depends"]);
+    for dependency in ["libnbd-bin", "nbdkit", "util-linux"] {
+        assert!(depends.contains(dependency), "Depends: {depends}");
+    }
+    let control = tempfile::tempdir().unwrap();
+    run(
+        "dpkg-deb",
+        &[
+            "--control",
+            &package_text,
+            &control.path().display().to_string(),
+        ],
+    );
+    let conffiles = std::fs::read_to_string(control.path().join("conffiles")).unwrap();
+    assert!(
+        conffiles.contains("/etc/redoubt/agent.env")
+            && conffiles.contains("/etc/redoubt/console.env"),
+        "the settings are conffiles (an upgrade keeps the user's edits): {conffiles}"
+    );
+
+    // Installed into a scratch root.
+    let root = tempfile::tempdir().unwrap();
+    let root_text = root.path().display().to_string();
+    for dir in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    std::fs::write(root.path().join("var/lib/dpkg/status"), b"").unwrap();
+    let dpkg = |args: &[&str]| {
+        let mut all = vec![
+            "--root",
+            &root_text,
+            "--force-depends",
+            "--force-script-chrootless",
+        ];
+        all.extend_from_slice(args);
+        run("dpkg", &all)
+    };
+    dpkg(&["--install", &package_text]);
+    let installed = root.path().join("usr/bin/redoubt");
+    let version = run(&installed.display().to_string(), &["--version"]);
+    assert_eq!(version, format!("redoubt {}", env!("CARGO_PKG_VERSION")));
+    let listed = dpkg(&["--listfiles", "redoubt"]);
+    assert!(
+        listed.contains("/lib/systemd/system/redoubt-agent.service"),
+        "{listed}"
+    );
+
+    let agent_unit = root.path().join("lib/systemd/system/redoubt-agent.service");
+    let unit = std::fs::read_to_string(&agent_unit).unwrap();
+    for setting in [
+        "ExecStart=/usr/bin/redoubt agent",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=full",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=CAP_SYS_ADMIN",
+        "KillMode=process",
+    ] {
+        assert!(
+            unit.contains(setting),
+            "{setting} missing from the agent unit"
+        );
+    }
+    let console_unit = root
+        .path()
+        .join("lib/systemd/system/redoubt-console.service");
+    let unit = std::fs::read_to_string(&console_unit).unwrap();
+    for setting in [
+        "ProtectSystem=strict",
+        "DynamicUser=yes",
+        "CapabilityBoundingSet=\n",
+    ] {
+        assert!(
+            unit.contains(setting),
+            "{setting:?} missing from the console unit"
+        );
+    }
+    run(
+        "systemd-analyze",
+        &[
+            "verify",
+            "--man=no",
+            &format!("--root={root_text}"),
+            "/lib/systemd/system/redoubt-agent.service",
+            "/lib/systemd/system/redoubt-console.service",
+        ],
+    );
+
+    let page = run(
+        "gzip",
+        &[
+            "-dc",
+            &root
+                .path()
+                .join("usr/share/man/man1/redoubt-attach.1.gz")
+                .display()
+                .to_string(),
+        ],
+    );
+    assert!(
+        page.contains(".TH") && page.contains("/dev/redoubt/GROUP/LV"),
+        "{page}"
+    );
+
+    // Remove keeps the settings; purge deletes them.
+    dpkg(&["--remove", "redoubt"]);
+    assert!(!installed.exists());
+    assert!(root.path().join("etc/redoubt/agent.env").exists());
+    dpkg(&["--purge", "redoubt"]);
+    assert!(!root.path().join("etc/redoubt/agent.env").exists());
+}
