@@ -86,3 +86,96 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 }
+
+/// A replication byte stream: plain TCP or TCP under mutual TLS.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+pub type BoxStream = Box<dyn ByteStream>;
+pub type StreamReadHalf = tokio::io::ReadHalf<BoxStream>;
+pub type StreamWriteHalf = tokio::io::WriteHalf<BoxStream>;
+
+/// Opens the send process's connection to `target_name` at `address`: TCP, then mutual TLS
+/// with the target's certificate pinned to `target_name` when this process holds a TLS
+/// identity for `sender_name` (`redoubt_tls::registry`). Bounded by `timeout_ms`.
+pub async fn connect(
+    address: &str,
+    sender_name: &str,
+    target_name: &str,
+    timeout_ms: u64,
+) -> Result<BoxStream, ReplicationError> {
+    let timed_out = || std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+    let stream = tokio::time::timeout(
+        std::time::Duration::from_millis(timeout_ms),
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| timed_out())??;
+    stream.set_nodelay(true)?;
+    match redoubt_tls::registry::lookup(sender_name) {
+        None => Ok(Box::new(stream)),
+        Some(tls) => {
+            let stream = tls.connect(stream, target_name).await.map_err(|error| {
+                std::io::Error::new(std::io::ErrorKind::PermissionDenied, error.to_string())
+            })?;
+            Ok(Box::new(stream))
+        }
+    }
+}
+
+/// A stream whose first bytes were already read (to route it): they are read again first.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            offset: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let count = buf.remaining().min(self.prefix.len() - self.offset);
+            let start = self.offset;
+            buf.put_slice(&self.prefix[start..start + count]);
+            self.offset += count;
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

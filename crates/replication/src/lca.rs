@@ -19,7 +19,6 @@ use redoubt_wire::{
     BatchPush, Frame, Heartbeat, JournalPosition, RecordsBatch, RecordsBatchBuilder, SenderConfig,
     SenderSession, Start, IN_FLIGHT_BYTES_MAX_DEFAULT,
 };
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 
 use crate::conn::{FrameReader, FrameWriter};
@@ -231,12 +230,15 @@ async fn session(
     status: &Arc<TargetStatus>,
     targets: &Arc<Targets>,
 ) -> Result<(), ReplicationError> {
-    let connect = TcpStream::connect(&config.target_address);
-    let stream = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS), connect)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    let (read_half, write_half) = stream.into_split();
+    // Mutual TLS when this process holds an identity for the sender (`redoubt-tls`).
+    let stream = crate::conn::connect(
+        &config.target_address,
+        &config.sender_name,
+        &config.target_name,
+        CONNECT_TIMEOUT_MS,
+    )
+    .await?;
+    let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = FrameReader::new(read_half);
     let mut writer = FrameWriter::new(write_half);
     let mut sender = SenderSession::new(SenderConfig {
@@ -308,7 +310,7 @@ async fn session(
 }
 
 async fn receive_acks(
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    mut reader: FrameReader<crate::conn::StreamReadHalf>,
     sender: Arc<Mutex<SenderSession>>,
     status: Arc<TargetStatus>,
     targets: Arc<Targets>,
@@ -382,7 +384,7 @@ async fn send_records(
     watermarks: &Arc<Watermarks>,
     status: &Arc<TargetStatus>,
     sender: &Arc<Mutex<SenderSession>>,
-    writer: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+    writer: &mut FrameWriter<crate::conn::StreamWriteHalf>,
     mut next_seq: u64,
 ) -> Result<(), ReplicationError> {
     let mut throttle = Throttle {

@@ -13,7 +13,7 @@
 //! the storage on each side.
 
 pub mod aba;
-mod conn;
+pub mod conn;
 pub mod error;
 pub mod lca;
 pub mod verify;
