@@ -25,4 +25,4 @@ pub use engine::{Engine, EngineConfig, JournalLocation, Op, OpError, OpenedVolum
 pub use error::DatatapError;
 pub use listen::{bind, serve, Bound, Listen};
 pub use payload::Payload;
-pub use server::{serve_connection, Export, Exports};
+pub use server::{serve_connection, BackendExport, Export, ExportBackend, Exports};

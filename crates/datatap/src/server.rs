@@ -70,10 +70,87 @@ impl Export {
     }
 }
 
+/// An export served by something other than production's engine: a snapshot view of a
+/// replica (`redoubt_replication::snapshot`). Calls block; the server runs them off the
+/// async threads. Errors carry the errno the client gets (`NbdErrno::from_io_error`).
+pub trait ExportBackend: Send + Sync + 'static {
+    fn size_bytes(&self) -> u64;
+    /// Read-only exports refuse writes with EPERM before the backend sees them.
+    fn read_only(&self) -> bool;
+    fn read_at(&self, buffer: &mut [u8], offset_bytes: u64) -> io::Result<()>;
+    fn write_at(&self, data: &[u8], offset_bytes: u64) -> io::Result<()>;
+    /// Zeroes the range (TRIM is served by this too).
+    fn write_zeroes(&self, offset_bytes: u64, length_bytes: u64) -> io::Result<()>;
+    fn flush(&self) -> io::Result<()>;
+}
+
+/// A named export of an [`ExportBackend`].
+pub struct BackendExport {
+    pub name: String,
+    pub description: String,
+    pub backend: Arc<dyn ExportBackend>,
+}
+
+/// What one export name serves.
+#[derive(Clone)]
+enum Served {
+    Engine(Arc<Export>),
+    Backend(Arc<BackendExport>),
+}
+
+impl Served {
+    fn name(&self) -> &str {
+        match self {
+            Served::Engine(export) => &export.name,
+            Served::Backend(export) => &export.name,
+        }
+    }
+
+    fn description(&self) -> &str {
+        match self {
+            Served::Engine(export) => &export.description,
+            Served::Backend(export) => &export.description,
+        }
+    }
+
+    fn size_bytes(&self) -> u64 {
+        match self {
+            Served::Engine(export) => export.size_bytes(),
+            Served::Backend(export) => export.backend.size_bytes(),
+        }
+    }
+
+    fn read_only(&self) -> bool {
+        match self {
+            Served::Engine(export) => export.read_only,
+            Served::Backend(export) => export.backend.read_only(),
+        }
+    }
+
+    fn transmission_flags(&self) -> TransmissionFlags {
+        match self {
+            Served::Engine(export) => export.transmission_flags(),
+            Served::Backend(export) => {
+                let mut flags = TransmissionFlags::HAS_FLAGS
+                    | TransmissionFlags::SEND_FLUSH
+                    | TransmissionFlags::SEND_FUA
+                    | TransmissionFlags::CAN_MULTI_CONN;
+                if export.backend.read_only() {
+                    flags = flags | TransmissionFlags::READ_ONLY;
+                } else {
+                    flags =
+                        flags | TransmissionFlags::SEND_TRIM | TransmissionFlags::SEND_WRITE_ZEROES;
+                }
+                flags
+            }
+        }
+    }
+}
+
 /// The exports a server offers, by exact name.
 #[derive(Default)]
 pub struct Exports {
-    by_name: BTreeMap<String, Arc<Export>>,
+    by_name: BTreeMap<String, Served>,
 }
 
 impl Exports {
@@ -81,12 +158,30 @@ impl Exports {
         Exports {
             by_name: exports
                 .into_iter()
-                .map(|e| (e.name.clone(), Arc::new(e)))
+                .map(|e| (e.name.clone(), Served::Engine(Arc::new(e))))
                 .collect(),
         }
     }
 
+    /// Exports of backends (snapshot views).
+    pub fn with_backends(exports: Vec<BackendExport>) -> Exports {
+        Exports {
+            by_name: exports
+                .into_iter()
+                .map(|e| (e.name.clone(), Served::Backend(Arc::new(e))))
+                .collect(),
+        }
+    }
+
+    /// The engine export of that name.
     pub fn get(&self, name: &str) -> Option<&Arc<Export>> {
+        match self.by_name.get(name) {
+            Some(Served::Engine(export)) => Some(export),
+            _ => None,
+        }
+    }
+
+    fn served(&self, name: &str) -> Option<&Served> {
         self.by_name.get(name)
     }
 
@@ -108,7 +203,7 @@ pub enum ConnectionError {
 }
 
 struct Negotiated {
-    export: Arc<Export>,
+    export: Served,
     structured_replies: bool,
 }
 
@@ -192,7 +287,7 @@ where
         match option {
             OptionRequest::ExportName { name } => {
                 // This option has no error reply: an unknown name closes the connection.
-                let Some(export) = exports.get(&name) else {
+                let Some(export) = exports.served(&name) else {
                     return Ok(None);
                 };
                 nbd::encode_export_name_reply(
@@ -214,7 +309,7 @@ where
             }
             OptionRequest::List => {
                 for name in exports.names() {
-                    let description = exports.get(name).map_or("", |e| e.description.as_str());
+                    let description = exports.served(name).map_or("", |e| e.description());
                     nbd::encode_option_reply(
                         &mut out,
                         code,
@@ -232,7 +327,7 @@ where
             }
             OptionRequest::Info(query) | OptionRequest::Go(query) => {
                 let going = code == nbd::option_code::GO;
-                match exports.get(&query.name) {
+                match exports.served(&query.name) {
                     None => {
                         let message = format!(
                             "no export named {:?}; NBD_OPT_LIST shows the exports",
@@ -254,11 +349,11 @@ where
                             nbd::encode_option_reply(
                                 &mut out,
                                 code,
-                                &OptionReply::Info(Info::Name(&export.name)),
+                                &OptionReply::Info(Info::Name(export.name())),
                             );
                         }
                         if query.requests(InfoRequest::Description) {
-                            let description = Info::Description(&export.description);
+                            let description = Info::Description(export.description());
                             nbd::encode_option_reply(
                                 &mut out,
                                 code,
@@ -349,7 +444,7 @@ where
         if !payload.is_empty() {
             payload.seal_checksum();
         }
-        let verdict = nbd::validate(&header, export.size_bytes(), export.read_only)
+        let verdict = nbd::validate(&header, export.size_bytes(), export.read_only())
             .and_then(|()| nbd::validate_negotiated(&header, flags));
         if let Err(errno) = verdict {
             let mut reply = Vec::new();
@@ -369,7 +464,12 @@ where
         let replies = replies.clone();
         let structured = negotiated.structured_replies;
         tokio::spawn(async move {
-            let reply = execute(&export, header, payload, structured).await;
+            let reply = match &export {
+                Served::Engine(export) => execute(export, header, payload, structured).await,
+                Served::Backend(export) => {
+                    execute_backend(export, header, payload, structured).await
+                }
+            };
             let _ = replies.send(reply).await;
             drop((request_permit, byte_permit));
         });
@@ -545,6 +645,69 @@ async fn execute(
         Err((errno, message)) => {
             tracing::warn!(export = %export.name, ?errno, %message, "request failed");
             encode_error(&mut reply, &header, errno, &message, structured);
+        }
+    }
+    reply
+}
+
+/// Serves one request of a backend export (a snapshot view): blocking calls off the async
+/// threads.
+async fn execute_backend(
+    export: &BackendExport,
+    header: RequestHeader,
+    payload: Payload,
+    structured: bool,
+) -> Vec<u8> {
+    let backend = export.backend.clone();
+    let offset = header.offset_bytes;
+    let length = header.length_bytes;
+    let command = header.command;
+    let fua = header.flags.contains(CommandFlags::FUA);
+    let outcome = tokio::task::spawn_blocking(move || -> io::Result<Option<Payload>> {
+        match command {
+            Command::Read => {
+                let mut data = Payload::for_filling(length as usize);
+                backend.read_at(data.as_mut_slice(), offset)?;
+                Ok(Some(data))
+            }
+            Command::Write => {
+                backend.write_at(payload.as_slice(), offset)?;
+                if fua {
+                    backend.flush()?;
+                }
+                Ok(None)
+            }
+            Command::WriteZeroes | Command::Trim => {
+                backend.write_zeroes(offset, u64::from(length))?;
+                if fua {
+                    backend.flush()?;
+                }
+                Ok(None)
+            }
+            Command::Flush => backend.flush().map(|()| None),
+            Command::Disc | Command::Unknown(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unsupported command",
+            )),
+        }
+    })
+    .await
+    .unwrap_or_else(|error| Err(io::Error::other(error.to_string())));
+    let mut reply = Vec::new();
+    match outcome {
+        Ok(Some(data)) => {
+            if structured {
+                nbd::encode_offset_data_header(&mut reply, header.handle, true, offset, length);
+            } else {
+                nbd::encode_simple_reply(&mut reply, header.handle, None);
+            }
+            reply.extend_from_slice(data.as_slice());
+        }
+        Ok(None) => nbd::encode_simple_reply(&mut reply, header.handle, None),
+        Err(error) => {
+            tracing::warn!(export = %export.name, %error, "request failed");
+            let errno = volume_errno(&error);
+            encode_error(&mut reply, &header, errno, &error.to_string(), structured);
         }
     }
     reply

@@ -27,7 +27,7 @@ use redoubt_volume::{
 };
 use redoubt_wire::{Frame, HelloReply, ReceiverConfig, ReceiverSession, Refuse, RefuseCode};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::conn::{FrameReader, FrameWriter};
@@ -77,6 +77,17 @@ pub struct AbaStatus {
     /// Latest seq that cannot be undone (a discard larger than a record); rollback reaches
     /// back to just after it at most.
     pub undo_barrier_seq: AtomicU64,
+    /// While non-zero, retention pruning keeps the undo records from this seq on (a snapshot
+    /// being created reads them; `snapshot.rs`).
+    pub undo_pin_seq: AtomicU64,
+}
+
+/// Sees every run of records on the apply thread just before the replica is written with
+/// it, while the replica still holds the data the run overwrites (snapshots copy what they
+/// need then: `snapshot.rs`). The records of one run never overlap. The apply waits for it;
+/// an observer handles its own failures.
+pub trait ApplyObserver: Send + Sync {
+    fn before_apply(&self, run: &[OwnedRecord], replica: &BTreeMap<u32, Arc<Volume>>);
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -182,6 +193,8 @@ pub struct Aba {
     busy: AtomicBool,
     /// Online verify's copy-before-write hashing seam on the apply thread (`verify.rs`).
     verify: Arc<redoubt_datatap::verify::VerifyHook>,
+    /// The replica LVs by lv_id (snapshot views read them).
+    replica: BTreeMap<u32, Arc<Volume>>,
 }
 
 impl Aba {
@@ -189,6 +202,15 @@ impl Aba {
     /// records the replica does not have yet, and starts the apply thread.
     pub fn open(
         config: AbaConfig,
+    ) -> Result<(Arc<Aba>, std::thread::JoinHandle<()>), ReplicationError> {
+        Aba::open_observed(config, None)
+    }
+
+    /// [`Aba::open`] with an observer that sees every run before the replica is written,
+    /// from the first record on (the replay after a restart included).
+    pub fn open_observed(
+        config: AbaConfig,
+        observer: Option<Arc<dyn ApplyObserver>>,
     ) -> Result<(Arc<Aba>, std::thread::JoinHandle<()>), ReplicationError> {
         let mut group_store =
             GroupStore::open_or_create(&config.data_dir, &config.group, config.capacities)?;
@@ -248,7 +270,9 @@ impl Aba {
             &volumes,
             status.applied_seq.load(Ordering::Relaxed),
         );
+        let replica = volumes.clone();
         let applier = Applier {
+            observer,
             verify: verify.clone(),
             volumes,
             store: store.clone(),
@@ -277,6 +301,7 @@ impl Aba {
                 apply,
                 busy: AtomicBool::new(false),
                 verify,
+                replica,
             }),
             thread,
         ))
@@ -295,6 +320,25 @@ impl Aba {
         &self.config
     }
 
+    /// The replica LVs by lv_id.
+    pub fn replica_volumes(&self) -> &BTreeMap<u32, Arc<Volume>> {
+        &self.replica
+    }
+
+    /// Production's journal group id, once the first Hello told it.
+    pub fn group_id(&self) -> Option<GroupId> {
+        let store = self.store.lock().ok()?;
+        store.state.group_id.as_deref().and_then(unhex).map(GroupId)
+    }
+
+    /// Where the undo journal lives.
+    pub fn undo_dir(&self) -> PathBuf {
+        self.store
+            .lock()
+            .map(|store| store.group_dir.join("undo"))
+            .unwrap_or_else(|poisoned| poisoned.into_inner().group_dir.join("undo"))
+    }
+
     /// Serves LCA connections until `shutdown` turns true.
     pub async fn serve(
         self: Arc<Self>,
@@ -310,9 +354,7 @@ impl Aba {
                         let aba = self.clone();
                         let shutdown = shutdown.clone();
                         tokio::spawn(async move {
-                            if let Err(error) =
-                                aba.serve_connection(Box::new(stream), shutdown).await
-                            {
+                            if let Err(error) = aba.serve_connection(stream, shutdown).await {
                                 tracing::info!(group = %aba.config.group, %peer, %error, "replication connection ended");
                             }
                         });
@@ -326,21 +368,21 @@ impl Aba {
     /// Serves one already-accepted LCA connection until it ends or `shutdown` turns true.
     /// For a process (the agent) that accepts on one port for several purposes and routes
     /// replication connections here itself.
-    /// The stream is plain TCP or TLS (the caller authenticated the peer).
     pub async fn serve_stream(
         self: &Arc<Self>,
-        stream: crate::conn::BoxStream,
+        stream: TcpStream,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
+        let _ = stream.set_nodelay(true);
         self.serve_connection(stream, shutdown).await
     }
 
     async fn serve_connection(
         self: &Arc<Self>,
-        stream: crate::conn::BoxStream,
+        stream: TcpStream,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
-        let (read_half, write_half) = tokio::io::split(stream);
+        let (read_half, write_half) = stream.into_split();
         let mut reader = FrameReader::new(read_half);
         let mut writer = FrameWriter::new(write_half);
         let Frame::Hello(hello) = reader.receive().await? else {
@@ -368,8 +410,8 @@ impl Aba {
     async fn serve_session(
         &self,
         hello: redoubt_wire::Hello,
-        reader: &mut FrameReader<crate::conn::StreamReadHalf>,
-        writer: &mut FrameWriter<crate::conn::StreamWriteHalf>,
+        reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
+        writer: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
         let (group_id, durable_seq) = {
@@ -555,6 +597,7 @@ impl Aba {
 }
 
 struct Applier {
+    observer: Option<Arc<dyn ApplyObserver>>,
     verify: Arc<redoubt_datatap::verify::VerifyHook>,
     volumes: BTreeMap<u32, Arc<Volume>>,
     store: Arc<Mutex<Store>>,
@@ -774,6 +817,9 @@ impl Applier {
         self.status
             .undo_first_seq
             .store(undo_first, Ordering::Relaxed);
+        if let Some(observer) = &self.observer {
+            observer.before_apply(run, &self.volumes);
+        }
         for record in run {
             self.apply(record)?;
         }
@@ -804,6 +850,11 @@ impl Applier {
         {
             expired_seq = self.applied_times.pop_front().map(|(seq, _)| seq);
         }
+        let pin = self.status.undo_pin_seq.load(Ordering::Acquire);
+        let expired_seq = match (expired_seq, pin) {
+            (Some(seq), pin) if pin > 0 => Some(seq.min(pin - 1)),
+            (expired, _) => expired,
+        };
         if let (Some(seq), Some(undo)) = (expired_seq, self.undo.as_mut()) {
             undo.prune_through(seq)?;
             self.status

@@ -16,6 +16,7 @@ pub mod aba;
 pub mod conn;
 pub mod error;
 pub mod lca;
+pub mod snapshot;
 pub mod verify;
 
 pub use aba::{Aba, AbaConfig, AbaStatus};
