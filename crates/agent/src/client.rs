@@ -18,12 +18,28 @@ pub async fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    tokio::time::timeout(timeout, exchange(address, method, path, body))
+    tokio::time::timeout(timeout, exchange(None, address, method, path, body))
+        .await
+        .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+}
+
+/// [`request`] to the agent of server `server`: over mutual TLS, the peer's certificate
+/// pinned to `server`, when this process holds a TLS identity (`redoubt_tls::registry`).
+pub async fn request_to(
+    server: &str,
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    tokio::time::timeout(timeout, exchange(Some(server), address, method, path, body))
         .await
         .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
 }
 
 async fn exchange(
+    server: Option<&str>,
     address: &str,
     method: &str,
     path: &str,
@@ -32,6 +48,26 @@ async fn exchange(
     let mut stream = TcpStream::connect(address)
         .await
         .map_err(|error| format!("connect: {error}"))?;
+    match server.and(redoubt_tls::registry::any()) {
+        Some(tls) => {
+            let server = server.unwrap_or_default();
+            let stream = tls
+                .connect(stream, server)
+                .await
+                .map_err(|error| format!("connect: {error}"))?;
+            talk(stream, address, method, path, body).await
+        }
+        None => talk(stream, address, method, path, body).await,
+    }
+}
+
+async fn talk<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), String> {
     let body = body.unwrap_or("");
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\

@@ -50,7 +50,16 @@ async fn health(State(agent): State<Arc<Agent>>) -> Json<Value> {
 }
 
 async fn status(State(agent): State<Arc<Agent>>) -> Json<Value> {
-    Json(steps::status_json(&agent))
+    let mut document = steps::status_json(&agent);
+    if let Some(object) = document.as_object_mut() {
+        // Peers refused by mutual TLS since start (`docs/security.md`).
+        object.insert("tls".into(), json!(agent.tls.is_some()));
+        object.insert(
+            "tls_refusals".into(),
+            json!(agent.tls.as_ref().map_or(0, |tls| tls.refusals())),
+        );
+    }
+    Json(document)
 }
 
 async fn step(State(agent): State<Arc<Agent>>, body: Bytes) -> Response {

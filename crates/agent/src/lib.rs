@@ -49,6 +49,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
 }
 
+    /// This server's TLS identity: with one, every connection to the agent's port and every
+    /// replication connection it opens is mutual TLS (`docs/security.md`); without, plaintext.
+    pub tls: Option<Arc<redoubt_tls::TlsContext>>,
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("invalid server name {0:?}: 1 to 63 of a-z, 0-9, '.', '_', '-'")]
@@ -80,6 +83,8 @@ pub(crate) struct Agent {
     pub steps: tokio::sync::Mutex<()>,
     /// Block devices made of this server's exports (`redoubt attach`).
     pub host: attach::SharedHost,
+    /// The TLS identity (`AgentConfig::tls`).
+    pub tls: Option<Arc<redoubt_tls::TlsContext>>,
     /// Step durations and outcomes for `GET /metrics`.
     pub metrics: metrics::AgentMetrics,
     inner: Mutex<Inner>,
@@ -181,6 +186,10 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
     let host = attach::open(&config.state_dir)?;
     let listener =
         TcpListener::bind(&config.listen)
+    if let Some(tls) = &config.tls {
+        // The send processes this agent starts find it by the server's name.
+        redoubt_tls::registry::register(tls.clone());
+    }
             .await
             .map_err(|source| AgentError::Listen {
                 address: config.listen.clone(),
@@ -192,6 +201,7 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
         steps: tokio::sync::Mutex::new(()),
         host,
         metrics: metrics::AgentMetrics::new(),
+        tls: config.tls.clone(),
         inner: Mutex::new(Inner {
             config: stored,
             state,
@@ -243,6 +253,9 @@ impl BoundAgent {
         connections.shutdown().await;
         stopped.map_err(AgentError::Stop)
     }
+        if let Some(tls) = &agent.tls {
+            redoubt_tls::registry::unregister(tls);
+        }
 }
 
 /// [`bind`] then [`BoundAgent::serve`].

@@ -953,7 +953,8 @@ impl Context<'_> {
 
 async fn check_peer(address: String, name: String) -> Result<String, String> {
     let before = now_unix_ms();
-    let (status, body) = crate::client::request(
+    let (status, body) = crate::client::request_to(
+        &name,
         &address,
         "GET",
         "/v1/health",

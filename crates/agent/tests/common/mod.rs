@@ -27,6 +27,7 @@ impl RunningAgent {
             name: name.to_string(),
             listen: listen.to_string(),
             state_dir: state_dir.to_path_buf(),
+            tls: None,
         })
         .await
         .expect("bind the agent");
