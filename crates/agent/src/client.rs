@@ -45,7 +45,7 @@ async fn exchange(
     path: &str,
     body: Option<&str>,
 ) -> Result<(u16, String), String> {
-    let mut stream = TcpStream::connect(address)
+    let stream = TcpStream::connect(address)
         .await
         .map_err(|error| format!("connect: {error}"))?;
     match server.and(redoubt_tls::registry::any()) {
