@@ -1,5 +1,7 @@
 //! The console's HTTP API (axum, JSON). Every route needs `Authorization: Bearer <token>`
-//! (401 `{"error"}` otherwise; the token is `state_dir/token`). Errors are
+//! (401 `{"error"}` otherwise; the operator token is `state_dir/token`, the read-only one
+//! `state_dir/token.readonly`; a read-only token on a mutating route gets 403: `auth.rs`;
+//! every non-read request is in the audit log: `audit.rs`, `GET /v1/audit`). Errors are
 //! `{"error": "...", ...}` with a 4xx/5xx status.
 //!
 //! | route | answer |
@@ -16,9 +18,9 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -55,9 +57,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(crate::operations::routes())
         .merge(crate::attach::routes())
         .route("/metrics", get(crate::metrics::handler))
+        .merge(crate::audit::routes())
+        .merge(crate::auth::routes())
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
-            require_token,
+            crate::auth::require_role,
         ))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(shared)
@@ -88,38 +92,9 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn require_token(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        Some(token) if constant_time_eq(token.as_bytes(), shared.token.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": "missing or wrong API token (Authorization: Bearer <token>)"})),
-        )
-            .into_response(),
+        // The error message is the audit entry's summary (`audit.rs`).
+        let note = self.body["error"].as_str().map(crate::audit::note);
+        (self.status, note, Json(self.body)).into_response()
     }
 }
 
@@ -131,6 +106,10 @@ pub struct ConfigBody {
     /// The name diagnostics give the file (default `config.toml`).
     #[serde(default)]
     pub file: Option<String>,
+    /// The caller confirmed a destructive change (a group deleted, data deleted): without
+    /// it such a change answers 412 `needs_confirmation` and changes nothing.
+    #[serde(default)]
+    pub confirm: bool,
 }
 
 /// The current configuration, parsed (it was valid when saved).
@@ -228,20 +207,42 @@ fn busy_message(record: &InitRecord) -> Option<String> {
 async fn apply(
     State(shared): State<Arc<Shared>>,
     Json(body): Json<ConfigBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let _guard = shared.apply_lock.lock().await;
     let (current, new, plans) = validate_and_plan(&shared, &body)?;
     let current_version = current.as_ref().map(|(version, _)| version.version);
     if plans.is_empty() {
         return Ok(Json(
             json!({"version": current_version.unwrap_or(0), "plans": []}),
-        ));
+        )
+        .into_response());
     }
     for plan in &plans {
         if let Some(record) = shared.store.init(&plan.group)? {
             if let Some(message) = busy_message(&record) {
                 return Err(ApiError::new(StatusCode::CONFLICT, message));
             }
+        }
+    }
+    let deleted_groups: Vec<String> = current
+        .as_ref()
+        .map(|(_, old)| {
+            old.groups
+                .iter()
+                .filter(|group| new.group(&group.name).is_none())
+                .map(|group| group.name.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(why) = crate::audit::destructive(&plans_json(&plans), &deleted_groups) {
+        if !body.confirm {
+            return Err(ApiError {
+                status: StatusCode::PRECONDITION_FAILED,
+                body: json!({
+                    "error": format!("{why}: confirm with \"confirm\": true (CLI: answer y or pass --yes)"),
+                    "needs_confirmation": true,
+                }),
+            });
         }
     }
     let version = current_version.unwrap_or(0).saturating_add(1);
@@ -278,9 +279,21 @@ async fn apply(
     for record in records {
         shared.spawn_runner(record.group);
     }
-    Ok(Json(
-        json!({"version": version, "plans": plans_json(&plans)}),
-    ))
+    let summary = format!(
+        "applied configuration version {version}; groups {}{}{}",
+        saved.groups.join(", "),
+        if deleted_groups.is_empty() {
+            String::new()
+        } else {
+            format!("; deleted groups {}", deleted_groups.join(", "))
+        },
+        if body.destroy { "; --destroy" } else { "" },
+    );
+    Ok((
+        crate::audit::note(summary),
+        Json(json!({"version": version, "plans": plans_json(&plans)})),
+    )
+        .into_response())
 }
 
 async fn show(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {

@@ -19,6 +19,8 @@
 
 pub mod agent;
 pub mod api;
+pub mod audit;
+pub mod auth;
 mod attach;
 pub mod metrics;
 pub mod operations;
@@ -156,9 +158,18 @@ impl Console {
                     listen: config.listen.clone(),
                     source,
                 })?;
+        let shared = Arc::new(runner::Shared::new(store, agent, token));
+        // The read-only token (created here the first time) and rotation (`auth.rs`).
+        shared
+            .auth
+            .attach(&config.state_dir)
+            .map_err(|error| ConsoleError::Token {
+                path: config.state_dir.join(auth::READ_ONLY_TOKEN_FILE),
+                source: std::io::Error::other(error.to_string()),
+            })?;
         Ok(Console {
             listener,
-            shared: Arc::new(runner::Shared::new(store, agent, token)),
+            shared,
             token_path: config.state_dir.join(TOKEN_FILE),
         })
     }

@@ -41,6 +41,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub agent: Arc<dyn AgentClient>,
     pub token: String,
+    /// The API tokens and roles (`auth.rs`); starts with `token` as the operator token.
+    pub auth: crate::auth::Tokens,
     /// Serializes the check-then-start of `apply` and `retry`.
     pub apply_lock: tokio::sync::Mutex<()>,
     events: Mutex<HashMap<String, broadcast::Sender<InitEvent>>>,
@@ -66,6 +68,7 @@ impl Shared {
         Self {
             store,
             agent,
+            auth: crate::auth::Tokens::new(token.clone()),
             token,
             apply_lock: tokio::sync::Mutex::new(()),
             events: Mutex::new(HashMap::new()),
@@ -341,7 +344,7 @@ async fn run_row(
     request: StepRequest,
 ) -> Result<(), String> {
     for target in &targets {
-        match agent.step(&target.address, &request).await {
+        match agent.step_to(&target.server, &target.address, &request).await {
             Ok(response) if response.outcome == "done" => {}
             Ok(response) => {
                 return Err(format!(

@@ -26,7 +26,7 @@ pub async fn collect(agent: &Arc<dyn AgentClient>, config: &Config) -> AgentStat
         calls.spawn(async move {
             let answer = tokio::time::timeout(
                 Duration::from_millis(STATUS_TIMEOUT_MS),
-                agent.status(&address),
+                agent.status_of(&name, &address),
             )
             .await;
             let result = match answer {

@@ -9,17 +9,20 @@
 //! | `config_versions` | version (u64) | JSON [`ConfigVersion`] (TOML text, saved time, changed groups) |
 //! | `meta` | `"current_version"` | u64 |
 //! | `inits` | group name | JSON [`InitRecord`] |
+//! | `audit` | entry id (u64, increasing) | JSON [`AuditEntry`] |
 
 use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::audit::AuditEntry;
 use crate::record::InitRecord;
 
 const VERSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("config_versions");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const INITS: TableDefinition<&str, &[u8]> = TableDefinition::new("inits");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const CURRENT_VERSION_KEY: &str = "current_version";
 
 /// One saved configuration version.
@@ -60,6 +63,23 @@ pub trait Store: Send + Sync + 'static {
     fn init(&self, group: &str) -> Result<Option<InitRecord>, StoreError>;
     fn inits(&self) -> Result<Vec<InitRecord>, StoreError>;
     fn put_init(&self, record: &InitRecord) -> Result<(), StoreError>;
+    /// Appends an audit entry with the next id (its `id` field is ignored), dropping the
+    /// oldest beyond `crate::audit::AUDIT_ENTRIES_MAX`; returns the id.
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        let _ = entry;
+        Err(StoreError::Backend {
+            context: "append audit entry",
+            message: "this store keeps no audit log".into(),
+        })
+    }
+    /// Audit entries with an id above `after`, oldest first, at most `limit`.
+    fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::Backend {
+            context: "read audit log",
+            message: "this store keeps no audit log".into(),
+        })
+    }
 }
 
 fn backend<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> StoreError {
@@ -97,12 +117,56 @@ impl RedbStore {
         txn.open_table(VERSIONS).map_err(backend(context))?;
         txn.open_table(META).map_err(backend(context))?;
         txn.open_table(INITS).map_err(backend(context))?;
+        txn.open_table(AUDIT).map_err(backend(context))?;
         txn.commit().map_err(backend(context))?;
         Ok(Self { db })
     }
 }
 
 impl Store for RedbStore {
+    fn append_audit(&self, entry: &AuditEntry) -> Result<u64, StoreError> {
+        let context = "append audit entry";
+        let txn = self.db.begin_write().map_err(backend(context))?;
+        let id = {
+            let mut table = txn.open_table(AUDIT).map_err(backend(context))?;
+            let last = table
+                .last()
+                .map_err(backend(context))?
+                .map_or(0, |(key, _)| key.value());
+            let id = last.saturating_add(1);
+            let mut stored = entry.clone();
+            stored.id = id;
+            table
+                .insert(id, encode(context, &stored)?.as_slice())
+                .map_err(backend(context))?;
+            let keep_from = id.saturating_sub(crate::audit::AUDIT_ENTRIES_MAX);
+            if keep_from > 0 {
+                table
+                    .retain_in(..=keep_from, |_, _| false)
+                    .map_err(backend(context))?;
+            }
+            id
+        };
+        txn.commit().map_err(backend(context))?;
+        Ok(id)
+    }
+
+    fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let context = "read audit log";
+        let txn = self.db.begin_read().map_err(backend(context))?;
+        let table = txn.open_table(AUDIT).map_err(backend(context))?;
+        let mut out = Vec::new();
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(backend(context))?
+            .take(limit)
+        {
+            let (_, bytes) = entry.map_err(backend(context))?;
+            out.push(decode(context, bytes.value())?);
+        }
+        Ok(out)
+    }
+
     fn current(&self) -> Result<Option<ConfigVersion>, StoreError> {
         let context = "read current configuration version";
         let txn = self.db.begin_read().map_err(backend(context))?;
