@@ -47,11 +47,11 @@ pub struct AgentConfig {
     pub listen: String,
     /// Where the agent keeps its copies of the configuration and its state.
     pub state_dir: PathBuf,
-}
-
     /// This server's TLS identity: with one, every connection to the agent's port and every
     /// replication connection it opens is mutual TLS (`docs/security.md`); without, plaintext.
     pub tls: Option<Arc<redoubt_tls::TlsContext>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("invalid server name {0:?}: 1 to 63 of a-z, 0-9, '.', '_', '-'")]
@@ -184,12 +184,12 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
     let stored = persist::load_current(&config.state_dir)?;
     let state = persist::load_state(&config.state_dir)?;
     let host = attach::open(&config.state_dir)?;
-    let listener =
-        TcpListener::bind(&config.listen)
     if let Some(tls) = &config.tls {
         // The send processes this agent starts find it by the server's name.
         redoubt_tls::registry::register(tls.clone());
     }
+    let listener =
+        TcpListener::bind(&config.listen)
             .await
             .map_err(|source| AgentError::Listen {
                 address: config.listen.clone(),
@@ -251,11 +251,11 @@ impl BoundAgent {
         let _steps = agent.steps.lock().await;
         let stopped = agent.stop_all().await;
         connections.shutdown().await;
-        stopped.map_err(AgentError::Stop)
-    }
         if let Some(tls) = &agent.tls {
             redoubt_tls::registry::unregister(tls);
         }
+        stopped.map_err(AgentError::Stop)
+    }
 }
 
 /// [`bind`] then [`BoundAgent::serve`].

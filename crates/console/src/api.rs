@@ -212,10 +212,9 @@ async fn apply(
     let (current, new, plans) = validate_and_plan(&shared, &body)?;
     let current_version = current.as_ref().map(|(version, _)| version.version);
     if plans.is_empty() {
-        return Ok(Json(
-            json!({"version": current_version.unwrap_or(0), "plans": []}),
-        )
-        .into_response());
+        return Ok(
+            Json(json!({"version": current_version.unwrap_or(0), "plans": []})).into_response(),
+        );
     }
     for plan in &plans {
         if let Some(record) = shared.store.init(&plan.group)? {

@@ -19,9 +19,9 @@
 
 pub mod agent;
 pub mod api;
+mod attach;
 pub mod audit;
 pub mod auth;
-mod attach;
 pub mod metrics;
 pub mod operations;
 pub mod record;

@@ -344,7 +344,10 @@ async fn run_row(
     request: StepRequest,
 ) -> Result<(), String> {
     for target in &targets {
-        match agent.step_to(&target.server, &target.address, &request).await {
+        match agent
+            .step_to(&target.server, &target.address, &request)
+            .await
+        {
             Ok(response) if response.outcome == "done" => {}
             Ok(response) => {
                 return Err(format!(

@@ -63,6 +63,20 @@ pub enum Command {
     /// A local lab: a console and three agents (prod-a, dr-b, dr-c) on loopback.
     #[command(subcommand)]
     Lab(LabCommand),
+    /// The cluster CA and the certificates of servers and the console (mutual TLS).
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// The console's audit log: who changed what, when, with what outcome.
+    Audit {
+        /// Only entries after this id.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// The console's API tokens (operator, read-only).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Online verify: compare region hashes of production and every replica as of one
     /// sequence point, while writes go on; exits 1 when a region differs.
     Verify(crate::verify_cmd::VerifyArgs),
@@ -93,6 +107,10 @@ pub struct AgentArgs {
     /// Where the agent keeps its copy of the configuration and its state.
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Directory with ca.pem, NAME.pem and NAME.key: mutual TLS on every connection
+    /// (default: STATE_DIR/tls when it holds ca.pem; else plaintext).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,6 +121,36 @@ pub struct ConsoleArgs {
     /// Where the console keeps its store and its token.
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Directory with ca.pem, console.pem and console.key: mutual TLS to agents
+    /// (default: STATE_DIR/tls when it holds ca.pem; else plaintext).
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Replace a token (operator token needed): the new one is written to its file in the
+    /// console's state directory and printed once; the old one stops working at once.
+    Rotate {
+        /// operator or read-only.
+        #[arg(long, default_value = "read-only")]
+        role: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Create the cluster CA: DIR/ca.pem and DIR/ca.key (0600).
+    Init {
+        #[arg(long, default_value = "redoubt-ca")]
+        dir: PathBuf,
+    },
+    /// Issue the certificate of a server (or `console`): DIR/NAME.pem and DIR/NAME.key (0600).
+    Issue {
+        name: String,
+        #[arg(long, default_value = "redoubt-ca")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -100,7 +100,7 @@ impl ConsoleClient {
         let message = describe_error(&body);
         let code = match status.as_u16() {
             400 | 422 => ExitCodeKind::Invalid,
-            409 => ExitCodeKind::Refused,
+            409 | 412 => ExitCodeKind::Refused,
             401 | 403 => {
                 return Err(Failure::new(
                     ExitCodeKind::Failed,

@@ -34,11 +34,13 @@ fn stop_on_signal() -> Result<watch::Receiver<bool>, Failure> {
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), Failure> {
+    let tls = crate::ca_cmd::identity(args.tls_dir.as_deref(), &args.state_dir, &args.name)?;
     runtime()?.block_on(async {
         let config = redoubt_agent::AgentConfig {
             name: args.name.clone(),
             listen: args.listen.clone(),
             state_dir: args.state_dir.clone(),
+            tls,
         };
         let bound = redoubt_agent::bind(config)
             .await
@@ -56,14 +58,22 @@ pub fn agent(args: AgentArgs) -> Result<(), Failure> {
 }
 
 pub fn console(args: ConsoleArgs) -> Result<(), Failure> {
+    let tls = crate::ca_cmd::identity(
+        args.tls_dir.as_deref(),
+        &args.state_dir,
+        redoubt_tls::CONSOLE_NAME,
+    )?;
     runtime()?.block_on(async {
         let config = redoubt_console::ConsoleConfig {
             listen: args.listen.clone(),
             state_dir: args.state_dir.clone(),
         };
-        let console = redoubt_console::Console::bind(config)
-            .await
+        let agents = redoubt_console::HttpAgentClient::with_tls(tls)
             .map_err(|error| failed("start the console", &error))?;
+        let console =
+            redoubt_console::Console::bind_with_agent(config, std::sync::Arc::new(agents))
+                .await
+                .map_err(|error| failed("start the console", &error))?;
         let url = console
             .url()
             .map_err(|error| failed("read the listening address", &error))?;

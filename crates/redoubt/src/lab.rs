@@ -137,6 +137,23 @@ fn wait_until<F: FnMut() -> bool>(what: &str, log: &Path, mut ready: F) -> Resul
     Ok(())
 }
 
+/// The lab's cluster CA and the certificates of the console and the three servers, in
+/// DIR/tls: made on the first `lab up`, kept (and completed) after.
+fn lab_tls(dir: &Path) -> Result<PathBuf, Failure> {
+    let tls_dir = dir.join("tls");
+    let tls_failed =
+        |error: redoubt_tls::TlsError| failed(format!("set up the lab's TLS: {error}"));
+    if !tls_dir.join(redoubt_tls::CA_CERT_FILE).exists() {
+        redoubt_tls::ca::init(&tls_dir).map_err(tls_failed)?;
+    }
+    for name in LAB_SERVERS.iter().chain([&redoubt_tls::CONSOLE_NAME]) {
+        if !tls_dir.join(format!("{name}.pem")).exists() {
+            redoubt_tls::ca::issue(&tls_dir, name).map_err(tls_failed)?;
+        }
+    }
+    Ok(tls_dir)
+}
+
 fn up(dir: &Path) -> Result<(), Failure> {
     if dir.join("pids").exists()
         && std::fs::read_dir(dir.join("pids"))
@@ -163,9 +180,11 @@ fn up(dir: &Path) -> Result<(), Failure> {
     std::fs::write(&config_path, lab_config(dir, &agent_ports, nbd_port))
         .map_err(|error| failed(format!("write {}: {error}", config_path.display())))?;
 
+    let tls_dir = lab_tls(dir)?;
     println!(
-        "Starting the console and three agents under {} …",
-        dir.display()
+        "Starting the console and three agents under {} (mutual TLS, certificates in {}) …",
+        dir.display(),
+        tls_dir.display()
     );
     let console_url = format!("http://127.0.0.1:{console_port}");
     spawn_daemon(
@@ -177,6 +196,8 @@ fn up(dir: &Path) -> Result<(), Failure> {
             format!("127.0.0.1:{console_port}"),
             "--state-dir".into(),
             dir.join("console").display().to_string(),
+            "--tls-dir".into(),
+            tls_dir.display().to_string(),
         ],
     )?;
     for (name, port) in LAB_SERVERS.iter().zip(agent_ports) {
@@ -191,6 +212,8 @@ fn up(dir: &Path) -> Result<(), Failure> {
                 format!("127.0.0.1:{port}"),
                 "--state-dir".into(),
                 dir.join("agents").join(name).display().to_string(),
+                "--tls-dir".into(),
+                tls_dir.display().to_string(),
             ],
         )?;
     }

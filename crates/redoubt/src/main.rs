@@ -3,6 +3,8 @@
 
 mod apply_cmd;
 mod attach_cmd;
+mod audit_cmd;
+mod ca_cmd;
 mod cli;
 mod client;
 mod completion_cmd;
@@ -55,6 +57,15 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Agent(args) => daemon_cmd::agent(args),
         Command::Console(args) => daemon_cmd::console(args),
         Command::Lab(command) => lab::run(command),
+        Command::Ca(command) => ca_cmd::run(command),
+        Command::Audit { after, format } => {
+            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
+            remote_cmd::runtime()?.block_on(audit_cmd::audit(&client, after, format))
+        }
+        Command::Token(command) => {
+            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
+            remote_cmd::runtime()?.block_on(audit_cmd::token(&client, command))
+        }
         Command::Operations { id, watch, format } => {
             let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
             remote_cmd::runtime()?.block_on(progress::operations_cmd(

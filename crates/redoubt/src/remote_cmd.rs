@@ -126,7 +126,7 @@ pub async fn apply(
     follow: bool,
 ) -> Result<(), Failure> {
     let toml = read_config(file)?;
-    let body = json!({"toml": toml, "destroy": destroy});
+    let mut body = json!({"toml": toml, "destroy": destroy});
     let planned = client.post("/v1/config/plan", &body).await?;
     let plans = planned["plans"].clone();
     print_plans(&plans);
@@ -157,6 +157,8 @@ pub async fn apply(
         };
         confirm(question)?;
     }
+    // Confirmed (or --yes): the console refuses a destructive change without it (412).
+    body["confirm"] = json!(true);
     let applied = client.post("/v1/config", &body).await?;
     println!("Saved configuration version {}.", applied["version"]);
     if !follow {

@@ -27,7 +27,7 @@ use redoubt_volume::{
 };
 use redoubt_wire::{Frame, HelloReply, ReceiverConfig, ReceiverSession, Refuse, RefuseCode};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::conn::{FrameReader, FrameWriter};
@@ -354,7 +354,9 @@ impl Aba {
                         let aba = self.clone();
                         let shutdown = shutdown.clone();
                         tokio::spawn(async move {
-                            if let Err(error) = aba.serve_connection(stream, shutdown).await {
+                            if let Err(error) =
+                                aba.serve_connection(Box::new(stream), shutdown).await
+                            {
                                 tracing::info!(group = %aba.config.group, %peer, %error, "replication connection ended");
                             }
                         });
@@ -368,21 +370,21 @@ impl Aba {
     /// Serves one already-accepted LCA connection until it ends or `shutdown` turns true.
     /// For a process (the agent) that accepts on one port for several purposes and routes
     /// replication connections here itself.
+    /// The stream is plain TCP or TLS (the caller authenticated the peer).
     pub async fn serve_stream(
         self: &Arc<Self>,
-        stream: TcpStream,
+        stream: crate::conn::BoxStream,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
-        let _ = stream.set_nodelay(true);
         self.serve_connection(stream, shutdown).await
     }
 
     async fn serve_connection(
         self: &Arc<Self>,
-        stream: TcpStream,
+        stream: crate::conn::BoxStream,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = tokio::io::split(stream);
         let mut reader = FrameReader::new(read_half);
         let mut writer = FrameWriter::new(write_half);
         let Frame::Hello(hello) = reader.receive().await? else {
@@ -410,8 +412,8 @@ impl Aba {
     async fn serve_session(
         &self,
         hello: redoubt_wire::Hello,
-        reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
-        writer: &mut FrameWriter<tokio::net::tcp::OwnedWriteHalf>,
+        reader: &mut FrameReader<crate::conn::StreamReadHalf>,
+        writer: &mut FrameWriter<crate::conn::StreamWriteHalf>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
         let (group_id, durable_seq) = {
