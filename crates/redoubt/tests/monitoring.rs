@@ -135,23 +135,9 @@ fn xml_status_validates_and_agrees_with_json_and_metrics_parse() {
     let lab = lab_up(root.path());
     let dir = lab.0.clone();
 
-    // The XML validates against the schema we ship.
-    let xml = stdout_ok(redoubt(&dir, &["status", "--format", "xml"]));
-    let xml_path = root.path().join("status.xml");
-    std::fs::write(&xml_path, &xml).unwrap();
-    let lint = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--schema")
-        .arg(repo().join("docs/status.xsd"))
-        .arg(&xml_path)
-        .output()
-        .expect("run xmllint (libxml2-utils, scripts/deps.sh)");
-    assert!(
-        lint.status.success(),
-        "xmllint: {}\n{xml}",
-        String::from_utf8_lossy(&lint.stderr)
-    );
-    for element in [
+    // The XML validates against the schema we ship, and holds every element of the product's
+    // document once the data path runs (right after `lab up` a target may still connect).
+    let expected_elements = [
         "<replication_group name=\"erp\">",
         "<production>prod-a</production>",
         "<direction>prod-a -&gt; dr-b, dr-c</direction>",
@@ -162,9 +148,36 @@ fn xml_status_validates_and_agrees_with_json_and_metrics_parse() {
         "<Current_TGT_Backlog unit=\"%\">",
         "<snapshot_usage unit=\"%\">",
         "<super_transaction unit=\"%\">",
-    ] {
-        assert!(xml.contains(element), "missing {element} in\n{xml}");
-    }
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let xml = loop {
+        let xml = stdout_ok(redoubt(&dir, &["status", "--format", "xml"]));
+        let xml_path = root.path().join("status.xml");
+        std::fs::write(&xml_path, &xml).unwrap();
+        let lint = Command::new("xmllint")
+            .arg("--noout")
+            .arg("--schema")
+            .arg(repo().join("docs/status.xsd"))
+            .arg(&xml_path)
+            .output()
+            .expect("run xmllint (libxml2-utils, scripts/deps.sh)");
+        assert!(
+            lint.status.success(),
+            "xmllint: {}\n{xml}",
+            String::from_utf8_lossy(&lint.stderr)
+        );
+        let missing: Vec<&str> = expected_elements
+            .iter()
+            .copied()
+            .filter(|element| !xml.contains(element))
+            .collect();
+        if missing.is_empty() {
+            break xml;
+        }
+        assert!(Instant::now() < deadline, "missing {missing:?} in\n{xml}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(xml.matches("<recovery name=").count(), 2, "{xml}");
 
     // The numbers agree with --format json: compared when the status held still between a
     // JSON read before and one after the XML read.
