@@ -153,6 +153,8 @@ pub type AbaConnections = Arc<Mutex<Option<JoinSet<()>>>>;
 
 struct Recovery {
     aba: Arc<Aba>,
+    /// The group's snapshots and their exports (`snapshot_routes.rs`).
+    snapshots: Arc<crate::snapshot_routes::GroupSnapshots>,
     apply_thread: Option<std::thread::JoinHandle<()>>,
     stop: watch::Sender<bool>,
     connections: AbaConnections,
@@ -178,6 +180,14 @@ impl DataPath {
         match &self.running {
             Running::Production(production) => Some(production.engine.clone()),
             Running::Recovery(_) => None,
+        }
+    }
+
+    /// The group's snapshots when this is a recovery data path.
+    pub fn snapshots(&self) -> Option<Arc<crate::snapshot_routes::GroupSnapshots>> {
+        match &self.running {
+            Running::Recovery(recovery) => Some(recovery.snapshots.clone()),
+            Running::Production(_) => None,
         }
     }
 
@@ -244,6 +254,7 @@ impl DataPath {
                 joined
             }
             Running::Recovery(recovery) => {
+                recovery.snapshots.stop().await;
                 let _ = recovery.stop.send(true);
                 let connections = recovery
                     .connections
@@ -317,6 +328,7 @@ impl DataPath {
                 fields.insert("targets".into(), Value::Array(targets));
             }
             Running::Recovery(recovery) => {
+                recovery.snapshots.status(fields);
                 let status = recovery.aba.status();
                 fields.insert(
                     "connected".into(),
@@ -535,12 +547,27 @@ async fn start_recovery(spec: &PathSpec) -> Result<Recovery, String> {
         retention_seconds: spec.retention_seconds,
     };
     let group = spec.group.clone();
-    let (aba, apply_thread) = tokio::task::spawn_blocking(move || Aba::open(config))
-        .await
-        .map_err(|error| format!("open the apply process of group {group}: {error}"))?
-        .map_err(|error| format!("open the apply process of group {group}: {error}"))?;
+    let snapshots = crate::snapshot_routes::GroupSnapshots::open(
+        &spec.server,
+        &spec.group,
+        &redoubt_volume::GroupLayout::new(&spec.data_dir, &spec.group)
+            .map_err(|error| format!("snapshots of group {group}: {error}"))?
+            .snapshot_dir(),
+        spec.capacities.snapshot_bytes,
+    )?;
+    let observer = snapshots.observer();
+    let (aba, apply_thread) =
+        tokio::task::spawn_blocking(move || Aba::open_observed(config, Some(observer)))
+            .await
+            .map_err(|error| format!("open the apply process of group {group}: {error}"))?
+            .map_err(|error| format!("open the apply process of group {group}: {error}"))?;
+    if let Err(error) = snapshots.attach(aba.clone()).await {
+        // Replication matters more than the snapshot exports: log, keep applying.
+        tracing::error!(%group, %error, "snapshot exports not served");
+    }
     let (stop, _) = watch::channel(false);
     Ok(Recovery {
+        snapshots,
         aba,
         apply_thread: Some(apply_thread),
         stop,

@@ -23,6 +23,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/step", post(step))
         .merge(crate::verify_routes::routes())
+        .merge(crate::snapshot_routes::routes())
         .merge(crate::attach::routes())
         .route("/metrics", get(metrics))
         .fallback(not_found)

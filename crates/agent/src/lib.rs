@@ -20,6 +20,7 @@ mod http;
 pub mod metrics;
 pub mod persist;
 mod route;
+mod snapshot_routes;
 mod steps;
 mod verify_routes;
 

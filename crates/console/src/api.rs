@@ -54,6 +54,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/init/{group}/retry", post(retry))
         .route("/v1/status", get(status_handler))
         .merge(crate::verify::routes())
+        .merge(crate::recovery_snapshots::routes())
         .merge(crate::operations::routes())
         .merge(crate::attach::routes())
         .route("/metrics", get(crate::metrics::handler))

@@ -25,6 +25,7 @@ pub mod auth;
 pub mod metrics;
 pub mod operations;
 pub mod record;
+pub mod recovery_snapshots;
 pub mod runner;
 pub mod status;
 pub mod store;

@@ -83,6 +83,9 @@ pub enum Command {
     /// Resend what a recovery server lacks: `--checksum` compares region hashes and sends
     /// only the regions that differ (a super transaction).
     Resync(crate::verify_cmd::ResyncArgs),
+    /// Snapshots of a replica at a restore point, exported over NBD (read-only or writable).
+    #[command(subcommand)]
+    Snapshot(crate::snapshot_cmd::SnapshotCommand),
     /// Give applications a block device of an LV, /dev/redoubt/GROUP/LV, on the server that
     /// serves it (the production server; with --snapshot, the recovery server, read-only).
     Attach(AttachArgs),

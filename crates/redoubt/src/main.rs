@@ -16,6 +16,7 @@ mod lab;
 mod man_cmd;
 mod progress;
 mod remote_cmd;
+mod snapshot_cmd;
 mod status_file;
 mod status_xml;
 mod verify_cmd;
@@ -83,6 +84,7 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Apply(args) => apply_cmd::run(args),
         Command::Verify(args) => verify_cmd::verify(args, cli.console, cli.token_file),
         Command::Resync(args) => verify_cmd::resync(args, cli.console, cli.token_file),
+        Command::Snapshot(command) => snapshot_cmd::run(command, cli.console, cli.token_file),
         Command::Attach(args) => attach_cmd::attach(args, cli.console, cli.token_file),
         Command::Detach(args) => attach_cmd::detach(args, cli.console, cli.token_file),
         Command::Man { out } => man_cmd::run(&out),

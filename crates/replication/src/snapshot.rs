@@ -251,6 +251,8 @@ pub struct Snapshot {
     replica: Replica,
     /// Set when the pre-images of P+1..=A0 are in (creation done).
     ready: std::sync::atomic::AtomicBool,
+    /// Set by delete: a client still connected gets errors, never stale data.
+    deleted: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -335,6 +337,9 @@ impl Snapshot {
         offset_bytes: u64,
         length_bytes: u64,
     ) -> Result<(), SnapshotError> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(SnapshotError::NotFound(self.name.clone()));
+        }
         let volume = self
             .volume(lv_id)
             .ok_or(SnapshotError::NoSuchVolume(lv_id))?;
@@ -930,6 +935,7 @@ impl SnapshotSet {
             usage: self.usage.clone(),
             replica: self.replica.clone(),
             ready: std::sync::atomic::AtomicBool::new(false),
+            deleted: std::sync::atomic::AtomicBool::new(false),
         });
         let joined_seq = {
             let mut registry = lock(&self.registry);
@@ -1077,6 +1083,7 @@ impl SnapshotSet {
                 .remove(name)
                 .ok_or_else(|| SnapshotError::NotFound(name.to_string()))?
         };
+        snapshot.deleted.store(true, Ordering::Release);
         self.usage.release(snapshot.usage_bytes());
         std::fs::remove_dir_all(&snapshot.dir)
             .map_err(SnapshotError::io("remove the snapshot's files"))?;
@@ -1154,6 +1161,7 @@ fn load_snapshot(
         usage,
         replica,
         ready: std::sync::atomic::AtomicBool::new(true),
+        deleted: std::sync::atomic::AtomicBool::new(false),
     })
 }
 
