@@ -302,13 +302,10 @@ async fn login(State(web): State<Arc<Web>>, Form(form): Form<LoginForm>) -> Resp
     let token = form.token.trim().to_string();
     if !web.token_valid(&token) {
         tracing::warn!("web console: a login with a wrong token was refused");
-        return (
-            StatusCode::UNAUTHORIZED,
-            html(pages::login_page(Some(
-                "That token is not valid for this console.",
-            ))),
-        )
-            .into_response();
+        // The form again with the reason, as a page (200): no session, nothing else changed.
+        return html(pages::login_page(Some(
+            "That token is not valid for this console.",
+        )));
     }
     let (id, _) = web.create_session(token, now_unix_ms());
     let cookie = format!(
