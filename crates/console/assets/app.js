@@ -367,7 +367,8 @@
         : 'Save the configuration and run its initialization?';
       if (!(await confirmAction(question))) { return; }
       finish.disabled = true;
-      const answer = await api('POST', '/v1/config', { toml: composed.toml });
+      // The operator confirmed in the dialog: destructive plans need it said (412 otherwise).
+      const answer = await api('POST', '/v1/config', { toml: composed.toml, confirm: true });
       if (answer.status !== 200) {
         problem.textContent = errorText(answer);
         problem.hidden = false;

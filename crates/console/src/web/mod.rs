@@ -92,9 +92,10 @@ impl Web {
         })
     }
 
-    /// Whether the API accepts `token`. (The API's check: the console's token.)
+    /// Whether the API accepts `token` (operator or read-only: `crate::auth`). A rotated
+    /// token stops being valid at once, and so do the sessions opened with it.
     fn token_valid(&self, token: &str) -> bool {
-        constant_time_eq(token.as_bytes(), self.shared.token.as_bytes())
+        self.shared.auth.role_of(token).is_some()
     }
 
     fn create_session(&self, token: String, now_unix_ms: u64) -> (String, Session) {
@@ -202,6 +203,11 @@ async fn session_layer(State(web): State<Arc<Web>>, mut request: Request, next: 
     let Some(session) = web.session(&id, now_unix_ms()) else {
         return next.run(request).await;
     };
+    if !web.token_valid(&session.token) {
+        // The token was rotated since login: the session ends with it.
+        web.end_session(&id);
+        return next.run(request).await;
+    }
     let safe = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
