@@ -16,6 +16,7 @@
 mod attach;
 pub mod client;
 mod datapath;
+pub mod fencing;
 mod http;
 pub mod metrics;
 pub mod persist;
@@ -23,6 +24,7 @@ mod route;
 mod snapshot_routes;
 mod steps;
 mod verify_routes;
+mod recovery_routes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -82,10 +84,10 @@ pub(crate) struct Agent {
     pub state_dir: PathBuf,
     /// Steps run one at a time (each may take the groups' containers' locks).
     pub steps: tokio::sync::Mutex<()>,
-    /// Block devices made of this server's exports (`redoubt attach`).
-    pub host: attach::SharedHost,
     /// The TLS identity (`AgentConfig::tls`).
     pub tls: Option<Arc<redoubt_tls::TlsContext>>,
+    /// Block devices made of this server's exports (`redoubt attach`).
+    pub host: attach::SharedHost,
     /// Step durations and outcomes for `GET /metrics`.
     pub metrics: metrics::AgentMetrics,
     inner: Mutex<Inner>,
@@ -200,9 +202,9 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
         name: config.name,
         state_dir: config.state_dir,
         steps: tokio::sync::Mutex::new(()),
+        tls: config.tls.clone(),
         host,
         metrics: metrics::AgentMetrics::new(),
-        tls: config.tls.clone(),
         inner: Mutex::new(Inner {
             config: stored,
             state,

@@ -53,13 +53,18 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/init/{group}/events", get(events))
         .route("/v1/init/{group}/retry", post(retry))
         .route("/v1/status", get(status_handler))
-        .merge(crate::verify::routes())
-        .merge(crate::recovery_snapshots::routes())
-        .merge(crate::operations::routes())
         .merge(crate::attach::routes())
         .route("/metrics", get(crate::metrics::handler))
+        .merge(crate::verify::routes())
+        .merge(crate::recovery::routes())
+        .merge(crate::recovery_snapshots::routes())
+        .merge(crate::operations::routes())
         .merge(crate::audit::routes())
         .merge(crate::auth::routes())
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            crate::leader::forward_to_leader,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&shared),
             crate::auth::require_role,

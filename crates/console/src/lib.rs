@@ -17,20 +17,23 @@
 //!
 //! The decision of what runs next is the pure [`record::next`].
 
+mod attach;
 pub mod agent;
 pub mod api;
-mod attach;
 pub mod audit;
 pub mod auth;
+pub mod leader;
 pub mod metrics;
 pub mod operations;
 pub mod record;
+pub mod recovery;
 pub mod recovery_snapshots;
 pub mod runner;
 pub mod status;
 pub mod store;
-pub mod verify;
+pub mod store_etcd;
 pub mod web;
+pub mod verify;
 
 use std::io::Write;
 use std::net::SocketAddr;

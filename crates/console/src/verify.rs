@@ -569,13 +569,34 @@ async fn run_verify(
             })
         })
         .collect();
-    let message = if total == 0 {
+    // A running super transaction (full sync, overflow or checksum resync) explains
+    // differences: its regions reach the replicas only as the resync passes send them.
+    let resync_running = match members.first() {
+        Some(production) => agents
+            .call(production, "GET", "/v1/status", None)
+            .await
+            .ok()
+            .and_then(|status| {
+                status["groups"]
+                    .as_array()?
+                    .iter()
+                    .find(|entry| entry["name"] == group)?
+                    .get("needs_resync")?
+                    .as_bool()
+            })
+            .unwrap_or(false),
+        None => false,
+    };
+    let mut message = if total == 0 {
         format!(
             "every replica equals production as of seq {seq} ({regions} regions of {region} bytes)"
         )
     } else {
         format!("{total} region(s) differ from production as of seq {seq}")
     };
+    if resync_running && total > 0 {
+        message.push_str(" (a resync is running: the replicas are not consistent until it ends)");
+    }
     Ok((
         message,
         json!({
@@ -585,6 +606,7 @@ async fn run_verify(
             "servers": servers,
             "differences_total": total,
             "differences": differences,
+            "resync_running": resync_running,
         }),
     ))
 }
@@ -762,5 +784,63 @@ async fn run_resync(
             ),
         );
         tokio::time::sleep(Duration::from_millis(VERIFY_POLL_MS)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hashed(server: &str, volumes: &[(&str, u64, &[&str])]) -> Hashed {
+        Hashed {
+            member: Member {
+                name: server.into(),
+                role: "recovery1".into(),
+                address: String::new(),
+            },
+            volumes: volumes
+                .iter()
+                .map(|(name, size, hashes)| {
+                    (
+                        name.to_string(),
+                        *size,
+                        hashes.iter().map(|h| h.to_string()).collect(),
+                    )
+                })
+                .collect(),
+            before_write: 0,
+            bytes_read: 0,
+        }
+    }
+
+    #[test]
+    fn compare_names_server_volume_region_offset_and_length() {
+        let production = hashed(
+            "prod-a",
+            &[("a", 2560, &["x", "y", "z"]), ("b", 1024, &["q"])],
+        );
+        let same = hashed(
+            "dr-b",
+            &[("a", 2560, &["x", "y", "z"]), ("b", 1024, &["q"])],
+        );
+        assert!(compare(&production, &same, 1024).is_empty());
+        // The last, short region differs: its length is what is left of the LV.
+        let flipped = hashed(
+            "dr-b",
+            &[("a", 2560, &["x", "y", "Z"]), ("b", 1024, &["q"])],
+        );
+        assert_eq!(
+            compare(&production, &flipped, 1024),
+            vec![json!({"server": "dr-b", "volume": "a", "region": 2,
+                        "offset_bytes": 2048, "length_bytes": 512})]
+        );
+        // A missing volume, or one of another size, differs everywhere.
+        let missing = hashed("dr-c", &[("a", 2560, &["x", "y", "z"])]);
+        assert_eq!(compare(&production, &missing, 1024).len(), 1);
+        let resized = hashed(
+            "dr-c",
+            &[("a", 3072, &["x", "y", "z"]), ("b", 1024, &["q"])],
+        );
+        assert_eq!(compare(&production, &resized, 1024).len(), 3);
     }
 }

@@ -77,15 +77,6 @@ pub enum Command {
     /// The console's API tokens (operator, read-only).
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Online verify: compare region hashes of production and every replica as of one
-    /// sequence point, while writes go on; exits 1 when a region differs.
-    Verify(crate::verify_cmd::VerifyArgs),
-    /// Resend what a recovery server lacks: `--checksum` compares region hashes and sends
-    /// only the regions that differ (a super transaction).
-    Resync(crate::verify_cmd::ResyncArgs),
-    /// Snapshots of a replica at a restore point, exported over NBD (read-only or writable).
-    #[command(subcommand)]
-    Snapshot(crate::snapshot_cmd::SnapshotCommand),
     /// Give applications a block device of an LV, /dev/redoubt/GROUP/LV, on the server that
     /// serves it (the production server; with --snapshot, the recovery server, read-only).
     Attach(AttachArgs),
@@ -97,6 +88,24 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Online verify: compare region hashes of production and every replica as of one
+    /// sequence point, while writes go on; exits 1 when a region differs.
+    Verify(crate::verify_cmd::VerifyArgs),
+    /// Resend what a recovery server lacks: `--checksum` compares region hashes and sends
+    /// only the regions that differ (a super transaction).
+    Resync(crate::verify_cmd::ResyncArgs),
+    /// Insert a named event marker into the group's journal (e.g. before an upgrade): a
+    /// restore point `mark:NAME` that survives failover and failback.
+    Mark(crate::recovery_cmd::MarkArgs),
+    /// The restore window of every replica of a group, and its markers.
+    Points(crate::recovery_cmd::PointsArgs),
+    /// Roll a replica back (or forward while paused) to a restore point; its apply pauses.
+    Rollback(crate::recovery_cmd::RollbackArgs),
+    /// Let a rolled-back replica apply again from where it stands.
+    Resume(crate::recovery_cmd::ResumeArgs),
+    /// Snapshots of a replica at a restore point, exported over NBD (read-only or writable).
+    #[command(subcommand)]
+    Snapshot(crate::snapshot_cmd::SnapshotCommand),
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,6 +119,10 @@ pub struct AgentArgs {
     /// Where the agent keeps its copy of the configuration and its state.
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Fence the production role with etcd (`etcd://host:port,…`): production takes the
+    /// group's fence before it accepts writes and stops writes when it loses it (docs/ha.md).
+    #[arg(long)]
+    pub fence: Option<String>,
     /// Directory with ca.pem, NAME.pem and NAME.key: mutual TLS on every connection
     /// (default: STATE_DIR/tls when it holds ca.pem; else plaintext).
     #[arg(long)]
@@ -124,6 +137,14 @@ pub struct ConsoleArgs {
     /// Where the console keeps its store and its token.
     #[arg(long)]
     pub state_dir: PathBuf,
+    /// Keep the console's state in etcd (`etcd://host:port,…`) so that several consoles
+    /// share it, one leader at a time (docs/ha.md); default: embedded redb in STATE_DIR.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// With --store etcd://…: the URL other consoles forward writes to
+    /// (default: http://<listen address>).
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Directory with ca.pem, console.pem and console.key: mutual TLS to agents
     /// (default: STATE_DIR/tls when it holds ca.pem; else plaintext).
     #[arg(long)]

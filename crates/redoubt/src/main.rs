@@ -19,6 +19,7 @@ mod remote_cmd;
 mod snapshot_cmd;
 mod status_file;
 mod status_xml;
+mod recovery_cmd;
 mod verify_cmd;
 
 use std::process::ExitCode;
@@ -58,15 +59,6 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Agent(args) => daemon_cmd::agent(args),
         Command::Console(args) => daemon_cmd::console(args),
         Command::Lab(command) => lab::run(command),
-        Command::Ca(command) => ca_cmd::run(command),
-        Command::Audit { after, format } => {
-            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
-            remote_cmd::runtime()?.block_on(audit_cmd::audit(&client, after, format))
-        }
-        Command::Token(command) => {
-            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
-            remote_cmd::runtime()?.block_on(audit_cmd::token(&client, command))
-        }
         Command::Operations { id, watch, format } => {
             let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
             remote_cmd::runtime()?.block_on(progress::operations_cmd(
@@ -80,13 +72,26 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
             completion_cmd::run(shell);
             Ok(())
         }
+        Command::Ca(command) => ca_cmd::run(command),
+        Command::Audit { after, format } => {
+            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
+            remote_cmd::runtime()?.block_on(audit_cmd::audit(&client, after, format))
+        }
+        Command::Token(command) => {
+            let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
+            remote_cmd::runtime()?.block_on(audit_cmd::token(&client, command))
+        }
         Command::Datatap(args) => datatap_cmd::run(args),
         Command::Apply(args) => apply_cmd::run(args),
-        Command::Verify(args) => verify_cmd::verify(args, cli.console, cli.token_file),
-        Command::Resync(args) => verify_cmd::resync(args, cli.console, cli.token_file),
-        Command::Snapshot(command) => snapshot_cmd::run(command, cli.console, cli.token_file),
         Command::Attach(args) => attach_cmd::attach(args, cli.console, cli.token_file),
         Command::Detach(args) => attach_cmd::detach(args, cli.console, cli.token_file),
         Command::Man { out } => man_cmd::run(&out),
+        Command::Verify(args) => verify_cmd::verify(args, cli.console, cli.token_file),
+        Command::Resync(args) => verify_cmd::resync(args, cli.console, cli.token_file),
+        Command::Mark(args) => recovery_cmd::mark(args, cli.console, cli.token_file),
+        Command::Points(args) => recovery_cmd::points(args, cli.console, cli.token_file),
+        Command::Rollback(args) => recovery_cmd::rollback(args, cli.console, cli.token_file),
+        Command::Resume(args) => recovery_cmd::resume(args, cli.console, cli.token_file),
+        Command::Snapshot(command) => snapshot_cmd::run(command, cli.console, cli.token_file),
     }
 }

@@ -80,6 +80,46 @@ pub struct AbaStatus {
     /// While non-zero, retention pruning keeps the undo records from this seq on (a snapshot
     /// being created reads them; `snapshot.rs`).
     pub undo_pin_seq: AtomicU64,
+    /// Apply is paused by a rollback: records are still received and stored, not applied.
+    pub paused: AtomicBool,
+    /// Records the running (or last) rollback has to undo or redo, and has done.
+    pub rollback_total_records: AtomicU64,
+    pub rollback_done_records: AtomicU64,
+}
+
+/// Why and how far a rolled-back replica is paused (kept in the state file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paused {
+    /// The roll-forward file holds the redo of seqs `rollforward_first_seq..=rollforward_last_seq`.
+    pub rollforward_first_seq: u64,
+    pub rollforward_last_seq: u64,
+    /// False when a crash interrupted a rollback while it captured: moving forward is
+    /// impossible, the replica needs a new full sync.
+    pub rollforward_complete: bool,
+    /// Set while a rollback runs: (from, to); a restart finishes it.
+    pub rolling_back: Option<(u64, u64)>,
+    pub since_unix_ms: u64,
+}
+
+/// What a replica can be rolled to, and the markers and record times to resolve points.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreWindow {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub applied_seq: u64,
+    pub paused: bool,
+    pub markers: Vec<redoubt_points::Marker>,
+    /// (seq, unix ns) of every record in the window, ascending.
+    pub times: Vec<(u64, u64)>,
+}
+
+/// What a rollback did.
+#[derive(Clone, Debug)]
+pub struct RollbackReport {
+    pub from_seq: u64,
+    pub to_seq: u64,
+    pub undone_records: u64,
+    pub redone_records: u64,
 }
 
 /// Sees every run of records on the apply thread just before the replica is written with
@@ -96,6 +136,9 @@ struct AbaState {
     group_id: Option<String>,
     /// The replica holds every record up to this seq durably.
     checkpoint_seq: u64,
+    /// Set while a rollback holds the replica at `checkpoint_seq`.
+    #[serde(default)]
+    paused: Option<Paused>,
 }
 
 fn hex(bytes: &[u8; 16]) -> String {
@@ -177,6 +220,19 @@ enum ApplyMessage {
     Checkpoint,
     /// A new replica starts after this seq (first contact with production's journal).
     StartAfter(u64),
+    /// Roll the replica to this seq (back through undo, or forward through the roll-forward
+    /// file while paused) and pause apply.
+    Rollback {
+        to_seq: u64,
+        reply: flume::Sender<Result<RollbackReport, ReplicationError>>,
+    },
+    /// Replay what a rollback undid, then the journal copy, and apply again.
+    Resume {
+        reply: flume::Sender<Result<u64, ReplicationError>>,
+    },
+    Window {
+        reply: flume::Sender<Result<RestoreWindow, ReplicationError>>,
+    },
 }
 
 /// How long storing a batch waits for room in a full journal copy before giving up.
@@ -242,9 +298,11 @@ impl Aba {
             journal_capacity_bytes: config.capacities.log_record_file_bytes,
         };
         let mut replay = Vec::new();
+        let paused = store.state.paused.clone();
         if let Some(group_id) = store.state.group_id.as_deref().and_then(unhex) {
             store.open_journal(group_id)?;
-            if let Some(journal) = &store.journal {
+            // A paused replica applies nothing until resumed: the copy waits.
+            if let Some(journal) = store.journal.as_ref().filter(|_| paused.is_none()) {
                 let from = store.state.checkpoint_seq + 1;
                 if journal.durable_seq() >= from {
                     for record in journal.read_from(from)? {
@@ -263,6 +321,8 @@ impl Aba {
         status
             .checkpoint_seq
             .store(store.state.checkpoint_seq, Ordering::Relaxed);
+        status.paused.store(paused.is_some(), Ordering::Relaxed);
+        let markers = crate::recovery::load_markers(&group_dir)?;
         let store = Arc::new(Mutex::new(store));
         let (apply, queue) = flume::bounded(APPLY_QUEUE_BATCHES_MAX);
         let verify = crate::verify::replica_hook(
@@ -284,7 +344,16 @@ impl Aba {
             undo_capacity_bytes: config.capacities.log_record_file_bytes,
             retention_seconds: config.retention_seconds,
             applied_times: std::collections::VecDeque::new(),
+            markers,
+            markers_dirty: false,
         };
+        if let Some((from, to)) = paused.and_then(|paused| paused.rolling_back) {
+            tracing::warn!(group = %config.group, from, to, "finishing a rollback a crash interrupted");
+            let (reply, _) = flume::bounded(1);
+            apply
+                .send(ApplyMessage::Rollback { to_seq: to, reply })
+                .map_err(|_| ReplicationError::Config("apply thread gone".into()))?;
+        }
         if !replay.is_empty() {
             apply
                 .send(ApplyMessage::Records(replay))
@@ -615,6 +684,9 @@ struct Applier {
     /// (seq, write time in unix ns) of the last record of each applied run, oldest first:
     /// what retention pruning looks up.
     applied_times: std::collections::VecDeque<(u64, u64)>,
+    /// Event markers applied, oldest first (bounded by `recovery::MARKERS_MAX`).
+    markers: Vec<redoubt_points::Marker>,
+    markers_dirty: bool,
 }
 
 /// Most (seq, time) samples kept for retention pruning; older ones are merged away.
@@ -632,6 +704,26 @@ impl Applier {
         let idle = Duration::from_millis(CHECKPOINT_IDLE_MS);
         loop {
             match queue.recv_timeout(idle) {
+                Ok(ApplyMessage::Records(_)) if self.status.paused.load(Ordering::Acquire) => {
+                    // Durable in the journal copy: resuming reads them from there.
+                }
+                Ok(ApplyMessage::Rollback { to_seq, reply }) => {
+                    let outcome = self.rollback(to_seq);
+                    if let Err(error) = &outcome {
+                        tracing::error!(%error, to_seq, "rollback failed");
+                    }
+                    let _ = reply.send(outcome);
+                }
+                Ok(ApplyMessage::Resume { reply }) => {
+                    let outcome = self.resume();
+                    if let Err(error) = &outcome {
+                        tracing::error!(%error, "resume failed");
+                    }
+                    let _ = reply.send(outcome);
+                }
+                Ok(ApplyMessage::Window { reply }) => {
+                    let _ = reply.send(self.window());
+                }
                 Ok(ApplyMessage::Records(records)) => {
                     let records: Vec<OwnedRecord> = records
                         .into_iter()
@@ -901,6 +993,10 @@ impl Applier {
             crate::verify::record_range(record),
             || Ok(write()),
         )??;
+        if header.kind == RecordKind::Marker {
+            crate::recovery::index_marker(&mut self.markers, header, &record.payload);
+            self.markers_dirty = true;
+        }
         self.applied_seq = header.seq;
         self.since_checkpoint += 1;
         self.status
@@ -937,6 +1033,10 @@ impl Applier {
             .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
         store.state.checkpoint_seq = self.applied_seq;
         save_state(&self.group_dir, &store.state)?;
+        if self.markers_dirty {
+            crate::recovery::save_markers(&self.group_dir, &self.markers)?;
+            self.markers_dirty = false;
+        }
         if let Some(journal) = store.journal.as_mut() {
             journal.prune_through(self.applied_seq)?;
             self.status
@@ -951,4 +1051,381 @@ impl Applier {
         self.since_checkpoint = 0;
         Ok(())
     }
+}
+
+impl Aba {
+    async fn ask<T: Send + 'static>(
+        &self,
+        message: impl FnOnce(flume::Sender<Result<T, ReplicationError>>) -> ApplyMessage,
+    ) -> Result<T, ReplicationError> {
+        let (reply, answer) = flume::bounded(1);
+        self.apply
+            .send_async(message(reply))
+            .await
+            .map_err(|_| ReplicationError::Config("the apply thread has stopped".into()))?;
+        answer
+            .recv_async()
+            .await
+            .map_err(|_| ReplicationError::Config("the apply thread has stopped".into()))?
+    }
+
+    /// What this replica can be rolled to, with markers and record times.
+    pub async fn window(&self) -> Result<RestoreWindow, ReplicationError> {
+        self.ask(|reply| ApplyMessage::Window { reply }).await
+    }
+
+    /// Rolls the replica to `to_seq` (back through the undo journal, or forward again while
+    /// paused) and leaves apply paused there. Progress: `status().rollback_*_records`.
+    pub async fn rollback(&self, to_seq: u64) -> Result<RollbackReport, ReplicationError> {
+        self.ask(|reply| ApplyMessage::Rollback { to_seq, reply })
+            .await
+    }
+
+    /// Moves a paused replica forward to everything it had, then applies again; answers the
+    /// applied seq. A replica that is not paused answers at once.
+    pub async fn resume(&self) -> Result<u64, ReplicationError> {
+        self.ask(|reply| ApplyMessage::Resume { reply }).await
+    }
+}
+
+/// Undo records read per step of a rollback (bounded memory: one segment's worth at most).
+const ROLLBACK_READ_RECORDS_MAX: usize = 4096;
+
+impl Applier {
+    fn paused_state(&self) -> Result<Option<Paused>, ReplicationError> {
+        let store = self
+            .store
+            .lock()
+            .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+        Ok(store.state.paused.clone())
+    }
+
+    /// Persists the replica's seq and pause state together (one state-file rename).
+    fn save_pause(&mut self, paused: Option<Paused>) -> Result<(), ReplicationError> {
+        let mut store = self
+            .store
+            .lock()
+            .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+        store.state.checkpoint_seq = self.applied_seq;
+        store.state.paused = paused.clone();
+        save_state(&self.group_dir, &store.state)?;
+        drop(store);
+        self.status
+            .paused
+            .store(paused.is_some(), Ordering::Release);
+        self.status
+            .applied_seq
+            .store(self.applied_seq, Ordering::Release);
+        self.status
+            .checkpoint_seq
+            .store(self.applied_seq, Ordering::Release);
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    fn window(&mut self) -> Result<RestoreWindow, ReplicationError> {
+        let paused = self.paused_state()?;
+        let applied = self.applied_seq;
+        let last = match &paused {
+            Some(paused) if paused.rollforward_complete => paused.rollforward_last_seq.max(applied),
+            _ => applied,
+        };
+        let mut window = RestoreWindow {
+            first_seq: applied,
+            last_seq: last,
+            applied_seq: applied,
+            paused: paused.is_some(),
+            markers: self.markers.clone(),
+            times: Vec::new(),
+        };
+        let group_id_known = self
+            .store
+            .lock()
+            .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?
+            .state
+            .group_id
+            .is_some();
+        if !group_id_known {
+            return Ok(window);
+        }
+        let undo = self.undo_journal()?;
+        let Some(undo_first) = undo.first_seq() else {
+            return Ok(window);
+        };
+        let mut barrier_seq = 0;
+        if undo.durable_seq() >= undo_first {
+            for record in undo.read_from(undo_first)? {
+                let record = record?;
+                let seq = record.header.seq;
+                if seq > last {
+                    break;
+                }
+                window.times.push((seq, record.header.timestamp_ns));
+                if record.header.kind == RecordKind::Marker
+                    && record.payload == UNDO_BARRIER_MARKER.as_bytes()
+                {
+                    barrier_seq = seq;
+                }
+            }
+        }
+        window.first_seq = undo_first.saturating_sub(1).max(barrier_seq).min(applied);
+        Ok(window)
+    }
+
+    fn rollback(&mut self, to_seq: u64) -> Result<RollbackReport, ReplicationError> {
+        let paused = self.paused_state()?;
+        if let Some((from, to)) = paused.as_ref().and_then(|paused| paused.rolling_back) {
+            // A crash interrupted this rollback: finish it (idempotent), without capturing.
+            let mut paused = paused.clone().unwrap_or_else(|| unreachable_paused(from));
+            paused.rollforward_complete = false;
+            self.applied_seq = from;
+            return self.roll_back(paused, from, to, false);
+        }
+        let window = self.window()?;
+        if to_seq < window.first_seq || to_seq > window.last_seq {
+            return Err(ReplicationError::Config(format!(
+                "seq {to_seq} is outside the restore window seq {}..={} of this replica",
+                window.first_seq, window.last_seq
+            )));
+        }
+        let from = self.applied_seq;
+        let paused = match paused {
+            Some(paused) => paused,
+            None => {
+                crate::rollback::Rollforward::create(&self.group_dir)?.sync()?;
+                Paused {
+                    rollforward_first_seq: from + 1,
+                    rollforward_last_seq: from,
+                    rollforward_complete: true,
+                    rolling_back: None,
+                    since_unix_ms: now_unix_ms(),
+                }
+            }
+        };
+        if to_seq >= from {
+            let redone = self.roll_forward(&paused, to_seq)?;
+            self.save_pause(Some(paused))?;
+            return Ok(RollbackReport {
+                from_seq: from,
+                to_seq,
+                undone_records: 0,
+                redone_records: redone,
+            });
+        }
+        self.roll_back(paused, from, to_seq, true)
+    }
+
+    /// Applies the undo records `from..to+1`, newest first, capturing each redo's data into
+    /// the roll-forward file first when `capture` (see `rollback.rs` for why a restart can
+    /// finish this).
+    fn roll_back(
+        &mut self,
+        mut paused: Paused,
+        from: u64,
+        to: u64,
+        capture: bool,
+    ) -> Result<RollbackReport, ReplicationError> {
+        paused.rolling_back = Some((from, to));
+        if !capture {
+            paused.rollforward_complete = false;
+        }
+        self.save_pause(Some(paused.clone()))?;
+        let mut rollforward = if capture {
+            Some(crate::rollback::Rollforward::open(&self.group_dir)?)
+        } else {
+            None
+        };
+        self.status
+            .rollback_total_records
+            .store(from - to, Ordering::Relaxed);
+        self.status
+            .rollback_done_records
+            .store(0, Ordering::Relaxed);
+        // Walk down in bounded chunks: read a chunk ascending, apply it descending.
+        let mut upper = from;
+        while upper > to {
+            let lower = upper
+                .saturating_sub(ROLLBACK_READ_RECORDS_MAX as u64)
+                .max(to);
+            let chunk: Vec<OwnedRecord> = {
+                let undo = self.undo_journal()?;
+                let mut chunk = Vec::new();
+                for record in undo.read_from(lower + 1)? {
+                    let record = record?;
+                    if record.header.seq > upper {
+                        break;
+                    }
+                    chunk.push(record);
+                }
+                chunk
+            };
+            if chunk.len() as u64 != upper - lower
+                || chunk.first().map(|record| record.header.seq) != Some(lower + 1)
+            {
+                return Err(ReplicationError::Config(format!(
+                    "the undo journal does not hold every record of seq {}..={upper}: cannot roll back",
+                    lower + 1
+                )));
+            }
+            for record in chunk.iter().rev() {
+                let header = &record.header;
+                let volume = self.volumes.get(&header.lv_id).cloned();
+                if let Some(rollforward) = rollforward.as_mut() {
+                    if header.seq < paused.rollforward_first_seq {
+                        match (header.kind, &volume) {
+                            (RecordKind::Undo, Some(volume)) => {
+                                let mut redo = vec![0u8; header.length_bytes as usize];
+                                volume.read_at(&mut redo, header.offset_bytes)?;
+                                let redo_header = redoubt_journal::RecordHeader {
+                                    kind: RecordKind::Write,
+                                    ..*header
+                                };
+                                rollforward.append(&redo_header, &redo)?;
+                            }
+                            _ => {
+                                let marker = redoubt_journal::RecordHeader {
+                                    kind: RecordKind::Marker,
+                                    lv_id: 0,
+                                    offset_bytes: 0,
+                                    length_bytes: 0,
+                                    ..*header
+                                };
+                                rollforward.append(&marker, &record.payload)?;
+                            }
+                        }
+                        paused.rollforward_first_seq = header.seq;
+                    }
+                }
+                if let (RecordKind::Undo, Some(volume)) = (header.kind, &volume) {
+                    volume.write_at(&record.payload, header.offset_bytes)?;
+                } else if header.kind == RecordKind::Marker
+                    && record.payload == UNDO_BARRIER_MARKER.as_bytes()
+                {
+                    return Err(ReplicationError::Config(format!(
+                        "seq {} zeroed more than a record can undo: the replica cannot go back past it",
+                        header.seq
+                    )));
+                }
+                self.status
+                    .rollback_done_records
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            upper = lower;
+        }
+        if let Some(rollforward) = rollforward.as_mut() {
+            rollforward.sync()?;
+        }
+        for volume in self.volumes.values() {
+            volume.sync()?;
+        }
+        self.applied_seq = to;
+        paused.rolling_back = None;
+        self.save_pause(Some(paused))?;
+        tracing::info!(from, to, "replica rolled back; apply paused");
+        Ok(RollbackReport {
+            from_seq: from,
+            to_seq: to,
+            undone_records: from - to,
+            redone_records: 0,
+        })
+    }
+
+    /// Re-applies the roll-forward file's records after the applied seq, through `to`.
+    fn roll_forward(&mut self, paused: &Paused, to: u64) -> Result<u64, ReplicationError> {
+        let from = self.applied_seq;
+        if to <= from {
+            return Ok(0);
+        }
+        if !paused.rollforward_complete {
+            return Err(ReplicationError::Config(
+                "a crash interrupted the rollback of this replica, so what it undid cannot be \
+                 redone: roll back further, or re-initialize the replica (full sync)"
+                    .into(),
+            ));
+        }
+        let mut rollforward = crate::rollback::Rollforward::open(&self.group_dir)?;
+        let records = rollforward.read_range(from, to)?;
+        let contiguous = records
+            .iter()
+            .enumerate()
+            .all(|(index, record)| record.header.seq == from + 1 + index as u64);
+        if !contiguous || records.len() as u64 != to - from {
+            return Err(ReplicationError::Config(format!(
+                "the roll-forward file does not hold every record of seq {}..={to}",
+                from + 1
+            )));
+        }
+        self.status
+            .rollback_total_records
+            .store(to - from, Ordering::Relaxed);
+        self.status
+            .rollback_done_records
+            .store(0, Ordering::Relaxed);
+        for chunk in records.chunks(ROLLBACK_READ_RECORDS_MAX) {
+            self.apply_batch(chunk)?;
+            self.status
+                .rollback_done_records
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        for volume in self.volumes.values() {
+            volume.sync()?;
+        }
+        Ok(to - from)
+    }
+
+    fn resume(&mut self) -> Result<u64, ReplicationError> {
+        let Some(paused) = self.paused_state()? else {
+            return Ok(self.applied_seq);
+        };
+        if paused.rolling_back.is_some() {
+            return Err(ReplicationError::Config(
+                "a rollback is still running on this replica".into(),
+            ));
+        }
+        self.roll_forward(&paused, paused.rollforward_last_seq)?;
+        self.save_pause(None)?;
+        if let Ok(rollforward) = crate::rollback::Rollforward::open(&self.group_dir) {
+            rollforward.remove()?;
+        }
+        // Then what arrived meanwhile, from the journal copy.
+        let pending: Vec<OwnedRecord> = {
+            let store = self
+                .store
+                .lock()
+                .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
+            let mut pending = Vec::new();
+            if let Some(journal) = store.journal.as_ref() {
+                if journal.durable_seq() > self.applied_seq {
+                    for record in journal.read_from(self.applied_seq + 1)? {
+                        pending.push(record?);
+                    }
+                }
+            }
+            pending
+        };
+        for chunk in pending.chunks(ROLLBACK_READ_RECORDS_MAX) {
+            self.apply_batch(chunk)?;
+        }
+        self.checkpoint()?;
+        tracing::info!(applied_seq = self.applied_seq, "replica resumed applying");
+        Ok(self.applied_seq)
+    }
+}
+
+fn unreachable_paused(from: u64) -> Paused {
+    Paused {
+        rollforward_first_seq: from + 1,
+        rollforward_last_seq: from,
+        rollforward_complete: false,
+        rolling_back: None,
+        since_unix_ms: now_unix_ms(),
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }

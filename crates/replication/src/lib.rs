@@ -16,9 +16,11 @@ pub mod aba;
 pub mod conn;
 pub mod error;
 pub mod lca;
+pub mod recovery;
+pub mod rollback;
 pub mod snapshot;
 pub mod verify;
 
-pub use aba::{Aba, AbaConfig, AbaStatus};
+pub use aba::{Aba, AbaConfig, AbaStatus, Paused, RestoreWindow, RollbackReport};
 pub use error::ReplicationError;
 pub use lca::{LcaConfig, SentBatch, TargetStatus, Targets};

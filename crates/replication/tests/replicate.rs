@@ -746,3 +746,233 @@ fn a_full_sync_brings_data_written_before_a_recovery_server_joined() {
     drop(engine);
     let _ = commit_thread.join();
 }
+
+/// Issue #7's bar: a known history with markers, a replica rolled back to ten random points
+/// (by seq, by time, by marker) equals production as of each; moving forward again while
+/// paused works; a restart keeps the pause; resuming catches up with production.
+#[test]
+fn rollback_reaches_ten_points_by_seq_time_and_marker_then_resumes() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let Production {
+        engine,
+        watermarks,
+        commit_thread,
+        ..
+    } = start_production(
+        &runtime,
+        &root.path().join("prod-a"),
+        EngineConfig::new(GROUP, 512 << 20),
+        stopped.clone(),
+    );
+    watermarks.shipped_seq.store(0, Ordering::Release);
+    let mut recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0);
+    let status = Arc::new(TargetStatus::default());
+    let targets = Arc::new(Targets {
+        statuses: vec![status.clone()],
+    });
+    let lca_config = LcaConfig {
+        group: GROUP.into(),
+        sender_name: "prod-a".into(),
+        target_name: "dr-b".into(),
+        target_address: format!("127.0.0.1:{}", recovery.port),
+        config_version: 0,
+        journal: engine.journal().clone(),
+        compression_level: None,
+        throttle_bytes_per_second: 0,
+        batch_bytes: lca::BATCH_BYTES_DEFAULT,
+    };
+    runtime.spawn(lca::run(
+        lca_config,
+        watermarks.clone(),
+        status.clone(),
+        targets,
+        stopped.clone(),
+    ));
+
+    // The history, through the engine so each write's seq is known exactly; a marker every
+    // 150 writes; (seq, time) of every write kept to pick time points.
+    let run_id = 0x0b5e;
+    let mut workload = WorkloadConfig::new(23, LV_SIZES_BYTES.to_vec(), 1500);
+    workload.blocks_per_write_max = 8;
+    let events = generate(&workload).unwrap();
+    let mut history = History::new(run_id, &LV_SIZES_BYTES).unwrap();
+    let mut markers: Vec<(String, u64)> = Vec::new();
+    let mut write_times: Vec<(u64, std::time::SystemTime)> = Vec::new();
+    for event in &events {
+        let WorkloadEvent::Write(op) = event else {
+            continue;
+        };
+        let seq = runtime
+            .block_on(engine.submit(redoubt_datatap::Op::Write {
+                lv_id: redoubt_journal::lv_id_for_name(&format!("lv{}", op.lv_index)),
+                offset_bytes: op.offset_bytes,
+                data: redoubt_datatap::Payload::from_slice(&op.payload(run_id)),
+                fua: false,
+            }))
+            .unwrap();
+        history.record_write(*op, seq).unwrap();
+        write_times.push((seq, std::time::SystemTime::now()));
+        if op.write_id % 150 == 0 {
+            let name = format!("m{}", op.write_id / 150);
+            let seq = runtime
+                .block_on(engine.submit(redoubt_datatap::Op::Marker { name: name.clone() }))
+                .unwrap();
+            markers.push((name, seq));
+        }
+    }
+    runtime
+        .block_on(engine.submit(redoubt_datatap::Op::Flush))
+        .unwrap();
+    let last = watermarks.durable_seq.load(Ordering::Acquire);
+    wait_until("dr-b applied everything", || recovery.applied_seq() >= last);
+    let aba = recovery.aba.clone().unwrap();
+    let window = runtime.block_on(aba.window()).unwrap();
+    assert_eq!(window.last_seq, last);
+    assert!(
+        window.first_seq <= 1,
+        "the whole history is in the window: {window:?}"
+    );
+    let marker_seqs: Vec<(String, u64)> = window
+        .markers
+        .iter()
+        .map(|marker| (marker.name.clone(), marker.seq))
+        .collect();
+    assert_eq!(marker_seqs, markers, "the replica indexed every marker");
+
+    // Ten points, random but seeded, resolved the way `redoubt rollback --to` does.
+    let mut rng = 0x5eed_u64;
+    let mut next = |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let mut points = Vec::new();
+    for index in 0..10 {
+        let text = match index % 3 {
+            0 => format!("seq:{}", next(last + 1)),
+            1 => {
+                let (_, time) = write_times[next(write_times.len() as u64) as usize];
+                humantime::format_rfc3339_nanos(time).to_string()
+            }
+            _ => format!("mark:{}", markers[next(markers.len() as u64) as usize].0),
+        };
+        points.push(text);
+    }
+    let replica_images = |recovery: &Recovery| {
+        MemoryImages::from_lvs((0..2).map(|index| recovery.replica(index)).collect())
+    };
+    for text in &points {
+        let point = redoubt_points::Point::parse(text).unwrap();
+        let window = runtime.block_on(aba.window()).unwrap();
+        let resolved = redoubt_points::Window {
+            first_seq: window.first_seq,
+            last_seq: window.last_seq,
+            markers: &window.markers,
+            times: &window.times,
+        }
+        .resolve(&point)
+        .unwrap_or_else(|error| panic!("{text}: {error}"));
+        // What the point means, computed independently from the test's own records.
+        let expected_seq = match &point {
+            redoubt_points::Point::Seq(seq) => *seq,
+            redoubt_points::Point::Mark(name) => markers.iter().find(|(n, _)| n == name).unwrap().1,
+            redoubt_points::Point::Time { .. } => {
+                let time = humantime::parse_rfc3339(text).unwrap();
+                write_times
+                    .iter()
+                    .rev()
+                    .find(|(_, t)| *t <= time)
+                    .map(|(seq, _)| *seq)
+                    .unwrap()
+            }
+            redoubt_points::Point::Latest => last,
+        };
+        assert!(
+            history.seq_floor(resolved.seq) == history.seq_floor(expected_seq),
+            "{text} resolved to seq {} but means seq {expected_seq}",
+            resolved.seq
+        );
+        let report = runtime.block_on(aba.rollback(resolved.seq)).unwrap();
+        assert_eq!(report.to_seq, resolved.seq);
+        assert!(aba.status().paused.load(Ordering::Acquire));
+        assert_eq!(
+            aba.status().applied_seq.load(Ordering::Acquire),
+            resolved.seq
+        );
+        check_exact(&history, resolved.seq, &mut replica_images(&recovery)).unwrap_or_else(
+            |violation| panic!("rolled to {text} (seq {}): {violation}", resolved.seq),
+        );
+    }
+
+    // Production keeps writing while the replica is paused: stored, not applied.
+    let extra = vec![0x5a; 64 << 10];
+    let extra_seq = runtime
+        .block_on(engine.submit(redoubt_datatap::Op::Write {
+            lv_id: redoubt_journal::lv_id_for_name("lv1"),
+            offset_bytes: 0,
+            data: redoubt_datatap::Payload::from_slice(&extra),
+            fua: false,
+        }))
+        .unwrap();
+    runtime
+        .block_on(engine.submit(redoubt_datatap::Op::Flush))
+        .unwrap();
+    wait_until("dr-b stored the new write", || {
+        aba.status().durable_seq.load(Ordering::Acquire) >= extra_seq
+    });
+    let paused_at = aba.status().applied_seq.load(Ordering::Acquire);
+    assert!(paused_at < extra_seq);
+
+    // A restart keeps the pause and the image.
+    let port = recovery.port;
+    drop(aba);
+    recovery.stop();
+    if let Some(thread) = recovery.thread.take() {
+        thread.join().unwrap();
+    }
+    recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", port);
+    let aba = recovery.aba.clone().unwrap();
+    assert!(aba.status().paused.load(Ordering::Acquire));
+    assert_eq!(aba.status().applied_seq.load(Ordering::Acquire), paused_at);
+    check_exact(&history, paused_at, &mut replica_images(&recovery)).unwrap();
+
+    // Resume: everything undone is redone, then the new write; the replica equals production.
+    let applied = runtime.block_on(aba.resume()).unwrap();
+    assert!(
+        applied >= extra_seq,
+        "resumed to {applied}, production at {extra_seq}"
+    );
+    assert!(!aba.status().paused.load(Ordering::Acquire));
+    runtime
+        .block_on(engine.submit(redoubt_datatap::Op::Checkpoint))
+        .unwrap();
+    for index in 0..2 {
+        let production = std::fs::read(
+            root.path()
+                .join(format!("prod-a/groups/{GROUP}/replication/lv{index}")),
+        )
+        .unwrap();
+        assert!(
+            recovery.replica(index) == production,
+            "lv{index} equals production after resume"
+        );
+    }
+    assert_eq!(&recovery.replica(1)[..extra.len()], &extra[..]);
+
+    let _ = stop.send(true);
+    drop(aba);
+    recovery.stop();
+    if let Some(thread) = recovery.thread.take() {
+        thread.join().unwrap();
+    }
+    drop(runtime);
+    drop(engine);
+    let _ = commit_thread.join();
+}
