@@ -139,6 +139,8 @@ struct Production {
     /// (volume, NBD URI)
     exports: Vec<(String, String)>,
     lcas: Lcas,
+    /// The production fence; the engine's write gate is open only while it holds.
+    fence: crate::fencing::Held,
 }
 
 struct Lcas {
@@ -238,6 +240,7 @@ impl DataPath {
                     commit_thread,
                     nbd,
                     lcas,
+                    fence,
                     ..
                 } = *production;
                 stop_lcas(lcas).await;
@@ -245,6 +248,7 @@ impl DataPath {
                     let _ = stop.send(true);
                     let _ = task.await;
                 }
+                fence.release().await;
                 let checkpoint = engine.submit(Op::Checkpoint).await;
                 drop(engine);
                 let joined =
@@ -408,6 +412,7 @@ async fn join_thread(
 
 async fn start_production(spec: &PathSpec) -> Result<Production, String> {
     let group = spec.group.clone();
+    let mut fence = crate::fencing::Held::acquire(&spec.group, &spec.server).await?;
     let opened = {
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || {
@@ -424,6 +429,7 @@ async fn start_production(spec: &PathSpec) -> Result<Production, String> {
         .map_err(|error| format!("open the datatap of group {group}: {error}"))??
     };
     let (engine, volumes, commit_thread) = opened;
+    fence.arm(engine.watermarks().clone());
     let mut exports = Vec::new();
     let mut nbd = None;
     if let Some(listen) = &spec.nbd_listen {
@@ -473,6 +479,7 @@ async fn start_production(spec: &PathSpec) -> Result<Production, String> {
         nbd,
         exports,
         lcas,
+        fence,
     })
 }
 

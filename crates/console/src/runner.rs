@@ -52,6 +52,8 @@ pub struct Shared {
     tasks: Mutex<JoinSet<()>>,
     /// Turns true when the console shuts down: long-lived responses (SSE) end then.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Whether this instance drives initializations (`leader.rs`; always, without etcd).
+    pub leadership: crate::leader::Leadership,
     /// Long-running operations (verify, resync, …) and their progress.
     pub operations: crate::operations::Operations,
 }
@@ -75,6 +77,7 @@ impl Shared {
             runners: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             closing: tokio::sync::watch::Sender::new(false),
+            leadership: crate::leader::Leadership::solo(),
             operations: crate::operations::Operations::default(),
         }
     }
@@ -152,11 +155,32 @@ impl Shared {
             .clear();
     }
 
-    /// Resumes every initialization the store holds as `running`.
+    /// Stops every executor (this instance lost the leadership): their rows stay `running`
+    /// in the store for the next leader.
+    pub fn stop_runners(&self) {
+        let mut runners = self.runners.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, handle) in runners.drain() {
+            handle.abort();
+        }
+    }
+
+    /// Resumes every initialization the store holds as `running` (on the leader only), except
+    /// those whose executor runs already.
     pub fn resume_all(self: &Arc<Self>) -> Result<usize, StoreError> {
+        if !self.leadership.is_leader() {
+            return Ok(0);
+        }
+        let live: std::collections::HashSet<String> = self
+            .runners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, handle)| !handle.is_finished())
+            .map(|(group, _)| group.clone())
+            .collect();
         let mut resumed = 0;
         for record in self.store.inits()? {
-            if record.state == InitState::Running {
+            if record.state == InitState::Running && !live.contains(&record.group) {
                 tracing::info!(group = %record.group, version = record.version, "resuming initialization");
                 self.spawn_runner(record.group);
                 resumed += 1;

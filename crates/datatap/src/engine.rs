@@ -199,6 +199,9 @@ pub struct Watermarks {
     /// Sync mode gave up waiting for a target and the group runs async until the targets
     /// catch up again.
     pub sync_degraded: AtomicBool,
+    /// Open while this server holds the production fence of the group (`gate.rs`); writes
+    /// fail while it is closed. Open for good when no fence is configured.
+    pub write_gate: crate::gate::WriteGate,
 }
 
 struct Shared {
@@ -493,12 +496,24 @@ impl Engine {
         (first..=last).any(|block| pending.contains_key(&(lv_id, block)))
     }
 
+    /// A closed write gate refuses writes: the production fence is lost.
+    fn refuse_if_fenced(&self, op: &Op) -> Result<(), OpError> {
+        if crate::gate::gated(op) && !self.shared.watermarks.write_gate.is_open() {
+            return Err(OpError::Stopped(format!(
+                "group {} is fenced: this server no longer holds the production role",
+                self.shared.group
+            )));
+        }
+        Ok(())
+    }
+
     /// Submits an op and waits for its outcome: the seq it got (or the last durable seq for
     /// a flush).
     pub async fn submit(&self, op: Op) -> Result<u64, OpError> {
         if let Some(reason) = self.failure() {
             return Err(OpError::Stopped(reason));
         }
+        self.refuse_if_fenced(&op)?;
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send_async(Pending { op, reply })
@@ -514,6 +529,7 @@ impl Engine {
         if let Some(reason) = self.failure() {
             return Err(OpError::Stopped(reason));
         }
+        self.refuse_if_fenced(&op)?;
         let (reply, outcome) = oneshot::channel();
         self.queue
             .send(Pending { op, reply })

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod engine;
 pub mod error;
+pub mod gate;
 pub mod listen;
 pub mod payload;
 pub mod server;

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use etcd::{parse_endpoints, EtcdFence, LeaseLock};
+pub use etcd::{connect as etcd_connect, parse_endpoints, EtcdFence, LeaseLock};
 
 /// Prefix of the production fence keys: `/redoubt/fence/<group>` holds the server's name.
 pub const FENCE_KEY_PREFIX: &str = "/redoubt/fence/";

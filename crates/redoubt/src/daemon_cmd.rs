@@ -42,6 +42,11 @@ pub fn agent(args: AgentArgs) -> Result<(), Failure> {
             state_dir: args.state_dir.clone(),
             tls,
         };
+        if let Some(url) = &args.fence {
+            redoubt_agent::fencing::install_etcd(url)
+                .await
+                .map_err(|error| failed("connect the production fence", &error))?;
+        }
         let bound = redoubt_agent::bind(config)
             .await
             .map_err(|error| failed("start the agent", &error))?;
@@ -74,6 +79,17 @@ pub fn console(args: ConsoleArgs) -> Result<(), Failure> {
             redoubt_console::Console::bind_with_agent(config, std::sync::Arc::new(agents))
                 .await
                 .map_err(|error| failed("start the console", &error))?;
+        let console = match &args.store {
+            Some(store) => redoubt_console::leader::into_etcd(
+                console,
+                store,
+                args.advertise.clone(),
+                redoubt_console::leader::LEADER_TIMING,
+            )
+            .await
+            .map_err(|error| failed("start the console on etcd", &error))?,
+            None => console,
+        };
         let url = console
             .url()
             .map_err(|error| failed("read the listening address", &error))?;
