@@ -1,7 +1,8 @@
 //! Monitoring against a live lab: `redoubt status --format xml` validates against
 //! `docs/status.xsd` (xmllint) and its numbers equal `--format json`'s; `/metrics` of the
 //! console and of every agent is accepted by real parsers (python prometheus_client: the
-//! classic text format and OpenMetrics) and agrees with the status.
+//! classic text format and OpenMetrics) and agrees with the status; `redoubt operations ID
+//! --watch` follows a real operation (an online verify) to its end with the progress helper.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,7 +131,7 @@ fn xml_numbers(
 }
 
 #[test]
-fn xml_status_validates_and_agrees_with_json_and_metrics_parse() {
+fn xml_status_metrics_and_operations_against_a_lab() {
     let root = tempfile::tempdir().unwrap();
     let lab = lab_up(root.path());
     let dir = lab.0.clone();
@@ -302,6 +303,41 @@ fn xml_status_validates_and_agrees_with_json_and_metrics_parse() {
             );
         }
     }
+
+    // A long operation (online verify) followed to its end by `operations ID --watch`.
+    let started = curl(&[
+        &format!("{}/v1/groups/erp/verify", console_url(&dir)),
+        "-H",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        "{}",
+    ]);
+    let started: Value = serde_json::from_str(&started).unwrap();
+    let id = started["operation"]
+        .as_str()
+        .expect("an operation id")
+        .to_string();
+    let watched = redoubt(&dir, &["operations", &id, "--watch", "--format", "json"]);
+    let text = String::from_utf8_lossy(&watched.stdout).to_string();
+    assert!(
+        watched.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let done: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(done["state"], "done", "{done:#}");
+    assert_eq!(done["id"], id.as_str());
+    assert!(
+        String::from_utf8_lossy(&watched.stderr).contains("100%"),
+        "one progress line per change, the last at 100%: {}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let listed = stdout_ok(redoubt(&dir, &["operations"]));
+    assert!(listed.contains(&id), "{listed}");
+    let unknown = redoubt(&dir, &["operations", "op-999999", "--watch"]);
+    assert_eq!(unknown.status.code(), Some(1), "an unknown operation fails");
 }
 
 fn curl(args: &[&str]) -> String {
