@@ -39,6 +39,10 @@ pub enum Command {
         /// (docs/status.xsd).
         #[arg(long, value_enum, default_value = "text")]
         format: StatusFormat,
+        /// First follow the super transactions (initial sync, resync) with a progress bar
+        /// until every recovery server is in sync (100 %, nothing in flight).
+        #[arg(long)]
+        wait_sync: bool,
     },
     /// Long operations of the recovery API (rollback, failover, failback, verify): the list,
     /// one of them, or --watch ID to follow it with a progress bar.

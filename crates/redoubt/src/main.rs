@@ -52,9 +52,18 @@ fn main() -> ExitCode {
 fn try_main(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Config(command) => config_cmd::run(command, cli.console, cli.token_file),
-        Command::Status { group, format } => {
+        Command::Status {
+            group,
+            format,
+            wait_sync,
+        } => {
             let client = client::ConsoleClient::from_options(cli.console, cli.token_file)?;
-            remote_cmd::runtime()?.block_on(status_xml::status(&client, group.as_deref(), format))
+            remote_cmd::runtime()?.block_on(async {
+                if wait_sync {
+                    progress::wait_sync(&client, group.as_deref()).await?;
+                }
+                status_xml::status(&client, group.as_deref(), format).await
+            })
         }
         Command::Agent(args) => daemon_cmd::agent(args),
         Command::Console(args) => daemon_cmd::console(args),

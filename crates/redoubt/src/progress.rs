@@ -265,6 +265,144 @@ pub async fn operations_cmd(
     Ok(())
 }
 
+/// `status --wait-sync` gives up after this long (exit 1).
+pub const SYNC_WAIT_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
+/// How often `status --wait-sync` polls the status.
+pub const SYNC_POLL_MS: u64 = 500;
+
+/// How far the super transactions of the chosen groups are, from `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncView {
+    /// The least complete target's super transaction %, 0..=100 (100 without targets).
+    pub pct: f64,
+    /// The largest backlog of any target.
+    pub backlog_bytes: u64,
+    /// Every target at 100 %, nothing in flight, connected (30), no resync pending.
+    pub in_sync: bool,
+    pub line: String,
+}
+
+/// Pure: the sync state of `group` (or of every group) in a status document.
+pub fn sync_view(status: &Value, group: Option<&str>) -> SyncView {
+    let mut pct: f64 = 100.0;
+    let mut backlog_bytes = 0u64;
+    let mut in_sync = true;
+    let mut behind = Vec::new();
+    for entry in status["groups"].as_array().into_iter().flatten() {
+        if group.is_some_and(|group| entry["name"].as_str() != Some(group)) {
+            continue;
+        }
+        if entry["initialization"]["state"] == "running" {
+            in_sync = false;
+        }
+        for target in entry["targets"].as_array().into_iter().flatten() {
+            let target_pct = target["super_transaction_pct"]
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .map_or(0.0, |v| v.clamp(0.0, 100.0));
+            let target_backlog = target["backlog_bytes"].as_u64().unwrap_or(u64::MAX);
+            pct = pct.min(target_pct);
+            backlog_bytes = backlog_bytes.max(target_backlog);
+            let ok = target_pct >= 100.0
+                && target_backlog == 0
+                && target["status_code"] == 30
+                && target["needs_resync"] != true;
+            if !ok {
+                in_sync = false;
+                behind.push(format!(
+                    "{}/{} {target_pct:.0}%",
+                    entry["name"].as_str().unwrap_or("?"),
+                    target["server"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+    }
+    let line = if in_sync {
+        "every recovery server is in sync".to_string()
+    } else {
+        format!("syncing: {}", behind.join(", "))
+    };
+    SyncView {
+        pct,
+        backlog_bytes,
+        in_sync,
+        line,
+    }
+}
+
+/// Follows the super transactions of `group` (or every group) with a progress bar until every
+/// recovery server is in sync. Ctrl-C detaches (the sync goes on).
+pub async fn wait_sync(client: &ConsoleClient, group: Option<&str>) -> Result<(), Failure> {
+    let terminal = std::io::stderr().is_terminal();
+    let bar = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{bar:40}] {pos:>3}% {elapsed_precise} {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let started = std::time::Instant::now();
+    let mut last_line = String::new();
+    loop {
+        let status = client.get("/v1/status").await?;
+        if let Some(group) = group {
+            let known = status["groups"]
+                .as_array()
+                .is_some_and(|groups| groups.iter().any(|g| g["name"].as_str() == Some(group)));
+            if !known {
+                return Err(Failure::new(
+                    ExitCodeKind::Invalid,
+                    format!("no group named {group}"),
+                ));
+            }
+        }
+        let view = sync_view(&status, group);
+        let position = view.pct.floor() as u64;
+        match &bar {
+            Some(bar) => {
+                bar.set_position(position);
+                bar.set_message(view.line.clone());
+            }
+            None => {
+                let line = format!("{position:>3}% {}", view.line);
+                if line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+            }
+        }
+        if view.in_sync {
+            if let Some(bar) = &bar {
+                bar.finish_with_message(view.line);
+            }
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_millis(SYNC_WAIT_TIMEOUT_MS) {
+            return Err(Failure::new(
+                ExitCodeKind::Failed,
+                format!(
+                    "not in sync after {} s: {}",
+                    SYNC_WAIT_TIMEOUT_MS / 1000,
+                    view.line
+                ),
+            ));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(SYNC_POLL_MS)) => {}
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(bar) = &bar {
+                    bar.abandon();
+                }
+                eprintln!("Detached: the sync goes on.");
+                return Ok(());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +427,31 @@ mod tests {
         let done = operation_view(&json!({"id": "op-5", "kind": "failback", "state": "done"}));
         assert_eq!(done.pct, 100, "done without pct is complete");
         assert_eq!(operation_view(&json!({"pct": 250})).pct, 100, "clamped");
+    }
+
+    #[test]
+    fn sync_is_done_when_every_target_is_complete_connected_and_drained() {
+        let status = json!({"groups": [
+            {"name": "erp", "initialization": {"state": "idle"}, "targets": [
+                {"server": "dr-b", "super_transaction_pct": 100.0, "backlog_bytes": 0, "status_code": 30},
+                {"server": "dr-c", "super_transaction_pct": 37.4, "backlog_bytes": 4096, "status_code": 30}]},
+            {"name": "crm", "initialization": {"state": "idle"}, "targets": [
+                {"server": "dr-b", "super_transaction_pct": 100.0, "backlog_bytes": 0, "status_code": 30}]}]});
+        let erp = sync_view(&status, Some("erp"));
+        assert!(!erp.in_sync);
+        assert_eq!(erp.pct, 37.4);
+        assert_eq!(erp.backlog_bytes, 4096);
+        assert_eq!(erp.line, "syncing: erp/dr-c 37%");
+        assert!(sync_view(&status, Some("crm")).in_sync);
+        assert!(
+            !sync_view(&status, None).in_sync,
+            "every group counts without a name"
+        );
+        let mut stopped = status.clone();
+        stopped["groups"][1]["targets"][0]["status_code"] = json!(60);
+        assert!(
+            !sync_view(&stopped, Some("crm")).in_sync,
+            "a stopped target is not in sync"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Monitoring against a live lab: `redoubt status --format xml` validates against
 //! `docs/status.xsd` (xmllint) and its numbers equal `--format json`'s; `/metrics` of the
 //! console and of every agent is accepted by real parsers (python prometheus_client: the
-//! classic text format and OpenMetrics) and agrees with the status; `redoubt operations ID
+//! classic text format and OpenMetrics) and agrees with the status; `status --wait-sync`
+//! follows the initial sync to its end; `redoubt operations ID
 //! --watch` follows a real operation (an online verify) to its end with the progress helper.
 
 use std::path::{Path, PathBuf};
@@ -135,6 +136,20 @@ fn xml_status_metrics_and_operations_against_a_lab() {
     let root = tempfile::tempdir().unwrap();
     let lab = lab_up(root.path());
     let dir = lab.0.clone();
+
+    // `status --wait-sync` follows the initial sync to its end, then prints the status.
+    let synced: Value = serde_json::from_str(&stdout_ok(redoubt(
+        &dir,
+        &["status", "erp", "--wait-sync", "--format", "json"],
+    )))
+    .unwrap();
+    for target in synced["groups"][0]["targets"].as_array().unwrap() {
+        assert_eq!(target["super_transaction_pct"], 100.0, "{synced:#}");
+        assert_eq!(target["backlog_bytes"], 0, "{synced:#}");
+        assert_eq!(target["status_code"], 30, "{synced:#}");
+    }
+    let no_group = redoubt(&dir, &["status", "nope", "--wait-sync"]);
+    assert_eq!(no_group.status.code(), Some(2));
 
     // The XML validates against the schema we ship, and holds every element of the product's
     // document once the data path runs (right after `lab up` a target may still connect).
