@@ -277,4 +277,29 @@ fn verify_under_load_finds_a_flipped_byte_and_checksum_resync_sends_only_its_reg
         "verify after resync: {}",
         text(&again)
     );
+
+    // Bad input gets a clear error and changes nothing.
+    let bad_region = redoubt(&dir, &["verify", "erp", "--region-size-bytes", "1000"]);
+    assert_eq!(bad_region.status.code(), Some(1), "{}", text(&bad_region));
+    assert!(
+        text(&bad_region).contains("region size 1000 bytes"),
+        "{}",
+        text(&bad_region)
+    );
+    let not_recovery = redoubt(&dir, &["resync", "erp", "--server", "prod-a", "--checksum"]);
+    assert_eq!(
+        not_recovery.status.code(),
+        Some(2),
+        "{}",
+        text(&not_recovery)
+    );
+    assert!(
+        text(&not_recovery).contains("prod-a is not a recovery server of group erp"),
+        "{}",
+        text(&not_recovery)
+    );
+    let no_checksum = redoubt(&dir, &["resync", "erp", "--server", "dr-b"]);
+    assert_eq!(no_checksum.status.code(), Some(2), "{}", text(&no_checksum));
+    let after = redoubt(&dir, &["verify", "erp", "--format", "json"]);
+    assert!(after.status.success(), "{}", text(&after));
 }
