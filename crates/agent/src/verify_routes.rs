@@ -60,6 +60,15 @@ fn side(agent: &Agent, group: &str) -> Result<Side, Box<Response>> {
         return Ok(Side::Production(engine));
     }
     match path.aba() {
+        // A rolled-back replica is paused at an older seq and its rollback writes do not go
+        // through the apply thread: it cannot be hashed as of production's point.
+        Some((aba, _, _)) if aba.status().paused.load(Ordering::Acquire) => Err(Box::new(error(
+            StatusCode::CONFLICT,
+            format!(
+                "verify on {}: the apply of group {group} is paused by a rollback; resume it first",
+                agent.name
+            ),
+        ))),
         Some((aba, _, _)) => Ok(Side::Recovery(aba.verify_hook().clone())),
         None => Err(Box::new(error(
             StatusCode::CONFLICT,
