@@ -1,8 +1,9 @@
 // Browser test of the Redoubt web console: Playwright (playwright-core) drives Debian's
 // chromium against a running console (`redoubt lab up`). It logs in, runs the Change
 // Replication Group wizard to add an LV, watches the checkmarks appear step by step until the
-// initialization is done and the Configuration Summary returns, triggers a snapshot, and fails
-// on any error the page logs.
+// initialization is done and the Configuration Summary returns, triggers a snapshot; then makes
+// a step fail (a replica LV removed behind Redoubt's back), sees the failed step with its error
+// and Retry, repairs, retries from the page until done; and fails on any error the page logs.
 //
 //   REDOUBT_CONSOLE=http://127.0.0.1:PORT REDOUBT_TOKEN_FILE=DIR/console/token \
 //   [REDOUBT_SCREENSHOTS=docs/screenshots] node --test tests/browser/console.test.js
@@ -19,6 +20,8 @@ const { chromium } = require('playwright-core');
 
 const CONSOLE = process.env.REDOUBT_CONSOLE;
 const TOKEN_FILE = process.env.REDOUBT_TOKEN_FILE;
+// The lab's directory (`redoubt lab up --dir`), for the failure the test causes.
+const LAB_DIR = process.env.REDOUBT_LAB_DIR;
 const SCREENSHOTS = process.env.REDOUBT_SCREENSHOTS || '';
 const CHROMIUM = process.env.REDOUBT_CHROMIUM || '/usr/bin/chromium';
 // Bounds of every wait, so a broken console fails the test instead of hanging it.
@@ -161,6 +164,38 @@ test('web console: login, wizard adds an LV with live checkmarks, summary return
   assert.match(result, /Snapshot browser-snap of dr-b at seq \d+/, 'snapshot created: ' + result);
   await page.waitForSelector('[data-snapshots="erp"] tr[data-snapshot="browser-snap"]');
   await shot(page, 'dashboard-snapshot');
+
+  // A failed step shows its error and Retry; after the repair, Retry runs it to the end.
+  assert.ok(LAB_DIR, 'REDOUBT_LAB_DIR is set');
+  const replica = path.join(LAB_DIR, 'data/dr-c/groups/erp/replication/lv_web');
+  const size = fs.statSync(replica).size;
+  fs.unlinkSync(replica);
+  await page.goto(CONSOLE + '/ui/groups/erp/change');
+  for (let panel = 0; panel < 3; panel += 1) {
+    await page.click('#next');
+  }
+  await page.fill('input[name="retention"]', '48h');
+  await page.click('#next');
+  await page.waitForSelector('#plan li[data-step="20"]');
+  assert.match(await page.textContent('#plan'), /retention/);
+  await page.click('#finish');
+  await page.waitForSelector('#confirm-dialog[open]');
+  await Promise.all([page.waitForURL(CONSOLE + '/ui/groups/erp'), page.click('#confirm-ok')]);
+  // The server-rendered failed state (the live updates come first, the render after the final
+  // event): the Retry button of that render is the one to press.
+  await page.waitForSelector('#window[data-init-state="failed"] li.step.failed button.retry', { timeout: INIT_TIMEOUT_MS });
+  // (Step 15 reopens the apply process, which misses the LV first; step 20 would catch it too.)
+  const failed = await page.textContent('li.step.failed');
+  assert.match(failed, /lv_web/, 'the error names the missing LV: ' + failed);
+  assert.match(failed, /dr-c/);
+  await shot(page, 'initialization-failed');
+  const handle = fs.openSync(replica, 'w');
+  fs.ftruncateSync(handle, size);
+  fs.closeSync(handle);
+  await page.click('#window[data-init-state="failed"] li.step.failed button.retry');
+  await page.waitForSelector('[data-testid="summary"]', { timeout: INIT_TIMEOUT_MS });
+  assert.match(await page.textContent('[data-testid="retention"]'), /^(48h|2d)$/);
+  assert.match(await page.textContent('#event-log'), /step 20 on dr-c: done/);
 
   assert.deepStrictEqual(errors, [], 'the pages logged no error');
 });

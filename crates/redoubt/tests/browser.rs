@@ -1,7 +1,8 @@
 //! The web console in a real browser: starts a lab, then runs the Playwright test
 //! (`tests/browser/console.test.js`, node's test runner, Debian's chromium) against its
 //! console: login, the Change Replication Group wizard adding an LV with checkmarks appearing
-//! step by step, the summary returning, a snapshot, no error logged by any page.
+//! step by step, the summary returning, a snapshot, a failed step retried from the page after a
+//! repair, no error logged by any page.
 //!
 //! `REDOUBT_SCREENSHOTS=DIR` keeps the pages' screenshots (docs/screenshots is made so).
 
@@ -55,6 +56,7 @@ fn web_console_in_chromium() {
         .current_dir(&browser_dir)
         .env("REDOUBT_CONSOLE", &console)
         .env("REDOUBT_TOKEN_FILE", dir.join("console/token"))
+        .env("REDOUBT_LAB_DIR", &dir)
         .env("TMPDIR", root.path());
     let output = node
         .output()
