@@ -14,6 +14,7 @@ packages=(
   chromium          # the web console's browser tests (Playwright drives it)
   libxml2-utils     # xmllint: the XML status document against docs/status.xsd
   python3-prometheus-client # a real Prometheus/OpenMetrics parser for /metrics
+  curl              # scrapes /metrics in the monitoring test (mutual TLS to agents)
   etcd-server       # etcd: HA console store, fencing tests (3 members on loopback)
   nbd-client        # the kernel NBD client (netlink) behind `redoubt attach` where the nbd module exists
   e2fsprogs         # mkfs.ext4 for the file system tests
