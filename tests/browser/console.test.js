@@ -163,6 +163,21 @@ test('web console: login, wizard adds an LV with live checkmarks, summary return
   const result = await page.textContent('[data-result="erp"]');
   assert.match(result, /Snapshot browser-snap of dr-b at seq \d+/, 'snapshot created: ' + result);
   await page.waitForSelector('[data-snapshots="erp"] tr[data-snapshot="browser-snap"]');
+
+  // An event marker appears among the restore points' markers.
+  const mark = 'form[data-action="mark"][data-group="erp"]';
+  await page.fill(mark + ' input[name="name"]', 'before-upgrade');
+  await page.click(mark + ' button[type="submit"]');
+  await page.waitForFunction(() => /Marker before-upgrade written at seq \d+/.test(document.querySelector('[data-result="erp"]').textContent));
+  await page.waitForSelector('[data-points="erp"] ul.markers li:has-text("before-upgrade")');
+  // A destructive action asks first; Cancel changes nothing.
+  const rollback = 'form[data-action="rollback"][data-group="erp"]';
+  await page.fill(rollback + ' input[name="to"]', 'mark:before-upgrade');
+  await page.click(rollback + ' button[type="submit"]');
+  await page.waitForSelector('#confirm-dialog[open]');
+  assert.match(await page.textContent('#confirm-text'), /Roll the replica back/);
+  await page.click('#confirm-cancel');
+  await page.waitForFunction(() => /Cancelled: nothing was changed/.test(document.querySelector('[data-result="erp"]').textContent));
   await shot(page, 'dashboard-snapshot');
 
   // A failed step shows its error and Retry; after the repair, Retry runs it to the end.

@@ -239,7 +239,7 @@ pub fn recovery_panel(group: &str, recovery_servers: &[String], all_servers: &[S
 <div class=\"snapshots\" data-snapshots=\"{g}\"></div>\
 <div class=\"actions\">\
 <form class=\"action\" data-action=\"mark\" data-group=\"{g}\"><h3>Event marker</h3>\
-<label>name <input name=\"name\" required pattern=\"[a-z0-9][a-z0-9._-]{{0,62}}\"></label>\
+<label>name <input name=\"name\" required pattern=\"[a-z0-9][a-z0-9._\\-]{{0,62}}\"></label>\
 <button type=\"submit\">Mark</button></form>\
 <form class=\"action\" data-action=\"snapshot\" data-group=\"{g}\"><h3>Snapshot</h3>\
 <label>server <select name=\"server\">{servers}</select></label>\
