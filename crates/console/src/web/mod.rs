@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -176,9 +176,8 @@ pub async fn status_document(shared: &Shared) -> Result<(Option<(u64, Config)>, 
     Ok((Some((current.version, config)), document))
 }
 
-fn cookie<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
-    request
-        .headers()
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
@@ -197,7 +196,7 @@ async fn session_layer(State(web): State<Arc<Web>>, mut request: Request, next: 
     if request.headers().contains_key(header::AUTHORIZATION) {
         return next.run(request).await;
     }
-    let Some(id) = cookie(&request, SESSION_COOKIE).map(str::to_string) else {
+    let Some(id) = cookie(request.headers(), SESSION_COOKIE).map(str::to_string) else {
         return next.run(request).await;
     };
     let Some(session) = web.session(&id, now_unix_ms()) else {
@@ -334,21 +333,14 @@ struct LogoutForm {
 async fn logout(
     State(web): State<Arc<Web>>,
     session: Option<Extension<SessionInfo>>,
-    request_cookie: axum::http::HeaderMap,
+    headers: HeaderMap,
     Form(form): Form<LogoutForm>,
 ) -> Response {
     if let Some(Extension(session)) = session {
         if !constant_time_eq(form.csrf.as_bytes(), session.csrf.as_bytes()) {
             return (StatusCode::FORBIDDEN, "wrong CSRF token; reload the page").into_response();
         }
-        let id = request_cookie
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(key, _)| *key == SESSION_COOKIE)
-            .map(|(_, value)| value.to_string());
+        let id = cookie(&headers, SESSION_COOKIE).map(str::to_string);
         if let Some(id) = id {
             web.end_session(&id);
         }
@@ -397,12 +389,7 @@ async fn dashboard_page(
     let mut body = format!("<h1>Dashboard</h1><div id=\"dashboard\" data-refresh=\"/ui/fragment/dashboard\">{content}</div>");
     if let Some((_, config)) = &config {
         for group in &config.groups {
-            let servers: Vec<String> = config.servers.iter().map(|s| s.name.clone()).collect();
-            body.push_str(&pages::recovery_panel(
-                &group.name,
-                &group.recovery,
-                &servers,
-            ));
+            body.push_str(&pages::recovery_panel(&group.name, &group.recovery));
         }
     }
     html(pages::layout(

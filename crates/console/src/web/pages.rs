@@ -221,7 +221,7 @@ pub fn dashboard(status: &Value, history: &History, now_unix_ms: u64) -> String 
 
 /// The recovery actions of a group: forms the script sends to the recovery API with a
 /// confirmation for the destructive ones. Rendered once per page (not refreshed).
-pub fn recovery_panel(group: &str, recovery_servers: &[String], all_servers: &[String]) -> String {
+pub fn recovery_panel(group: &str, recovery_servers: &[String]) -> String {
     let options = |servers: &[String]| {
         servers
             .iter()
@@ -232,7 +232,6 @@ pub fn recovery_panel(group: &str, recovery_servers: &[String], all_servers: &[S
         "<option value=\"\">(chosen by the console)</option>{}",
         options(recovery_servers)
     );
-    let _ = all_servers;
     format!(
         "<section class=\"recovery\" data-group=\"{g}\"><h2>Recovery of {g}</h2>\
 <div class=\"points\" data-points=\"{g}\"><p class=\"hint\">Loading restore points…</p></div>\
