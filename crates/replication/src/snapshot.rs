@@ -25,7 +25,9 @@
 //! EIO, `list` says why) and apply continues; a write to a writable snapshot that does not fit
 //! fails with ENOSPC.
 //!
-//! Anything else that writes a replica LV (a rollback) must call the observer first too.
+//! Anything else that writes a replica LV must call the observer first too: a rollback hands
+//! it the undo records it is about to write back (`ApplyObserver::before_apply`), so a
+//! snapshot keeps its point whatever the replica does.
 
 mod extents;
 mod files;
@@ -527,7 +529,8 @@ impl Snapshot {
     }
 
     /// Copies into the pre-image log what of `run`'s ranges the map does not cover yet,
-    /// from the replica (which still holds it), synced before it returns.
+    /// from the replica (which still holds it), synced before it returns. Undo records count
+    /// as writes of their range: a rollback passes the undo records it is about to put back.
     fn capture(&self, run: &[OwnedRecord], replica: &BTreeMap<u32, Arc<Volume>>) {
         let mut view = self.write_view();
         if view.invalid.is_some() {
@@ -539,7 +542,7 @@ impl Snapshot {
             let header = &record.header;
             if !matches!(
                 header.kind,
-                RecordKind::Write | RecordKind::WriteZeroes | RecordKind::Trim
+                RecordKind::Write | RecordKind::WriteZeroes | RecordKind::Trim | RecordKind::Undo
             ) {
                 continue;
             }
@@ -831,7 +834,21 @@ impl SnapshotSet {
         }
         .resolve(point)
         .map_err(|error| SnapshotError::Point(error.to_string()))?;
+        let mut resolved = resolved;
+        if resolved.time_unix_ns.is_none() && resolved.seq > window.first_seq {
+            resolved.time_unix_ns = self.record_time(resolved.seq);
+        }
         Ok(resolved)
+    }
+
+    /// The write time of the record `seq`, from its undo record (`None` when unknown).
+    fn record_time(&self, seq: u64) -> Option<u64> {
+        let aba = self.aba().ok()?;
+        let group_id = aba.group_id()?;
+        let mut reader =
+            redoubt_journal::read_directory(StdFs, &aba.undo_dir(), group_id, seq, seq).ok()?;
+        let record = reader.next()?.ok()?;
+        (record.header.seq == seq).then_some(record.header.timestamp_ns)
     }
 
     /// Creates snapshot `name` of every LV at `point`; apply goes on meanwhile.

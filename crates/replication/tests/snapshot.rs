@@ -330,9 +330,25 @@ fn snapshots_at_many_points_equal_production_while_apply_goes_on() {
             .create(&format!("s{index}"), &Point::Seq(seq), false)
             .unwrap();
         assert_eq!(snapshot.point_seq(), seq);
+        if seq > 0 {
+            assert!(
+                snapshot.point_time_unix_ns().is_some(),
+                "seq {seq} has a time"
+            );
+        }
         check_snapshot(&bed.history, &snapshot);
         snapshots.push(snapshot);
     }
+    // A time resolves to the last record written at or before it.
+    let middle = &snapshots[3];
+    let time_ns = middle.point_time_unix_ns().unwrap();
+    let by_time = set
+        .create("by-time", &Point::Time { unix_ns: time_ns }, false)
+        .unwrap();
+    assert!(by_time.point_seq() >= middle.point_seq());
+    assert_eq!(by_time.point_time_unix_ns(), Some(time_ns));
+    check_snapshot(&bed.history, &by_time);
+    snapshots.push(by_time);
     // Production keeps writing (overwriting the same hot blocks) while more snapshots are
     // taken at `latest`, which moves under them.
     let writer_set = set.clone();
