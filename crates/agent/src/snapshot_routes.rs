@@ -103,7 +103,28 @@ impl GroupSnapshots {
         }
     }
 
-    fn refresh_exports(&self) {
+    /// Creates a snapshot and exports it (blocking: run it off the async threads). For the
+    /// routes below and for test failover (writable snapshots of every LV at one point).
+    pub fn create(
+        &self,
+        name: &str,
+        point: &Point,
+        writable: bool,
+    ) -> Result<Arc<Snapshot>, SnapshotError> {
+        let snapshot = self.set.create(name, point, writable)?;
+        self.refresh_exports();
+        Ok(snapshot)
+    }
+
+    /// Stops exporting a snapshot and deletes it (blocking).
+    pub fn delete(&self, name: &str) -> Result<(), SnapshotError> {
+        self.set.delete(name)?;
+        self.refresh_exports();
+        Ok(())
+    }
+
+    /// Publishes the current snapshots as exports (new connections see them).
+    pub fn refresh_exports(&self) {
         let mut list = Vec::new();
         for snapshot in self.set.list() {
             for volume in snapshot.volumes() {
