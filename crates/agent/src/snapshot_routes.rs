@@ -341,20 +341,17 @@ async fn create(
         Ok(snapshots) => snapshots,
         Err((status, message)) => return error(status, message),
     };
-    let set = snapshots.set.clone();
+    let creator = snapshots.clone();
     let created = tokio::task::spawn_blocking(move || {
         let name = match request.name {
             Some(name) => name,
-            None => default_name(&set, &point)?,
+            None => default_name(&creator.set, &point)?,
         };
-        set.create(&name, &point, request.writable)
+        creator.create(&name, &point, request.writable)
     })
     .await;
     match created {
-        Ok(Ok(snapshot)) => {
-            snapshots.refresh_exports();
-            Json(snapshots.snapshot_json(&snapshot)).into_response()
-        }
+        Ok(Ok(snapshot)) => Json(snapshots.snapshot_json(&snapshot)).into_response(),
         Ok(Err(failure)) => snapshot_error(&agent, &group, failure),
         Err(join) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -409,14 +406,11 @@ async fn remove(
         Ok(snapshots) => snapshots,
         Err((status, message)) => return error(status, message),
     };
-    let set = snapshots.set.clone();
+    let deleter = snapshots.clone();
     let target = name.clone();
-    let deleted = tokio::task::spawn_blocking(move || set.delete(&target)).await;
+    let deleted = tokio::task::spawn_blocking(move || deleter.delete(&target)).await;
     match deleted {
-        Ok(Ok(())) => {
-            snapshots.refresh_exports();
-            Json(json!({"deleted": name})).into_response()
-        }
+        Ok(Ok(())) => Json(json!({"deleted": name})).into_response(),
         Ok(Err(failure)) => snapshot_error(&agent, &group, failure),
         Err(join) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
