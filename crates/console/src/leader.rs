@@ -172,6 +172,16 @@ pub async fn into_etcd(
         })?;
     let dyn_store: Arc<dyn Store> = store.clone();
     let shared = Arc::new(Shared::new(dyn_store, agent, token));
+    if let Some(state_dir) = token_path.parent() {
+        // The read-only token and rotation (`auth.rs`); rotation stays local to this instance.
+        shared
+            .auth
+            .attach(state_dir)
+            .map_err(|error| ConsoleError::Token {
+                path: state_dir.join(crate::auth::READ_ONLY_TOKEN_FILE),
+                source: std::io::Error::other(error.to_string()),
+            })?;
+    }
     shared.leadership.set(Role::Follower { leader_url: None });
     let election = Arc::clone(&shared);
     shared.spawn_task(async move { run_election(election, lock, store, advertise).await });
