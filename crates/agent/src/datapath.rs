@@ -84,7 +84,7 @@ impl PathSpec {
                 targets.push((name.clone(), target.address.clone()));
             }
         }
-        Ok(Some(PathSpec {
+        let spec = PathSpec {
             group: group.name.clone(),
             server: server.to_string(),
             role,
@@ -105,7 +105,12 @@ impl PathSpec {
             targets,
             compression: group.compression,
             throttle_bytes_per_second: group.throttle_bytes_per_second,
-        }))
+        };
+        // A failover context on this server says which role it acts in now.
+        match crate::failover::load(&spec.data_dir, &spec.group)? {
+            Some(context) => crate::failover::adjust(spec, config, &context),
+            None => Ok(Some(spec)),
+        }
     }
 
     /// Whether `other` can keep this spec's engine and only needs new send processes.
@@ -190,6 +195,20 @@ impl DataPath {
         match &self.running {
             Running::Recovery(recovery) => Some(recovery.snapshots.clone()),
             Running::Production(_) => None,
+        }
+    }
+
+    /// The send processes' target statuses (name, status) when this is production.
+    pub fn target_statuses(&self) -> Vec<(String, Arc<TargetStatus>)> {
+        match &self.running {
+            Running::Production(production) => production
+                .lcas
+                .names
+                .iter()
+                .cloned()
+                .zip(production.lcas.targets.statuses.iter().cloned())
+                .collect(),
+            Running::Recovery(_) => Vec::new(),
         }
     }
 

@@ -26,6 +26,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::verify_routes::routes())
         .merge(crate::recovery_routes::routes())
+        .merge(crate::failover::routes())
         .merge(crate::snapshot_routes::routes())
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(STEP_BODY_BYTES_MAX))

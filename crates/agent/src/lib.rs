@@ -16,6 +16,7 @@
 mod attach;
 pub mod client;
 mod datapath;
+pub mod failover;
 pub mod fencing;
 mod http;
 pub mod metrics;

@@ -1203,7 +1203,7 @@ fn record_loaded(agent: &Agent, group: &str, version: u64) -> Result<(), String>
 }
 
 /// Stops the group's data path if it runs; remembers that it is not loaded.
-async fn stop_path(agent: &Agent, group: &str) -> Result<bool, String> {
+pub(crate) async fn stop_path(agent: &Agent, group: &str) -> Result<bool, String> {
     let running = agent.lock().paths.remove(group);
     agent.lock().failures.remove(group);
     let was_loaded = agent
@@ -1225,7 +1225,11 @@ async fn stop_path(agent: &Agent, group: &str) -> Result<bool, String> {
     }
 }
 
-async fn start_path(agent: &Agent, spec: PathSpec, version: u64) -> Result<(), String> {
+pub(crate) async fn start_path(
+    agent: &Agent,
+    spec: PathSpec,
+    version: u64,
+) -> Result<(), String> {
     let group = spec.group.clone();
     let path = DataPath::start(spec, version).await?;
     agent.lock().paths.insert(group.clone(), path);

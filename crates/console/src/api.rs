@@ -57,6 +57,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(crate::metrics::handler))
         .merge(crate::verify::routes())
         .merge(crate::recovery::routes())
+        .merge(crate::failover::routes())
         .merge(crate::recovery_snapshots::routes())
         .merge(crate::operations::routes())
         .merge(crate::audit::routes())

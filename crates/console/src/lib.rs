@@ -22,6 +22,7 @@ pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod failover;
 pub mod leader;
 pub mod metrics;
 pub mod operations;

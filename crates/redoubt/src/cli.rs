@@ -107,6 +107,12 @@ pub enum Command {
     Rollback(crate::recovery_cmd::RollbackArgs),
     /// Let a rolled-back replica apply again from where it stands.
     Resume(crate::recovery_cmd::ResumeArgs),
+    /// Make a recovery server production (planned: drains production first, loses nothing;
+    /// unplanned: production gone, or --at a point); `commit` keeps it, `abort` undoes it.
+    Failover(crate::recovery_cmd::FailoverArgs),
+    /// Return to the configured production: delta resync of what either side wrote since the
+    /// failover, then a planned switch.
+    Failback(crate::recovery_cmd::GroupYes),
     /// Snapshots of a replica at a restore point, exported over NBD (read-only or writable).
     #[command(subcommand)]
     Snapshot(crate::snapshot_cmd::SnapshotCommand),

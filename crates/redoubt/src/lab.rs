@@ -41,16 +41,16 @@ fn free_port() -> Result<u16, Failure> {
         .map_err(|error| failed(format!("find a free port: {error}")))
 }
 
-fn lab_config(dir: &Path, agent_ports: &[u16; 3], nbd_port: u16) -> String {
+fn lab_config(dir: &Path, agent_ports: &[u16; 3], nbd_ports: &[u16; 3]) -> String {
     let mut text = String::from("# The lab's configuration, written by `redoubt lab up`.\n\n");
-    for (name, port) in LAB_SERVERS.iter().zip(agent_ports) {
+    for ((name, port), nbd_port) in LAB_SERVERS.iter().zip(agent_ports).zip(nbd_ports) {
         text.push_str(&format!(
             "[[server]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n",
             dir.join("data").join(name).display()
         ));
-        if *name == "prod-a" {
-            text.push_str(&format!("nbd_listen = \"127.0.0.1:{nbd_port}\"\n"));
-        }
+        // Every server can serve the LVs: only the one acting as production does (after a
+        // failover, a recovery server).
+        text.push_str(&format!("nbd_listen = \"127.0.0.1:{nbd_port}\"\n"));
         text.push('\n');
     }
     text.push_str(
@@ -175,9 +175,10 @@ fn up(dir: &Path) -> Result<(), Failure> {
     }
     let console_port = free_port()?;
     let agent_ports = [free_port()?, free_port()?, free_port()?];
-    let nbd_port = free_port()?;
+    let nbd_ports = [free_port()?, free_port()?, free_port()?];
+    let nbd_port = nbd_ports[0];
     let config_path = dir.join("lab.toml");
-    std::fs::write(&config_path, lab_config(dir, &agent_ports, nbd_port))
+    std::fs::write(&config_path, lab_config(dir, &agent_ports, &nbd_ports))
         .map_err(|error| failed(format!("write {}: {error}", config_path.display())))?;
 
     let tls_dir = lab_tls(dir)?;

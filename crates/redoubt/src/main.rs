@@ -101,6 +101,8 @@ fn try_main(cli: Cli) -> Result<(), Failure> {
         Command::Points(args) => recovery_cmd::points(args, cli.console, cli.token_file),
         Command::Rollback(args) => recovery_cmd::rollback(args, cli.console, cli.token_file),
         Command::Resume(args) => recovery_cmd::resume(args, cli.console, cli.token_file),
+        Command::Failover(args) => recovery_cmd::failover(args, cli.console, cli.token_file),
+        Command::Failback(args) => recovery_cmd::failback(args, cli.console, cli.token_file),
         Command::Snapshot(command) => snapshot_cmd::run(command, cli.console, cli.token_file),
     }
 }

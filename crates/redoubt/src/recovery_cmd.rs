@@ -245,3 +245,206 @@ pub fn resume(
         Ok(())
     })
 }
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct FailoverArgs {
+    #[command(subcommand)]
+    pub action: Option<FailoverAction>,
+    /// The group to fail over.
+    pub group: Option<String>,
+    /// The recovery server to promote (default: recovery 1).
+    #[arg(long, short = 's')]
+    pub server: Option<String>,
+    /// latest, seq:N or mark:NAME (default: latest; a planned failover when production is
+    /// reachable drains it first and loses nothing).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// A test failover: the point as writable snapshots on the server, exported over NBD,
+    /// while production and replication go on untouched.
+    #[arg(long)]
+    pub test: bool,
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum FailoverAction {
+    /// Keep the failover: the promoted server stays production.
+    Commit(GroupYes),
+    /// Undo the failover: fail back to the configured production (what the promoted server
+    /// wrote is carried back).
+    Abort(GroupYes),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GroupYes {
+    pub group: String,
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+async fn run_operation(
+    client: &ConsoleClient,
+    started: &Value,
+    format: Format,
+) -> Result<(), Failure> {
+    let id = started["operation"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let operation = crate::progress::operation(client, &id).await?;
+    if operation["state"] != "done" {
+        return Err(Failure::new(
+            ExitCodeKind::Failed,
+            format!(
+                "{} {id} failed: {}",
+                operation["kind"].as_str().unwrap_or("operation"),
+                operation["error"].as_str().unwrap_or("unknown error")
+            ),
+        ));
+    }
+    match format {
+        Format::Json => println!("{}", operation["result"]),
+        Format::Text => println!("{}", operation["message"].as_str().unwrap_or("done")),
+    }
+    Ok(())
+}
+
+pub fn failover(
+    args: FailoverArgs,
+    console: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let client = ConsoleClient::from_options(console, token_file)?;
+    match args.action {
+        Some(FailoverAction::Commit(action)) => {
+            confirm(
+                &format!("commit the failover of group {}", action.group),
+                action.yes,
+            )?;
+            crate::remote_cmd::runtime()?.block_on(async {
+                let committed = client
+                    .post(
+                        &format!("/v1/groups/{}/failover/commit", action.group),
+                        &json!({"confirm": true}),
+                    )
+                    .await?;
+                match action.format {
+                    Format::Json => println!("{committed}"),
+                    Format::Text => println!(
+                        "committed: {} is production of group {}",
+                        committed["context"]["acting_production"]
+                            .as_str()
+                            .unwrap_or("?"),
+                        action.group
+                    ),
+                }
+                Ok(())
+            })
+        }
+        Some(FailoverAction::Abort(action)) => {
+            confirm(
+                &format!(
+                    "abort the failover of group {} (fail back to the configured production)",
+                    action.group
+                ),
+                action.yes,
+            )?;
+            crate::remote_cmd::runtime()?.block_on(async {
+                let started = client
+                    .post(
+                        &format!("/v1/groups/{}/failover/abort", action.group),
+                        &json!({"confirm": true}),
+                    )
+                    .await?;
+                run_operation(&client, &started, action.format).await
+            })
+        }
+        None => {
+            let group = args.group.ok_or_else(|| {
+                Failure::new(
+                    ExitCodeKind::Invalid,
+                    "failover needs a GROUP (or commit/abort GROUP)",
+                )
+            })?;
+            if let Some(at) = &args.at {
+                check_point(at)?;
+            }
+            if !args.test {
+                confirm(
+                    &format!(
+                        "fail group {group} over to {}",
+                        args.server
+                            .as_deref()
+                            .unwrap_or("its first recovery server")
+                    ),
+                    args.yes,
+                )?;
+            }
+            crate::remote_cmd::runtime()?.block_on(async {
+                let mut body = json!({"confirm": true, "test": args.test});
+                if let Some(server) = &args.server {
+                    body["server"] = json!(server);
+                }
+                if let Some(at) = &args.at {
+                    body["at"] = json!(at);
+                }
+                let started = client
+                    .post(&format!("/v1/groups/{group}/failover"), &body)
+                    .await?;
+                if args.test {
+                    match args.format {
+                        Format::Json => println!("{}", started["snapshot"]),
+                        Format::Text => {
+                            let snapshot = &started["snapshot"];
+                            println!(
+                                "test failover: writable snapshot {} of seq {} on {}; replication goes on",
+                                snapshot["name"].as_str().unwrap_or("?"),
+                                snapshot["point"]["seq"],
+                                snapshot["server"].as_str().unwrap_or("?")
+                            );
+                            for export in snapshot["exports"].as_array().into_iter().flatten() {
+                                println!(
+                                    "  {:<16} {}",
+                                    export["volume"].as_str().unwrap_or("?"),
+                                    export["export"].as_str().unwrap_or("?")
+                                );
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+                run_operation(&client, &started, args.format).await
+            })
+        }
+    }
+}
+
+pub fn failback(
+    args: GroupYes,
+    console: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Result<(), Failure> {
+    confirm(
+        &format!(
+            "fail group {} back to its configured production (delta resync, then a planned switch)",
+            args.group
+        ),
+        args.yes,
+    )?;
+    let client = ConsoleClient::from_options(console, token_file)?;
+    crate::remote_cmd::runtime()?.block_on(async {
+        let started = client
+            .post(
+                &format!("/v1/groups/{}/failback", args.group),
+                &json!({"confirm": true}),
+            )
+            .await?;
+        run_operation(&client, &started, args.format).await
+    })
+}

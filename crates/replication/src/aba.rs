@@ -272,11 +272,9 @@ impl Aba {
             GroupStore::open_or_create(&config.data_dir, &config.group, config.capacities)?;
         let mut volumes: BTreeMap<u32, Arc<Volume>> = BTreeMap::new();
         for spec in &config.volumes {
-            // A replica is never a production source: always a container LV.
-            let replica = VolumeSpec {
-                source: None,
-                ..spec.clone()
-            };
+            // A replica is a container LV; only a configured production that follows another
+            // server after a failover replicates into its own sources (the agent decides).
+            let replica = spec.clone();
             let volume =
                 group_store.ensure_volume(&replica, CreateLvOptions::default(), IoMode::Hybrid)?;
             let lv_id = lv_id_for_name(&spec.name);
@@ -1428,4 +1426,30 @@ fn now_unix_ms() -> u64 {
         .map_or(0, |elapsed| {
             u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
         })
+}
+
+/// The journal id a replica learnt from production (`aba.json`), if any.
+pub fn read_group_id(group_dir: &Path) -> Option<[u8; 16]> {
+    load_state(group_dir)
+        .ok()
+        .and_then(|state| state.group_id.as_deref().and_then(unhex))
+}
+
+/// Makes `group_dir` the state of a replica that holds production's history through
+/// `checkpoint_seq` and resumes after it (a server that follows a new production after a
+/// failover or a failback; its journal copy must be empty).
+pub fn write_follower_state(
+    group_dir: &Path,
+    group_id: [u8; 16],
+    checkpoint_seq: u64,
+) -> Result<(), ReplicationError> {
+    std::fs::create_dir_all(group_dir)?;
+    save_state(
+        group_dir,
+        &AbaState {
+            group_id: Some(hex(&group_id)),
+            checkpoint_seq,
+            paused: None,
+        },
+    )
 }

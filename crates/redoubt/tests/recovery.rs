@@ -1,0 +1,288 @@
+//! Issue #7 end to end on the lab (console + prod-a, dr-b, dr-c with mutual TLS), through
+//! the CLI only: a marker and a rollback to it, resume; an unplanned failover after kill -9
+//! of production (the promoted server serves every replicated write and takes new ones, the
+//! other recovery server follows it); failback with only the delta sent; then a planned
+//! failover and failback that lose nothing.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use redoubt_testkit::NbdClient;
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_redoubt"))
+}
+
+fn redoubt(dir: &Path, args: &[&str]) -> std::process::Output {
+    let console = std::fs::read_to_string(dir.join("lab.env"))
+        .ok()
+        .and_then(|env| {
+            env.lines()
+                .find_map(|line| line.strip_prefix("REDOUBT_CONSOLE=").map(str::to_string))
+        })
+        .unwrap_or_default();
+    Command::new(binary())
+        .args(args)
+        .env("REDOUBT_CONSOLE", console)
+        .env("REDOUBT_TOKEN_FILE", dir.join("console/token"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(output: std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "failed ({:?}): {text}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    text
+}
+
+fn json(output: std::process::Output) -> Value {
+    let text = ok(output);
+    serde_json::from_str(text.trim()).unwrap_or_else(|error| panic!("{error}: {text}"))
+}
+
+struct Lab<'a>(&'a Path);
+
+impl Drop for Lab<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(binary())
+            .args(["lab", "down", "--dir"])
+            .arg(self.0)
+            .output();
+    }
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `host:port` of a server's agent or NBD listener, from the lab's configuration.
+fn lab_address(dir: &Path, server: &str, key: &str) -> String {
+    let config = std::fs::read_to_string(dir.join("lab.toml")).unwrap();
+    let section = config
+        .split("[[server]]")
+        .find(|section| section.contains(&format!("name = \"{server}\"")))
+        .unwrap();
+    section
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{key} = \"")))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_string()
+}
+
+fn replica(dir: &Path, server: &str) -> Vec<u8> {
+    std::fs::read(dir.join(format!("data/{server}/groups/erp/replication/lv_data01"))).unwrap()
+}
+
+fn write(address: &str, offset: usize, byte: u8) {
+    let mut client = NbdClient::connect(address, "lv_data01").unwrap();
+    assert_eq!(
+        client
+            .write(offset as u64, &vec![byte; MIB], false)
+            .unwrap(),
+        0
+    );
+    assert_eq!(client.flush().unwrap(), 0);
+}
+
+fn read(address: &str, offset: usize) -> Vec<u8> {
+    let mut client = NbdClient::connect(address, "lv_data01").unwrap();
+    client.read(offset as u64, MIB as u32).unwrap().unwrap()
+}
+
+fn server_points<'a>(points: &'a Value, server: &str) -> &'a Value {
+    points["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["server"] == server)
+        .unwrap()
+}
+
+fn kill_agent(dir: &Path, name: &str) {
+    let pid: i32 = std::fs::read_to_string(dir.join(format!("pids/{name}.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: a pid this test's lab started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn start_agent(dir: &Path, name: &str) {
+    let listen = lab_address(dir, name, "address");
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join(format!("logs/{name}.log")))
+        .unwrap();
+    let child = Command::new(binary())
+        .args(["agent", "--name", name, "--listen", &listen, "--state-dir"])
+        .arg(dir.join(format!("agents/{name}")))
+        .arg("--tls-dir")
+        .arg(dir.join("tls"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    std::fs::write(dir.join(format!("pids/{name}.pid")), child.id().to_string()).unwrap();
+    wait_until("the restarted agent listens", || {
+        std::net::TcpStream::connect(&listen).is_ok()
+    });
+}
+
+#[test]
+fn markers_rollback_failover_and_failback_through_the_cli() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("lab");
+    ok(Command::new(binary())
+        .args(["lab", "up", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    let _lab = Lab(&dir);
+    let prod_a = lab_address(&dir, "prod-a", "nbd_listen");
+    let dr_b = lab_address(&dir, "dr-b", "nbd_listen");
+
+    // History: 0x11 everywhere in the first 4 MiB, a marker, then 0x22 in the first MiB.
+    for index in 0..4 {
+        write(&prod_a, index * MIB, 0x11);
+    }
+    let marker = json(redoubt(
+        &dir,
+        &["mark", "erp", "before-upgrade", "--format", "json"],
+    ));
+    let marker_seq = marker["seq"].as_u64().unwrap();
+    write(&prod_a, 0, 0x22);
+    let caught_up = |server: &str| {
+        let points = json(redoubt(&dir, &["points", "erp", "--format", "json"]));
+        let production = server_points(&points, "prod-a")["last_seq"]
+            .as_u64()
+            .unwrap();
+        server_points(&points, server)["applied_seq"]
+            .as_u64()
+            .unwrap()
+            >= production
+    };
+    wait_until("dr-b and dr-c applied everything", || {
+        caught_up("dr-b") && caught_up("dr-c")
+    });
+    let points = json(redoubt(&dir, &["points", "erp", "--format", "json"]));
+    assert!(
+        points["markers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "before-upgrade" && m["seq"] == marker_seq),
+        "the marker is listed: {points}"
+    );
+
+    // Rollback needs a confirmation; with --yes, dr-b is production as of the marker.
+    let refused = redoubt(
+        &dir,
+        &[
+            "rollback",
+            "erp",
+            "-s",
+            "dr-b",
+            "--to",
+            "mark:before-upgrade",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(3), "no --yes, no rollback");
+    ok(redoubt(
+        &dir,
+        &[
+            "rollback",
+            "erp",
+            "-s",
+            "dr-b",
+            "--to",
+            "mark:before-upgrade",
+            "--yes",
+        ],
+    ));
+    assert!(replica(&dir, "dr-b")[..MIB].iter().all(|b| *b == 0x11));
+    let points = json(redoubt(&dir, &["points", "erp", "--format", "json"]));
+    assert_eq!(server_points(&points, "dr-b")["paused"], true);
+    assert_eq!(server_points(&points, "dr-b")["applied_seq"], marker_seq);
+    ok(redoubt(&dir, &["resume", "erp", "-s", "dr-b"]));
+    wait_until("dr-b applies again", || {
+        replica(&dir, "dr-b")[..MIB].iter().all(|b| *b == 0x22)
+    });
+
+    // Unplanned failover: production is killed; dr-b serves every replicated write.
+    kill_agent(&dir, "prod-a");
+    let failover = json(redoubt(
+        &dir,
+        &["failover", "erp", "-s", "dr-b", "--yes", "--format", "json"],
+    ));
+    assert_eq!(
+        failover["context"]["acting_production"], "dr-b",
+        "{failover}"
+    );
+    assert_eq!(failover["context"]["kind"], "unplanned");
+    assert!(read(&dr_b, 0).iter().all(|b| *b == 0x22));
+    assert!(read(&dr_b, MIB).iter().all(|b| *b == 0x11));
+    write(&dr_b, 2 * MIB, 0x33);
+    wait_until("dr-c follows the new production", || {
+        replica(&dir, "dr-c")[2 * MIB..3 * MIB]
+            .iter()
+            .all(|b| *b == 0x33)
+    });
+    ok(redoubt(&dir, &["failover", "commit", "erp", "--yes"]));
+
+    // Failback: prod-a comes back; only the regions written since the failover cross.
+    start_agent(&dir, "prod-a");
+    let failback = json(redoubt(
+        &dir,
+        &["failback", "erp", "--yes", "--format", "json"],
+    ));
+    let sent = failback["delta"]["bytes"].as_u64().unwrap();
+    let total = failback["delta"]["volumes_bytes"].as_u64().unwrap();
+    eprintln!("failback delta: {sent} of {total} bytes");
+    assert!(
+        sent > 0 && sent <= 4 * MIB as u64,
+        "delta {sent} bytes: {failback}"
+    );
+    assert!(sent * 20 < total, "the delta is a small part of the LVs");
+    assert!(read(&prod_a, 2 * MIB).iter().all(|b| *b == 0x33));
+    assert!(read(&prod_a, 0).iter().all(|b| *b == 0x22));
+    write(&prod_a, 3 * MIB, 0x44);
+    wait_until("dr-b follows prod-a again", || {
+        replica(&dir, "dr-b")[3 * MIB..4 * MIB]
+            .iter()
+            .all(|b| *b == 0x44)
+    });
+
+    // Planned failover and back: nothing is lost either way.
+    let planned = json(redoubt(
+        &dir,
+        &["failover", "erp", "--yes", "--format", "json"],
+    ));
+    assert_eq!(planned["context"]["kind"], "planned", "{planned}");
+    assert!(read(&dr_b, 3 * MIB).iter().all(|b| *b == 0x44));
+    write(&dr_b, 0, 0x55);
+    ok(redoubt(&dir, &["failback", "erp", "--yes"]));
+    assert!(read(&prod_a, 0).iter().all(|b| *b == 0x55));
+    wait_until("dr-c has it too", || {
+        replica(&dir, "dr-c")[..MIB].iter().all(|b| *b == 0x55)
+    });
+}
