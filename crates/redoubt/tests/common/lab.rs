@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -113,26 +112,48 @@ impl Lab {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .map_or(true, |stat| stat.contains(") Z "))
         });
-        let log = std::fs::File::create(
-            self.path()
-                .join("logs")
-                .join(format!("{server}.restarted.log")),
-        )
-        .unwrap();
-        let child = Command::new(&args[0])
-            .args(&args[1..])
-            .envs(self.env())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        std::fs::write(&pid_file, child.id().to_string()).unwrap();
-        let address = self.agent_address(server);
-        wait_until("the restarted agent answers", || {
-            TcpStream::connect(&address).is_ok()
-        });
+        // Started again as systemd would (Restart=on-failure): a start that finds the port
+        // still held for a moment exits, and is tried again.
+        let log_path = self
+            .path()
+            .join("logs")
+            .join(format!("{server}.restarted.log"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::File::create(&log_path).unwrap();
+            let mut child = Command::new(&args[0])
+                .args(&args[1..])
+                .envs(self.env())
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .unwrap();
+            let started = loop {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if text.contains("ready ") {
+                    break true;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    assert!(
+                        text.contains("Address already in use"),
+                        "the restarted agent {server} exited: {text}"
+                    );
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if started {
+                std::fs::write(&pid_file, child.id().to_string()).unwrap();
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the port of {server} stayed in use for 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -140,6 +161,9 @@ use std::os::unix::process::CommandExt;
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_logs(&self.path().join("logs"));
+        }
         for mount in self.mounts.drain(..).rev() {
             let _ = Command::new("umount").arg(&mount).status();
         }
@@ -254,6 +278,22 @@ pub fn clean_attachments(root: &Path) {
                     .stderr(Stdio::null())
                     .status();
             }
+        }
+    }
+}
+
+/// The end of every log in `dir`, for a failing test's output.
+pub fn print_logs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(30)..];
+        eprintln!("--- {} (last {} lines)", entry.path().display(), tail.len());
+        for line in tail {
+            eprintln!("{line}");
         }
     }
 }
