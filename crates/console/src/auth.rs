@@ -298,10 +298,23 @@ pub async fn require_role(
     let audited = !matches!(method, Method::GET | Method::HEAD);
     let decision = authorize(&shared.auth, bearer(request.headers()), &method, &path);
     let (who, response) = match decision {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            (caller.role.name(), next.run(request).await)
-        }
+        Ok(caller) => match path_like_segment(&path) {
+            // A name in a path (group, snapshot, point) never names a file outside data_dir.
+            Some(segment) => (
+                caller.role.name(),
+                (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({
+                        "error": format!("{segment:?} in the path is not a valid name: no '..', '/', '\\' or NUL"),
+                    })),
+                )
+                    .into_response(),
+            ),
+            None => {
+                request.extensions_mut().insert(caller);
+                (caller.role.name(), next.run(request).await)
+            }
+        },
         Err(refusal) => {
             let who = match refusal {
                 Refusal::Unauthenticated => "anonymous",
@@ -348,4 +361,69 @@ async fn rotate(State(shared): State<Arc<Shared>>, Json(body): Json<RotateBody>)
 /// `POST /v1/auth/rotate`.
 pub fn routes() -> axum::Router<Arc<Shared>> {
     axum::Router::new().route("/v1/auth/rotate", axum::routing::post(rotate))
+}
+
+/// The first segment of `path` that, percent-decoded, is `.` or `..` or holds `/`, `\\` or
+/// NUL: such a segment could only be an attempt to leave a directory.
+pub fn path_like_segment(path: &str) -> Option<String> {
+    path.split('/').find_map(|raw| {
+        let decoded = percent_decode(raw);
+        let bad = decoded == b"."
+            || decoded == b".."
+            || decoded.iter().any(|b| matches!(b, b'/' | b'\\' | 0));
+        bad.then(|| String::from_utf8_lossy(&decoded).into_owned())
+    })
+}
+
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes.get(index), bytes.get(index + 1), bytes.get(index + 2)) {
+            (Some(b'%'), Some(&high), Some(&low)) => match (hex(high), hex(low)) {
+                (Some(high), Some(low)) => {
+                    out.push((high * 16 + low) as u8);
+                    index += 3;
+                }
+                _ => {
+                    out.push(b'%');
+                    index += 1;
+                }
+            },
+            (Some(&byte), _, _) => {
+                out.push(byte);
+                index += 1;
+            }
+            (None, _, _) => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_like_segment;
+
+    #[test]
+    fn path_like_segments_are_found_encoded_or_not() {
+        for path in [
+            "/v1/init/..",
+            "/v1/init/..%2Fetc",
+            "/v1/init/%2e%2e",
+            "/v1/x/a%00b",
+            "/v1/x/a%5Cb",
+        ] {
+            assert!(path_like_segment(path).is_some(), "{path}");
+        }
+        for path in [
+            "/v1/init/erp",
+            "/v1/config/plan",
+            "/v1/init/lv_data.01",
+            "/v1/x/100%25",
+        ] {
+            assert!(path_like_segment(path).is_none(), "{path}");
+        }
+    }
 }

@@ -194,6 +194,34 @@ async fn roles_rotation_confirmation_and_audit() {
         403
     );
 
+    // Path-like names never reach the disk: refused with a diagnostic, nothing saved.
+    for bad in ["../erp", "erp/../../etc", r"a\u0000b", "/etc"] {
+        let toml = CONFIG.replace("name = \"erp\"", &format!("name = \"{bad}\""));
+        let (status, answer) = api
+            .post("/v1/config", Some(&operator), json!({"toml": toml}))
+            .await;
+        assert_eq!(status, 400, "group {bad:?}: {answer}");
+        assert!(
+            answer["diagnostics"][0]["field"]
+                .as_str()
+                .is_some_and(|field| field.contains("name")),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        api.get("/v1/config", Some(&operator)).await.0,
+        404,
+        "nothing was saved"
+    );
+    for path in [
+        "/v1/init/..%2F..%2Fetc",
+        "/v1/init/%2Fetc%2Fpasswd",
+        "/v1/init/a%00b",
+    ] {
+        let (status, _) = api.get(path, Some(&operator)).await;
+        assert_eq!(status, 400, "{path}");
+    }
+
     // The operator applies.
     let (status, applied) = api.post("/v1/config", Some(&operator), apply.clone()).await;
     assert_eq!(status, 200, "{applied}");
