@@ -1295,6 +1295,10 @@ impl Applier {
                     }
                 }
                 if let (RecordKind::Undo, Some(volume)) = (header.kind, &volume) {
+                    // Snapshots keep what the undo overwrites, as for any write.
+                    if let Some(observer) = &self.observer {
+                        observer.before_apply(std::slice::from_ref(&record), &self.volumes);
+                    }
                     volume.write_at(&record.payload, header.offset_bytes)?;
                 } else if header.kind == RecordKind::Marker
                     && record.payload == UNDO_BARRIER_MARKER.as_bytes()

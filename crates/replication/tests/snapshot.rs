@@ -491,6 +491,29 @@ fn snapshots_and_their_writes_survive_a_restart() {
 }
 
 #[test]
+fn a_snapshot_keeps_its_point_through_a_rollback_of_its_replica_and_the_resume() {
+    let mut bed = Bed::new(1000, 256 << 20);
+    bed.write(600);
+    bed.wait_applied();
+    let set = bed.recovery.set().clone();
+    let point = bed.recovery.applied_seq() - 50;
+    let snapshot = set.create("kept", &Point::Seq(point), false).unwrap();
+    bed.write(200);
+    bed.wait_applied();
+    // The replica goes back before the snapshot's point, then forward again.
+    let aba = bed.recovery.aba.clone().unwrap();
+    let back_to = point - 200;
+    let report = bed.runtime.block_on(aba.rollback(back_to)).unwrap();
+    assert_eq!(report.to_seq, back_to);
+    check_exact(&bed.history, back_to, &mut bed.recovery.replica()).unwrap();
+    check_snapshot(&bed.history, &snapshot);
+    bed.runtime.block_on(aba.resume()).unwrap();
+    bed.write(200);
+    bed.wait_applied();
+    check_snapshot(&bed.history, &snapshot);
+}
+
+#[test]
 fn a_full_snapshot_container_invalidates_the_snapshot_and_apply_goes_on() {
     // 1 MiB of snapshot container: far less than the writes after the point.
     let mut bed = Bed::new(800, 1 << 20);
