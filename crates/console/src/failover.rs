@@ -557,6 +557,13 @@ async fn run_failback(
             .and_then(|p| p["applied_seq"].as_u64())
             .unwrap_or(0);
         if !resyncing && applied >= journal_seq {
+            // What crossed the network to the old production (after compression).
+            if let Some(target) = entry["targets"]
+                .as_array()
+                .and_then(|targets| targets.iter().find(|t| t["server"] == old.name.as_str()))
+            {
+                delta["sent_bytes"] = target["sent_bytes"].clone();
+            }
             break;
         }
         operation.set_progress(

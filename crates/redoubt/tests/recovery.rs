@@ -228,6 +228,56 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
         replica(&dir, "dr-b")[..MIB].iter().all(|b| *b == 0x22)
     });
 
+    // A test failover: dr-c's latest point as writable snapshots, while production and
+    // replication go on; the test's writes never reach the replica and vanish on delete.
+    let test = json(redoubt(
+        &dir,
+        &[
+            "failover", "erp", "-s", "dr-c", "--test", "--format", "json",
+        ],
+    ));
+    let snapshot_name = test["name"].as_str().unwrap().to_string();
+    let export = test["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|export| export["volume"] == "lv_data01")
+        .unwrap()["export"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (address, export_name) = export.trim_start_matches("nbd://").split_once('/').unwrap();
+    let mut snapshot = NbdClient::connect(address, export_name).unwrap();
+    assert!(snapshot
+        .read(0, MIB as u32)
+        .unwrap()
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0x22));
+    assert_eq!(snapshot.write(0, &vec![0x66; MIB], false).unwrap(), 0);
+    assert_eq!(snapshot.flush().unwrap(), 0);
+    assert!(snapshot
+        .read(0, MIB as u32)
+        .unwrap()
+        .unwrap()
+        .iter()
+        .all(|b| *b == 0x66));
+    drop(snapshot);
+    write(&prod_a, MIB, 0x12);
+    wait_until("dr-c keeps applying during the test", || {
+        replica(&dir, "dr-c")[MIB..2 * MIB]
+            .iter()
+            .all(|b| *b == 0x12)
+    });
+    assert!(replica(&dir, "dr-c")[..MIB].iter().all(|b| *b == 0x22));
+    ok(redoubt(
+        &dir,
+        &["snapshot", "delete", "erp", &snapshot_name, "-s", "dr-c"],
+    ));
+    wait_until("dr-b has everything before production goes", || {
+        caught_up("dr-b")
+    });
+
     // Unplanned failover: production is killed; dr-b serves every replicated write.
     kill_agent(&dir, "prod-a");
     let failover = json(redoubt(
@@ -240,7 +290,7 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
     );
     assert_eq!(failover["context"]["kind"], "unplanned");
     assert!(read(&dr_b, 0).iter().all(|b| *b == 0x22));
-    assert!(read(&dr_b, MIB).iter().all(|b| *b == 0x11));
+    assert!(read(&dr_b, MIB).iter().all(|b| *b == 0x12));
     write(&dr_b, 2 * MIB, 0x33);
     wait_until("dr-c follows the new production", || {
         replica(&dir, "dr-c")[2 * MIB..3 * MIB]
