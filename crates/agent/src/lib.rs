@@ -16,7 +16,6 @@
 mod attach;
 pub mod client;
 mod datapath;
-pub mod fencing;
 pub mod failover;
 pub mod fencing;
 mod http;
