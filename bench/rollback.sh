@@ -37,20 +37,25 @@ trap cleanup EXIT
 set -a; . "$lab/lab.env"; set +a
 nbd=$(grep -o 'nbd://[^ ]*/lv_data01' "$work/up.log" | head -1)
 nbd=${nbd%/lv_data01}
+# Both recovery servers applied everything production journaled (the initial sync included:
+# its zeroing records are undo barriers, so the marker must come after them).
+caught_up() {
+  local deadline=$((SECONDS + 300))
+  until "$bin" status erp --format json | python3 -c '
+import json, sys
+targets = json.load(sys.stdin)["groups"][0]["targets"]
+sys.exit(0 if all(t["applied_seq"] is not None and t["applied_seq"] == t["journal_seq"] and t["super_transaction_pct"] >= 100 for t in targets) else 1)'; do
+    [ $SECONDS -lt $deadline ] || { echo "replicas never caught up" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+caught_up
 "$bin" mark erp before-fill > /dev/null
 for lv in lv_data01 lv_logs; do
   fio --name=fill --ioengine=nbd --uri="$nbd/$lv" --rw=write --bs=1M --iodepth=8 \
       --refill_buffers=1 --output=/dev/null
 done
-deadline=$((SECONDS + 300))
-until "$bin" status erp --format json | python3 -c '
-import json, sys
-targets = json.load(sys.stdin)["groups"][0]["targets"]
-sys.exit(0 if all(t["applied_seq"] is not None and t["applied_seq"] == t["journal_seq"] for t in targets) else 1)'; do
-  [ $SECONDS -lt $deadline ] || { echo "replicas never caught up" >&2; exit 1; }
-  sleep 0.2
-done
-
+caught_up
 drop_caches() {
   sync
   if [ -w /proc/sys/vm/drop_caches ]; then echo 3 > /proc/sys/vm/drop_caches; cache=dropped; else cache=warm; fi
@@ -61,7 +66,7 @@ bytes=$(cat "${files[@]}" | wc -c)
 
 drop_caches
 t0=$(now)
-"$bin" rollback erp -s dr-b --to mark:before-fill --yes --format json > "$work/rollback.json" 2> /dev/null
+"$bin" rollback erp -s dr-b --to mark:before-fill --yes --format json > "$work/rollback.json" 2> "$work/rollback.err" || { cat "$work/rollback.err" "$work/rollback.json" >&2; exit 1; }
 t1=$(now)
 drop_caches
 t2=$(now)
