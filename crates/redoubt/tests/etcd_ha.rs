@@ -87,7 +87,7 @@ async fn etcd_store_keeps_versions_records_and_refuses_a_deposed_leader() {
         assert_eq!(store.init("nope").expect("none"), None);
 
         // A deposed leader's writes are refused (its lease no longer holds the leader key).
-        let other = EtcdStore::connect(&store.url().to_string()).expect("second instance");
+        let other = EtcdStore::connect(store.url()).expect("second instance");
         other.set_leader_lease(Some(0x7fff_0000));
         let refused = other
             .put_init(&record("g007", 1))
