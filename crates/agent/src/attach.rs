@@ -184,6 +184,9 @@ struct AttachBody {
     /// A snapshot's NBD export (from the snapshot's `exports`); required with `snapshot`.
     #[serde(default)]
     export: Option<String>,
+    /// A snapshot is attached read-only unless this says otherwise (a writable snapshot).
+    #[serde(default)]
+    read_only: Option<bool>,
 }
 
 async fn attach(
@@ -200,7 +203,7 @@ async fn attach(
             )
         }
     };
-    let (export, read_only) = match (&body.snapshot, body.export) {
+    let (export, read_only) = match (&body.snapshot, body.export.clone()) {
         (None, None) => match production_export(&agent, &group, &body.volume) {
             Ok(export) => (export, false),
             Err(response) => return response,
@@ -215,7 +218,7 @@ async fn attach(
                     ),
                 );
             }
-            (export, true)
+            (export, body.read_only.unwrap_or(true))
         }
         (None, Some(_)) => {
             return error(

@@ -108,7 +108,8 @@ struct AttachBody {
     server: Option<String>,
 }
 
-/// Which server serves the LV (or its snapshot), and the snapshot's export of it.
+/// Which server serves the LV (or its snapshot), and the snapshot's export of it with whether
+/// the snapshot is writable.
 async fn locate(
     shared: &Shared,
     group: &str,
@@ -116,7 +117,7 @@ async fn locate(
     volume: &str,
     snapshot: Option<&str>,
     server: Option<&str>,
-) -> Result<(String, Option<String>), Response> {
+) -> Result<(String, Option<(String, bool)>), Response> {
     if !members.volumes.iter().any(|name| name == volume) {
         return Err(answer(
             StatusCode::NOT_FOUND,
@@ -159,13 +160,14 @@ async fn locate(
                     .flatten()
                     .find(|entry| entry["name"] == snapshot);
                 if let Some(found) = found {
+                    let writable = found["writable"] == true;
                     let export = found["exports"]
                         .as_array()
                         .into_iter()
                         .flatten()
                         .find(|export| export["volume"] == volume)
                         .and_then(|export| export["export"].as_str())
-                        .map(str::to_string);
+                        .map(|export| (export.to_string(), writable));
                     return Ok((candidate.clone(), export));
                 }
             }
@@ -225,8 +227,11 @@ async fn attach(
                 ),
             );
         };
+        // A writable snapshot (a test failover's) is attached writable.
+        let (export, writable) = export;
         forward["snapshot"] = json!(snapshot);
         forward["export"] = json!(export);
+        forward["read_only"] = json!(!writable);
     }
     let address = members.address(&server).unwrap_or_default().to_string();
     let path = format!("/v1/groups/{group}/attachments");

@@ -433,6 +433,18 @@ pub fn undo(attachment: &Attachment, helpers: &mut Helpers) -> Result<(), HostEr
                     });
                 }
             }
+            // Never pull the FUSE file from under a loop device still bound to it (a mounted
+            // file system would lose its device).
+            if let Some(holder) = attachment
+                .fuse_file
+                .as_deref()
+                .and_then(loop_device_backed_by)
+            {
+                return Err(HostError::Busy {
+                    key: attachment.key(),
+                    device: holder,
+                });
+            }
             if let Some(mount_point) = attachment.fuse_file.as_ref().and_then(|f| f.parent()) {
                 stop_fuse(mount_point, attachment.helper_pid, helpers);
                 if let Some(work) = mount_point.parent() {
@@ -442,6 +454,20 @@ pub fn undo(attachment: &Attachment, helpers: &mut Helpers) -> Result<(), HostEr
             Ok(())
         }
     }
+}
+
+/// The loop device whose backing file is `file`, if any.
+fn loop_device_backed_by(file: &Path) -> Option<String> {
+    std::fs::read_dir("/sys/block")
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim();
+            let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
+            (name.starts_with("loop") && Path::new(backing) == file).then(|| format!("/dev/{name}"))
+        })
 }
 
 /// Unmounts the FUSE file system (nbdfuse then exits) and makes sure its process is gone.

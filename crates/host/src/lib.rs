@@ -231,6 +231,14 @@ pub struct Host {
 impl Host {
     /// Opens the registry under `state_dir` (nothing is probed or attached yet).
     pub fn open(state_dir: &Path, links_root: &Path) -> Result<Host, HostError> {
+        // The kernel names a loop device's backing file by its absolute path, and that is how
+        // a device is recognized as ours: keep every path absolute.
+        let state_dir = std::path::absolute(state_dir).map_err(|source| HostError::Io {
+            action: "resolve the state directory",
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let state_dir = state_dir.as_path();
         let registry = Registry::load(&state_dir.join(REGISTRY_FILE_NAME))?;
         let states = registry
             .attachments
