@@ -344,6 +344,7 @@ impl Aba {
             applied_times: std::collections::VecDeque::new(),
             markers,
             markers_dirty: false,
+            undo_index: None,
         };
         if let Some((from, to)) = paused.and_then(|paused| paused.rolling_back) {
             tracing::warn!(group = %config.group, from, to, "finishing a rollback a crash interrupted");
@@ -685,6 +686,16 @@ struct Applier {
     /// Event markers applied, oldest first (bounded by `recovery::MARKERS_MAX`).
     markers: Vec<redoubt_points::Marker>,
     markers_dirty: bool,
+    /// (seq, time) of every undo record and the latest undo barrier, built by the first
+    /// `window` (one scan of the undo journal) and kept up to date by `apply_run`, so a
+    /// rollback does not read the undo journal's payloads just to know its window.
+    undo_index: Option<UndoIndex>,
+}
+
+#[derive(Default)]
+struct UndoIndex {
+    times: std::collections::VecDeque<(u64, u64)>,
+    barrier_seq: u64,
 }
 
 /// Most (seq, time) samples kept for retention pruning; older ones are merged away.
@@ -906,6 +917,16 @@ impl Applier {
         }
         undo.sync()?;
         let undo_first = undo.first_seq().unwrap_or(0);
+        if let Some(index) = self.undo_index.as_mut() {
+            for (header, payload) in &captured {
+                if index.times.back().is_none_or(|(seq, _)| *seq < header.seq) {
+                    index.times.push_back((header.seq, header.timestamp_ns));
+                }
+                if header.kind == RecordKind::Marker && payload == UNDO_BARRIER_MARKER.as_bytes() {
+                    index.barrier_seq = index.barrier_seq.max(header.seq);
+                }
+            }
+        }
         self.status
             .undo_first_seq
             .store(undo_first, Ordering::Relaxed);
@@ -1146,24 +1167,49 @@ impl Applier {
         if !group_id_known {
             return Ok(window);
         }
-        let undo = self.undo_journal()?;
-        let Some(undo_first) = undo.first_seq() else {
-            return Ok(window);
+        let (undo_first, durable) = {
+            let undo = self.undo_journal()?;
+            let Some(undo_first) = undo.first_seq() else {
+                return Ok(window);
+            };
+            (undo_first, undo.durable_seq())
         };
+        if self.undo_index.is_none() {
+            let mut index = UndoIndex::default();
+            if durable >= undo_first {
+                let undo = self.undo_journal()?;
+                for record in undo.read_from(undo_first)? {
+                    let record = record?;
+                    index
+                        .times
+                        .push_back((record.header.seq, record.header.timestamp_ns));
+                    if record.header.kind == RecordKind::Marker
+                        && record.payload == UNDO_BARRIER_MARKER.as_bytes()
+                    {
+                        index.barrier_seq = record.header.seq;
+                    }
+                }
+            }
+            self.undo_index = Some(index);
+        }
         let mut barrier_seq = 0;
-        if undo.durable_seq() >= undo_first {
-            for record in undo.read_from(undo_first)? {
-                let record = record?;
-                let seq = record.header.seq;
-                if seq > last {
-                    break;
-                }
-                window.times.push((seq, record.header.timestamp_ns));
-                if record.header.kind == RecordKind::Marker
-                    && record.payload == UNDO_BARRIER_MARKER.as_bytes()
-                {
-                    barrier_seq = seq;
-                }
+        if let Some(index) = self.undo_index.as_mut() {
+            // Pruning (retention, capacity) drops the oldest records.
+            while index
+                .times
+                .front()
+                .is_some_and(|(seq, _)| *seq < undo_first)
+            {
+                index.times.pop_front();
+            }
+            window.times = index
+                .times
+                .iter()
+                .copied()
+                .take_while(|(seq, _)| *seq <= last)
+                .collect();
+            if index.barrier_seq >= undo_first {
+                barrier_seq = index.barrier_seq;
             }
         }
         window.first_seq = undo_first.saturating_sub(1).max(barrier_seq).min(applied);
@@ -1297,7 +1343,7 @@ impl Applier {
                 if let (RecordKind::Undo, Some(volume)) = (header.kind, &volume) {
                     // Snapshots keep what the undo overwrites, as for any write.
                     if let Some(observer) = &self.observer {
-                        observer.before_apply(std::slice::from_ref(&record), &self.volumes);
+                        observer.before_apply(std::slice::from_ref(record), &self.volumes);
                     }
                     volume.write_at(&record.payload, header.offset_bytes)?;
                 } else if header.kind == RecordKind::Marker
