@@ -208,6 +208,11 @@ impl TlsContext {
         .await;
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
+            // Closed before saying anything (a port probe): nothing to refuse.
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                tracing::debug!(%peer, "connection closed before the TLS handshake");
+                return None;
+            }
             Ok(Err(error)) => {
                 self.refuse(peer, &format!("handshake failed: {error}"));
                 return None;
