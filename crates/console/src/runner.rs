@@ -236,7 +236,7 @@ impl Shared {
     fn finish(&self, record: &mut InitRecord, state: InitState) -> Result<(), StoreError> {
         record.state = state;
         record.finished_unix_ms = Some(now_unix_ms());
-        self.store.put_init(record)?;
+        store_call(|| self.store.put_init(record))?;
         tracing::info!(group = %record.group, state = state.as_str(), "initialization ended");
         self.publish(Self::final_event(record));
         Ok(())
@@ -283,7 +283,7 @@ impl Shared {
                             row.attempts = row.attempts.saturating_add(1);
                         }
                     }
-                    self.store.put_init(&record)?;
+                    store_call(|| self.store.put_init(&record))?;
                     for at in &rows {
                         if let Some(event) = Self::row_event(&record, *at) {
                             self.publish(event);
@@ -333,7 +333,7 @@ impl Shared {
                                 }
                             }
                         }
-                        self.store.put_init(&record)?;
+                        store_call(|| self.store.put_init(&record))?;
                         if let Some(event) = Self::row_event(&record, at) {
                             self.publish(event);
                         }
@@ -353,11 +353,23 @@ impl Shared {
                         }
                     }
                     if repaired {
-                        self.store.put_init(&record)?;
+                        store_call(|| self.store.put_init(&record))?;
                     }
                 }
             }
         }
+    }
+}
+
+/// Runs a blocking store call (a redb commit with its fsync, an etcd round trip) from an
+/// executor without stalling the runtime's other tasks: on a multi-threaded runtime the
+/// worker hands its other tasks (status, API requests) to another thread meanwhile.
+fn store_call<T>(call: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(call)
+        }
+        _ => call(),
     }
 }
 
