@@ -126,7 +126,7 @@ fn kill_agent(dir: &Path, name: &str) {
     }
 }
 
-fn start_agent(dir: &Path, name: &str) {
+fn start_agent(dir: &Path, name: &str) -> std::process::Child {
     let listen = lab_address(dir, name, "address");
     let log = std::fs::OpenOptions::new()
         .append(true)
@@ -146,6 +146,7 @@ fn start_agent(dir: &Path, name: &str) {
     wait_until("the restarted agent listens", || {
         std::net::TcpStream::connect(&listen).is_ok()
     });
+    child
 }
 
 #[test]
@@ -300,7 +301,7 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
     ok(redoubt(&dir, &["failover", "commit", "erp", "--yes"]));
 
     // Failback: prod-a comes back; only the regions written since the failover cross.
-    start_agent(&dir, "prod-a");
+    let mut prod_a_agent = start_agent(&dir, "prod-a");
     let failback = json(redoubt(
         &dir,
         &["failback", "erp", "--yes", "--format", "json"],
@@ -335,4 +336,11 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
     wait_until("dr-c has it too", || {
         replica(&dir, "dr-c")[..MIB].iter().all(|b| *b == 0x55)
     });
+    ok(Command::new(binary())
+        .args(["lab", "down", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap());
+    // `lab down` stopped it (its pid file is the restarted process).
+    prod_a_agent.wait().unwrap();
 }
