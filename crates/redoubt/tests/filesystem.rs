@@ -1,8 +1,10 @@
 //! A real file system on a protected LV, end to end, the way a user does it: `redoubt attach`
 //! gives the production server `/dev/redoubt/erp/lv_data01` (FUSE + loop on this kernel, which
 //! has no `nbd` module), ext4 on it, files written with fsync, the file system frozen (a
-//! consistent image), replication drained to both recovery servers, and each replica mounted
-//! read-only with every file intact. Needs root (loop devices, mounts); CI runs as root.
+//! consistent image), replication drained to both recovery servers, a snapshot taken on dr-b
+//! (`redoubt snapshot create`) and attached there read-only (`redoubt attach --snapshot`),
+//! mounted, every file intact; each replica LV mounted read-only holds them too. Needs root
+//! (loop devices, mounts); CI runs as root.
 
 mod common;
 
@@ -104,14 +106,59 @@ fn ext4_on_an_attached_volume_replicates_and_each_replica_mounts_with_the_files(
     }
     // A consistent image: ext4 flushes its journal into place when frozen.
     run("fsfreeze", &["--freeze", &mount.display().to_string()]);
+    // While frozen: everything reaches the recovery servers, and dr-b takes a snapshot of
+    // that point.
     let thawed = std::panic::catch_unwind(|| {
-        wait_until("the replicas applied everything", || drained(&lab))
+        wait_until("the replicas applied everything", || drained(&lab));
+        lab.ok(&[
+            "snapshot", "create", "erp", "--server", "dr-b", "--at", "latest", "--name", "fs",
+        ])
     });
     run("fsfreeze", &["--unfreeze", &mount.display().to_string()]);
     if let Err(panic) = thawed {
         std::panic::resume_unwind(panic);
     }
 
+    // The snapshot, attached on dr-b read-only, mounted: the files are there.
+    let out = lab.ok(&["attach", "erp", "lv_data01", "--snapshot", "fs"]);
+    let snapshot_link = "/dev/redoubt/erp/lv_data01@fs";
+    assert!(
+        out.contains(snapshot_link) && out.contains("on dr-b") && out.contains("read-only"),
+        "{out}"
+    );
+    let snapshot_mount = lab.path().join("snapshot-mnt");
+    std::fs::create_dir_all(&snapshot_mount).unwrap();
+    run(
+        "mount",
+        &[
+            "-o",
+            "ro,noload",
+            snapshot_link,
+            &snapshot_mount.display().to_string(),
+        ],
+    );
+    lab.mounts.push(snapshot_mount.clone());
+    for (name, data) in &expected {
+        let found = std::fs::read(snapshot_mount.join(name))
+            .unwrap_or_else(|error| panic!("{name} on the snapshot: {error}"));
+        assert!(found == *data, "{name} differs on the snapshot");
+    }
+    // Read-only: a write to the device is refused.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snapshot_link)
+        .and_then(|device| {
+            use std::os::unix::fs::FileExt;
+            device.write_all_at(&[0u8; 4096], 1 << 20)?;
+            device.sync_all()
+        });
+    assert!(written.is_err(), "the snapshot's device accepts writes");
+    run("umount", &[&snapshot_mount.display().to_string()]);
+    lab.mounts.pop();
+    lab.ok(&["detach", "erp", "lv_data01", "--snapshot", "fs"]);
+    lab.ok(&["snapshot", "delete", "erp", "fs", "--server", "dr-b"]);
+
+    // The replica LVs themselves, read-only, hold the same file system.
     for server in ["dr-b", "dr-c"] {
         let replica = lab
             .path()
