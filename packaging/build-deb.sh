@@ -4,13 +4,17 @@
 # Needs cargo-deb (scripts/deps.sh installs it).
 #
 #   packaging/build-deb.sh              build the release binary (cargo decides what is stale)
-#   packaging/build-deb.sh --no-build   package target/release/redoubt as it is (the package
-#                                       test, which runs inside `cargo test --release`)
+#   packaging/build-deb.sh --no-build   package target/release/redoubt as it is, with fast
+#                                       compression (the package test, which runs inside
+#                                       `cargo test --release`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 profile=release
-if [ "${1:-}" != "--no-build" ]; then
+deb_options=()
+if [ "${1:-}" = "--no-build" ]; then
+  deb_options+=(--fast)
+else
   cargo build --release -p redoubt --quiet
 fi
 binary=target/$profile/redoubt
@@ -20,5 +24,5 @@ rm -rf "$man_dir"
 "$binary" man --out "$man_dir" >/dev/null
 gzip -9n "$man_dir"/*.1
 mkdir -p target/debian
-cargo deb -p redoubt --no-build --quiet --output target/debian/ >/dev/null
+cargo deb -p redoubt --no-build --quiet "${deb_options[@]}" --output target/debian/ >/dev/null
 ls -t target/debian/redoubt_*.deb | head -1
