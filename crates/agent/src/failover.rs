@@ -233,6 +233,18 @@ fn configured(agent: &Agent, group: &str) -> Result<(Config, PathBuf), Response>
     Ok((config, data_dir))
 }
 
+/// The request body, the stored configuration and this server's data directory.
+fn prelude<T: for<'de> Deserialize<'de>>(
+    agent: &Agent,
+    group: &str,
+    body: &[u8],
+    what: &str,
+) -> Result<(T, Config, PathBuf), Response> {
+    let request = parse(body, what)?;
+    let (config, data_dir) = configured(agent, group)?;
+    Ok((request, config, data_dir))
+}
+
 fn check_context(
     agent: &Agent,
     group: &str,
@@ -357,14 +369,11 @@ async fn promote(
     UrlPath(group): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: PromoteRequest = match parse(&body, "promote") {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    let (config, data_dir) = match configured(&agent, &group) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let (request, config, data_dir): (PromoteRequest, _, _) =
+        match prelude(&agent, &group, &body, "promote") {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     if let Err(response) = check_context(&agent, &group, &request.context, &config) {
         return response;
     }
@@ -561,14 +570,11 @@ async fn fence(
     UrlPath(group): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: FenceRequest = match parse(&body, "fence") {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    let (config, data_dir) = match configured(&agent, &group) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let (request, config, data_dir): (FenceRequest, _, _) =
+        match prelude(&agent, &group, &body, "fence") {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     let engine = agent
         .lock()
         .paths
@@ -639,14 +645,11 @@ async fn resync(
     UrlPath(group): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: ResyncRequest = match parse(&body, "resync") {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    let (config, data_dir) = match configured(&agent, &group) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let (request, config, data_dir): (ResyncRequest, _, _) =
+        match prelude(&agent, &group, &body, "resync") {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     if let Err(response) = check_context(&agent, &group, &request.context, &config) {
         return response;
     }
@@ -763,14 +766,11 @@ async fn follow(
     UrlPath(group): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: FollowRequest = match parse(&body, "follow") {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    let (config, data_dir) = match configured(&agent, &group) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let (request, config, data_dir): (FollowRequest, _, _) =
+        match prelude(&agent, &group, &body, "follow") {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     if let Some(context) = &request.context {
         if let Err(response) = check_context(&agent, &group, context, &config) {
             return response;
@@ -873,14 +873,11 @@ async fn set_context(
     UrlPath(group): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let request: ContextRequest = match parse(&body, "context") {
-        Ok(request) => request,
-        Err(response) => return response,
-    };
-    let (config, data_dir) = match configured(&agent, &group) {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
+    let (request, config, data_dir): (ContextRequest, _, _) =
+        match prelude(&agent, &group, &body, "context") {
+            Ok(found) => found,
+            Err(response) => return response,
+        };
     if let Some(context) = &request.context {
         if let Err(response) = check_context(&agent, &group, context, &config) {
             return response;

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::operations::Operation;
-use crate::recovery::{answer, needs_confirmation};
+use crate::recovery::{answer, call, needs_confirmation};
 use crate::runner::{now_unix_ms, Shared};
 use crate::verify::{members, parse_body, Member};
 
@@ -47,20 +47,6 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/v1/groups/{group}/failover/commit", post(commit))
         .route("/v1/groups/{group}/failover/abort", post(abort))
         .route("/v1/groups/{group}/failback", post(failback))
-}
-
-async fn call(
-    shared: &Shared,
-    member: &Member,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, String> {
-    shared
-        .agent
-        .call(&member.name, &member.address, method, path, body.as_ref())
-        .await
-        .map_err(|error| format!("{}: {error}", member.name))
 }
 
 /// The failover context the group's servers hold (the newest by `since_unix_ms`).

@@ -49,7 +49,8 @@ pub(crate) fn needs_confirmation(what: String) -> Response {
         .into_response()
 }
 
-async fn call(
+/// One call to the agent of `member`; the error names the server.
+pub(crate) async fn call(
     shared: &Shared,
     member: &Member,
     method: &str,
