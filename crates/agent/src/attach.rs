@@ -108,28 +108,28 @@ pub fn routes() -> Router<Arc<Agent>> {
 }
 
 /// The NBD URI the production data path serves `volume` of `group` at, or why there is none.
-fn production_export(agent: &Agent, group: &str, volume: &str) -> Result<String, Response> {
+fn production_export(agent: &Agent, group: &str, volume: &str) -> Result<String, Box<Response>> {
     let inner = agent.lock();
     let Some(path) = inner.paths.get(group) else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::CONFLICT,
             format!(
                 "attach {group}/{volume} on {}: the data path of group {group} is not loaded on this server",
                 agent.name
             ),
-        ));
+        )));
     };
     let mut fields = serde_json::Map::new();
     path.status(&mut fields);
     let exports = fields.get("exports").and_then(Value::as_array);
     let Some(exports) = exports else {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::CONFLICT,
             format!(
                 "attach {group}/{volume} on {}: this server is not the production server of group {group} (attach a snapshot on a recovery server)",
                 agent.name
             ),
-        ));
+        )));
     };
     exports
         .iter()
@@ -137,13 +137,13 @@ fn production_export(agent: &Agent, group: &str, volume: &str) -> Result<String,
         .and_then(|export| export["export"].as_str())
         .map(str::to_string)
         .ok_or_else(|| {
-            error(
+            Box::new(error(
                 StatusCode::NOT_FOUND,
                 format!(
                     "attach {group}/{volume} on {}: group {group} has no LV {volume}",
                     agent.name
                 ),
-            )
+            ))
         })
 }
 
@@ -206,7 +206,7 @@ async fn attach(
     let (export, read_only) = match (&body.snapshot, body.export.clone()) {
         (None, None) => match production_export(&agent, &group, &body.volume) {
             Ok(export) => (export, false),
-            Err(response) => return response,
+            Err(response) => return *response,
         },
         (Some(_), Some(export)) => {
             if !(export.starts_with("nbd://") || export.starts_with("nbd+unix:///")) {

@@ -32,6 +32,10 @@ fn answer(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+fn boxed(status: StatusCode, message: impl Into<String>) -> Box<Response> {
+    Box::new(answer(status, message))
+}
+
 fn agent_error(server: &str, error: AgentError) -> Response {
     match error {
         AgentError::Refused {
@@ -62,14 +66,14 @@ impl Members {
     }
 }
 
-fn members(shared: &Shared, group: &str) -> Result<Members, Response> {
+fn members(shared: &Shared, group: &str) -> Result<Members, Box<Response>> {
     let current = shared
         .store
         .current()
-        .map_err(|error| answer(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
-        .ok_or_else(|| answer(StatusCode::NOT_FOUND, "no configuration was applied yet"))?;
+        .map_err(|error| boxed(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()))?
+        .ok_or_else(|| boxed(StatusCode::NOT_FOUND, "no configuration was applied yet"))?;
     let config = redoubt_config::parse("current.toml", &current.toml).map_err(|_| {
-        answer(
+        boxed(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
                 "the stored configuration version {} no longer parses",
@@ -78,7 +82,7 @@ fn members(shared: &Shared, group: &str) -> Result<Members, Response> {
         )
     })?;
     let entry = config.group(group).ok_or_else(|| {
-        answer(
+        boxed(
             StatusCode::NOT_FOUND,
             format!(
                 "no group {group} in configuration version {}",
@@ -117,9 +121,9 @@ async fn locate(
     volume: &str,
     snapshot: Option<&str>,
     server: Option<&str>,
-) -> Result<(String, Option<(String, bool)>), Response> {
+) -> Result<(String, Option<(String, bool)>), Box<Response>> {
     if !members.volumes.iter().any(|name| name == volume) {
-        return Err(answer(
+        return Err(boxed(
             StatusCode::NOT_FOUND,
             format!("group {group} has no LV {volume}"),
         ));
@@ -127,7 +131,7 @@ async fn locate(
     let Some(snapshot) = snapshot else {
         let server = server.unwrap_or(&members.production);
         if server != members.production {
-            return Err(answer(
+            return Err(boxed(
                 StatusCode::CONFLICT,
                 format!(
                     "attach {group}/{volume} on {server}: only the production server ({}) serves the LV; attach a snapshot on a recovery server",
@@ -182,7 +186,7 @@ async fn locate(
     if !errors.is_empty() {
         message.push_str(&format!(" (not asked: {})", errors.join("; ")));
     }
-    Err(answer(StatusCode::NOT_FOUND, message))
+    Err(boxed(StatusCode::NOT_FOUND, message))
 }
 
 async fn attach(
@@ -201,7 +205,7 @@ async fn attach(
     };
     let members = match members(&shared, &group) {
         Ok(members) => members,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (server, export) = match locate(
         &shared,
@@ -214,7 +218,7 @@ async fn attach(
     .await
     {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut forward = json!({"volume": body.volume});
     if let Some(snapshot) = &body.snapshot {
@@ -273,7 +277,7 @@ async fn detach(
     }
     let members = match members(&shared, &group) {
         Ok(members) => members,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let (server, _) = match locate(
         &shared,
@@ -286,7 +290,7 @@ async fn detach(
     .await
     {
         Ok(found) => found,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let address = members.address(&server).unwrap_or_default().to_string();
     let mut path = format!("/v1/groups/{group}/attachments/{volume}");
