@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use redoubt_nbd_proto::{
     self as nbd, BlockSize, Command, CommandFlags, Info, InfoRequest, NbdErrno, OptionError,
-    OptionReply, OptionRequest, ProtocolError, ReplyChunk, RequestHeader, TransmissionFlags,
+    OptionReply, OptionRequest, ProtocolError, ReplyChunk, RequestHeader, TlsGate, TlsMode,
+    TransmissionFlags,
 };
+use redoubt_tls::TlsContext;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -147,10 +149,11 @@ impl Served {
     }
 }
 
-/// The exports a server offers, by exact name.
+/// The exports a server offers, by exact name, and the TLS identity they require, if any.
 #[derive(Default)]
 pub struct Exports {
     by_name: BTreeMap<String, Served>,
+    tls: Option<Arc<TlsContext>>,
 }
 
 impl Exports {
@@ -160,7 +163,20 @@ impl Exports {
                 .into_iter()
                 .map(|e| (e.name.clone(), Served::Engine(Arc::new(e))))
                 .collect(),
+            tls: None,
         }
+    }
+
+    /// Requires TLS (NBD STARTTLS) with a client certificate of `tls`'s CA on every
+    /// connection: before TLS only `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` are served.
+    pub fn with_tls(mut self, tls: Arc<TlsContext>) -> Exports {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Whether connections must start TLS.
+    pub fn requires_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Exports of backends (snapshot views).
@@ -170,6 +186,7 @@ impl Exports {
                 .into_iter()
                 .map(|e| (e.name.clone(), Served::Backend(Arc::new(e))))
                 .collect(),
+            tls: None,
         }
     }
 
@@ -200,6 +217,20 @@ pub enum ConnectionError {
     HandshakeTimeout,
     #[error("more than {OPTIONS_PER_HANDSHAKE_MAX} options")]
     TooManyOptions,
+    #[error("the client sent data after NBD_OPT_STARTTLS before the TLS handshake")]
+    DataBeforeTls,
+    #[error("the client's TLS handshake was refused (no or wrong certificate)")]
+    TlsRefused,
+}
+
+/// How the option haggling ended.
+enum Haggled {
+    /// Transmission with this export.
+    Go(Negotiated),
+    /// The client aborted, or asked for an export that does not exist.
+    Closed,
+    /// STARTTLS was acknowledged: the TLS handshake comes next.
+    StartTls,
 }
 
 struct Negotiated {
@@ -215,17 +246,45 @@ pub async fn serve_connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let handshake = tokio::time::timeout(
-        Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
-        handshake(&mut stream, &exports),
-    );
-    let negotiated = match handshake.await {
-        Ok(result) => result?,
-        Err(_) => return Err(ConnectionError::HandshakeTimeout),
+    // One deadline for the whole handshake, TLS included.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
+    let mode = if exports.tls.is_some() {
+        TlsMode::ForcedBeforeTls
+    } else {
+        TlsMode::NoTls
     };
-    match negotiated {
-        Some(negotiated) => transmission(stream, negotiated).await,
-        None => Ok(()),
+    let haggled = tokio::time::timeout_at(deadline, async {
+        let client_flags = greet(&mut stream).await?;
+        haggle(&mut stream, &exports, client_flags, mode).await
+    })
+    .await
+    .map_err(|_| ConnectionError::HandshakeTimeout)??;
+    let (client_flags, haggled) = haggled;
+    match haggled {
+        Haggled::Go(negotiated) => transmission(stream, negotiated).await,
+        Haggled::Closed => Ok(()),
+        Haggled::StartTls => {
+            let Some(tls) = exports.tls.clone() else {
+                return Err(ConnectionError::TlsRefused);
+            };
+            // Refusals (no certificate, another CA) are logged and counted by the context.
+            let accepted = tokio::time::timeout_at(deadline, tls.accept(stream, "NBD client"))
+                .await
+                .map_err(|_| ConnectionError::HandshakeTimeout)?;
+            let Some((mut stream, _identity)) = accepted else {
+                return Err(ConnectionError::TlsRefused);
+            };
+            let haggled = tokio::time::timeout_at(
+                deadline,
+                haggle(&mut stream, &exports, client_flags, TlsMode::ForcedOverTls),
+            )
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout)??;
+            match haggled.1 {
+                Haggled::Go(negotiated) => transmission(stream, negotiated).await,
+                Haggled::Closed | Haggled::StartTls => Ok(()),
+            }
+        }
     }
 }
 
@@ -242,24 +301,35 @@ async fn read_more<S: AsyncRead + Unpin>(
     Ok(())
 }
 
-async fn handshake<S>(
-    stream: &mut S,
-    exports: &Exports,
-) -> Result<Option<Negotiated>, ConnectionError>
+/// Sends the greeting and reads the client's flags (exactly their 4 bytes, so nothing the
+/// client sends after them is buffered here).
+async fn greet<S>(stream: &mut S) -> Result<nbd::ClientFlags, ConnectionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = Vec::new();
     nbd::encode_server_greeting(&mut out);
     stream.write_all(&out).await?;
+    let mut bytes = [0u8; nbd::CLIENT_FLAGS_BYTES];
+    stream.read_exact(&mut bytes).await?;
+    match nbd::decode_client_flags(&bytes)? {
+        Some((flags, _)) => Ok(flags),
+        None => Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+    }
+}
+
+/// The option haggling, under `mode`'s TLS rules ([`nbd::tls_gate`]).
+async fn haggle<S>(
+    stream: &mut S,
+    exports: &Exports,
+    client_flags: nbd::ClientFlags,
+    mode: TlsMode,
+) -> Result<(nbd::ClientFlags, Haggled), ConnectionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
     let mut buffer = Vec::new();
-    let client_flags = loop {
-        if let Some((flags, consumed)) = nbd::decode_client_flags(&buffer)? {
-            buffer.drain(..consumed);
-            break flags;
-        }
-        read_more(stream, &mut buffer).await?;
-    };
     let mut structured_replies = false;
     for _ in 0..OPTIONS_PER_HANDSHAKE_MAX {
         let option = loop {
@@ -284,11 +354,36 @@ where
         };
         out.clear();
         let code = option.option();
+        match nbd::tls_gate(mode, &option) {
+            TlsGate::Serve => {}
+            TlsGate::Close => return Ok((client_flags, Haggled::Closed)),
+            TlsGate::Refuse(error) => {
+                let message = match error {
+                    OptionError::TlsReqd => "TLS is required: send NBD_OPT_STARTTLS first",
+                    OptionError::Policy => "TLS is not enabled for these exports",
+                    _ => "TLS is already on",
+                };
+                let reply = OptionReply::Error { error, message };
+                nbd::encode_option_reply(&mut out, code, &reply);
+                stream.write_all(&out).await?;
+                continue;
+            }
+            TlsGate::StartTls => {
+                // Bytes sent ahead of the ACK would be read as if they came over TLS.
+                if !buffer.is_empty() {
+                    return Err(ConnectionError::DataBeforeTls);
+                }
+                nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                return Ok((client_flags, Haggled::StartTls));
+            }
+        }
         match option {
             OptionRequest::ExportName { name } => {
                 // This option has no error reply: an unknown name closes the connection.
                 let Some(export) = exports.served(&name) else {
-                    return Ok(None);
+                    return Ok((client_flags, Haggled::Closed));
                 };
                 nbd::encode_export_name_reply(
                     &mut out,
@@ -297,15 +392,18 @@ where
                     client_flags,
                 );
                 stream.write_all(&out).await?;
-                return Ok(Some(Negotiated {
-                    export: export.clone(),
-                    structured_replies,
-                }));
+                return Ok((
+                    client_flags,
+                    Haggled::Go(Negotiated {
+                        export: export.clone(),
+                        structured_replies,
+                    }),
+                ));
             }
             OptionRequest::Abort => {
                 nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
                 stream.write_all(&out).await?;
-                return Ok(None);
+                return Ok((client_flags, Haggled::Closed));
             }
             OptionRequest::List => {
                 for name in exports.names() {
@@ -318,13 +416,8 @@ where
                 }
                 nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
             }
-            OptionRequest::StartTls => {
-                let reply = OptionReply::Error {
-                    error: OptionError::Policy,
-                    message: "TLS is not enabled for these exports",
-                };
-                nbd::encode_option_reply(&mut out, code, &reply);
-            }
+            // The gate above answered it in every mode.
+            OptionRequest::StartTls => {}
             OptionRequest::Info(query) | OptionRequest::Go(query) => {
                 let going = code == nbd::option_code::GO;
                 match exports.served(&query.name) {
@@ -365,10 +458,13 @@ where
                         nbd::encode_option_reply(&mut out, code, &OptionReply::Ack);
                         if going {
                             stream.write_all(&out).await?;
-                            return Ok(Some(Negotiated {
-                                export: export.clone(),
-                                structured_replies,
-                            }));
+                            return Ok((
+                                client_flags,
+                                Haggled::Go(Negotiated {
+                                    export: export.clone(),
+                                    structured_replies,
+                                }),
+                            ));
                         }
                     }
                 }

@@ -574,6 +574,49 @@ pub fn encode_export_name_reply(
     debug_assert!(out.len() - length_before >= EXPORT_NAME_REPLY_BYTES_MIN);
 }
 
+/// Where a server stands on TLS for this connection (the spec's NOTLS and FORCEDTLS modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS offered: `NBD_OPT_STARTTLS` is refused by policy; everything else is served.
+    NoTls,
+    /// TLS required and not yet on: only `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` are served.
+    ForcedBeforeTls,
+    /// TLS required and on: every option is served; a second `NBD_OPT_STARTTLS` is invalid.
+    ForcedOverTls,
+}
+
+/// What a server does with one option under its [`TlsMode`] (pure; the caller does the I/O).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsGate {
+    /// Serve the option as usual.
+    Serve,
+    /// Reply ACK, then run the TLS handshake (no byte may be buffered after the option:
+    /// plaintext sent ahead of the handshake would be injected into the TLS session).
+    StartTls,
+    /// Reply with this error and keep haggling.
+    Refuse(OptionError),
+    /// `NBD_OPT_EXPORT_NAME` before TLS: it has no error reply, so close the connection.
+    Close,
+}
+
+/// The FORCEDTLS rules of the NBD protocol (doc/proto.md, "TLS support"): before TLS, every
+/// option but `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` gets `NBD_REP_ERR_TLS_REQD`
+/// (`NBD_OPT_EXPORT_NAME`, which cannot be answered with an error, closes the connection);
+/// once TLS is on, `NBD_OPT_STARTTLS` gets `NBD_REP_ERR_INVALID`. A NOTLS server answers
+/// `NBD_OPT_STARTTLS` with `NBD_REP_ERR_POLICY`.
+pub fn tls_gate(mode: TlsMode, option: &OptionRequest) -> TlsGate {
+    match (mode, option) {
+        (TlsMode::NoTls, OptionRequest::StartTls) => TlsGate::Refuse(OptionError::Policy),
+        (TlsMode::NoTls, _) => TlsGate::Serve,
+        (TlsMode::ForcedBeforeTls, OptionRequest::StartTls) => TlsGate::StartTls,
+        (TlsMode::ForcedBeforeTls, OptionRequest::Abort) => TlsGate::Serve,
+        (TlsMode::ForcedBeforeTls, OptionRequest::ExportName { .. }) => TlsGate::Close,
+        (TlsMode::ForcedBeforeTls, _) => TlsGate::Refuse(OptionError::TlsReqd),
+        (TlsMode::ForcedOverTls, OptionRequest::StartTls) => TlsGate::Refuse(OptionError::Invalid),
+        (TlsMode::ForcedOverTls, _) => TlsGate::Serve,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -939,5 +982,41 @@ mod tests {
         out.clear();
         encode_export_name_reply(&mut out, 4096, flags, ClientFlags::NO_ZEROES);
         assert_eq!(out.len(), EXPORT_NAME_REPLY_BYTES_MIN);
+    }
+
+    #[test]
+    fn forced_tls_serves_only_starttls_and_abort_before_tls() {
+        let list = OptionRequest::List;
+        let export_name = OptionRequest::ExportName { name: "lv0".into() };
+        let go = OptionRequest::Go(ExportQuery {
+            name: "lv0".into(),
+            info_requests: Vec::new(),
+        });
+        let before = TlsMode::ForcedBeforeTls;
+        assert_eq!(
+            tls_gate(before, &OptionRequest::StartTls),
+            TlsGate::StartTls
+        );
+        assert_eq!(tls_gate(before, &OptionRequest::Abort), TlsGate::Serve);
+        assert_eq!(tls_gate(before, &export_name), TlsGate::Close);
+        for option in [&list, &go, &OptionRequest::StructuredReply] {
+            assert_eq!(
+                tls_gate(before, option),
+                TlsGate::Refuse(OptionError::TlsReqd)
+            );
+        }
+        let over = TlsMode::ForcedOverTls;
+        assert_eq!(
+            tls_gate(over, &OptionRequest::StartTls),
+            TlsGate::Refuse(OptionError::Invalid)
+        );
+        for option in [&list, &go, &export_name, &OptionRequest::Abort] {
+            assert_eq!(tls_gate(over, option), TlsGate::Serve);
+        }
+        assert_eq!(
+            tls_gate(TlsMode::NoTls, &OptionRequest::StartTls),
+            TlsGate::Refuse(OptionError::Policy)
+        );
+        assert_eq!(tls_gate(TlsMode::NoTls, &go), TlsGate::Serve);
     }
 }

@@ -27,8 +27,9 @@
 //!      (`OptionError::Unknown` for a missing export). An ACKed `Go` enters transmission.
 //!    * `List` → one [`OptionReply::Server`] per export, then ACK.
 //!    * `StructuredReply` → ACK, and use structured replies for reads from then on.
-//!    * `Abort` → ACK, then close. `StartTls` → `OptionError::Policy` (this codec has no TLS;
-//!      the spec lets a NOTLS server answer POLICY or UNSUP).
+//!    * `Abort` → ACK, then close. `StartTls` → `OptionError::Policy` for a NOTLS server; a
+//!      server that requires TLS asks [`tls_gate`] first (ACK, then the caller runs the TLS
+//!      handshake and haggles on over TLS; before TLS everything else gets `TlsReqd`).
 //!    * `Unsupported` → `OptionError::Unsup`; `Malformed` → `OptionError::Invalid`.
 //! 4. **Transmission.** Loop on [`decode_request_header`] (then read the write payload into
 //!    your own buffer) or [`decode_request`] (payload borrowed from the input). Run
@@ -121,6 +122,7 @@ pub use handshake::{
     OPTION_HEADER_BYTES, OPTION_REPLY_HEADER_BYTES, OPTION_REPLY_MAGIC, SERVER_GREETING_BYTES,
     SERVER_HANDSHAKE_FLAGS,
 };
+pub use handshake::{tls_gate, TlsGate, TlsMode};
 pub use transmission::{
     chunk_type, command_code, decode_request, decode_request_header, encode_offset_data_header,
     encode_simple_reply, encode_structured_reply, Command, NbdErrno, ReplyChunk, Request,

@@ -249,6 +249,13 @@ pub struct DatatapArgs {
     /// step 12 does: for a recovery server that joins a volume that already holds data.
     #[arg(long)]
     pub full_sync: bool,
+    /// Require NBD STARTTLS with a client certificate of the cluster CA on the exports, using
+    /// the identity `--tls-name` in this directory (`redoubt ca init` / `ca issue`).
+    #[arg(long, requires = "tls_name")]
+    pub tls_dir: Option<PathBuf>,
+    /// The certificate (DIR/NAME.pem, DIR/NAME.key) the exports present to clients.
+    #[arg(long, requires = "tls_dir")]
+    pub tls_name: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]

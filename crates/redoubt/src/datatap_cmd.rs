@@ -138,7 +138,18 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
         })
         .collect();
     let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
-    let exports = Arc::new(Exports::new(exports));
+    let mut exports = Exports::new(exports);
+    if let (Some(dir), Some(name)) = (&args.tls_dir, &args.tls_name) {
+        redoubt_tls::install_provider();
+        let tls = redoubt_tls::TlsContext::load(dir, name).map_err(|error| {
+            invalid(format!(
+                "--tls-dir {} --tls-name {name}: load the TLS identity: {error}",
+                dir.display()
+            ))
+        })?;
+        exports = exports.with_tls(Arc::new(tls));
+    }
+    let exports = Arc::new(exports);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -149,7 +160,13 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
             .await
             .map_err(|error| failed(&format!("listen on {}", args.listen), &error))?;
         for name in &names {
-            println!("ready {}", bound.uri(name));
+            let uri = bound.uri(name);
+            // A TLS export's URI scheme is nbds (libnbd; qemu takes tls-creds instead).
+            let uri = match (exports.requires_tls(), uri.strip_prefix("nbd")) {
+                (true, Some(rest)) => format!("nbds{rest}"),
+                _ => uri,
+            };
+            println!("ready {uri}");
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(serve(bound, exports, stopped.clone()));
