@@ -37,6 +37,8 @@ pub struct PathSpec {
     pub volumes: Vec<VolumeSpec>,
     pub capacities: ContainerCapacities,
     pub nbd_listen: Option<NbdListen>,
+    /// The exports require NBD STARTTLS with the agent's TLS identity (`nbd_tls = true`).
+    pub nbd_tls: bool,
     pub mode: Mode,
     /// (recovery server name, its agent address), recovery 1 first.
     pub targets: Vec<(String, String)>,
@@ -100,6 +102,7 @@ impl PathSpec {
             } else {
                 None
             },
+            nbd_tls: this.nbd_tls,
             retention_seconds: group.retention_seconds,
             mode: group.mode,
             targets,
@@ -120,6 +123,7 @@ impl PathSpec {
             && self.volumes == other.volumes
             && self.capacities == other.capacities
             && self.nbd_listen == other.nbd_listen
+            && self.nbd_tls == other.nbd_tls
             && self.mode == other.mode
             && self.targets.is_empty() == other.targets.is_empty()
     }
@@ -452,6 +456,25 @@ async fn start_production(spec: &PathSpec) -> Result<Production, String> {
     let mut exports = Vec::new();
     let mut nbd = None;
     if let Some(listen) = &spec.nbd_listen {
+        // `nbd_tls = true` needs the agent's identity (`--tls-dir`): refuse to serve the
+        // exports in plaintext instead.
+        let nbd_tls = match (spec.nbd_tls, redoubt_tls::registry::lookup(&spec.server)) {
+            (false, _) => None,
+            (true, Some(tls)) => Some(tls),
+            (true, None) => {
+                drop(volumes);
+                drop(engine);
+                let _ = join_thread(
+                    Some(commit_thread),
+                    &format!("commit thread of group {group}"),
+                )
+                .await;
+                return Err(format!(
+                    "serve the NBD exports of group {group} with TLS: server {} has nbd_tls = true but its agent has no TLS identity (start it with --tls-dir holding {}.pem and {}.key of the cluster CA)",
+                    spec.server, spec.server, spec.server
+                ));
+            }
+        };
         let listen = match listen {
             NbdListen::Tcp(address) => Listen::Tcp(address.clone()),
             NbdListen::Unix(path) => Listen::Unix(path.clone()),
@@ -488,7 +511,11 @@ async fn start_production(spec: &PathSpec) -> Result<Production, String> {
             });
         }
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve_nbd(bound, Arc::new(Exports::new(list)), stopped));
+        let mut served = Exports::new(list);
+        if let Some(tls) = nbd_tls {
+            served = served.with_tls(tls);
+        }
+        let task = tokio::spawn(serve_nbd(bound, Arc::new(served), stopped));
         nbd = Some((stop, task));
     }
     let lcas = start_lcas(spec, &engine);

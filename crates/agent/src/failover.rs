@@ -161,6 +161,7 @@ pub fn adjust(
             role: Role::Production,
             volumes,
             nbd_listen: this.nbd_listen.clone(),
+            nbd_tls: this.nbd_tls,
             targets,
             ..spec
         }));

@@ -754,7 +754,9 @@ impl Context<'_> {
             .lock()
             .paths
             .get(self.group())
-            .is_some_and(|path| path.spec.nbd_listen != spec.nbd_listen);
+            .is_some_and(|path| {
+                path.spec.nbd_listen != spec.nbd_listen || path.spec.nbd_tls != spec.nbd_tls
+            });
         if removed.is_empty() && !nbd_changed {
             return Ok("no export to remove".into());
         }

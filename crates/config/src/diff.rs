@@ -165,7 +165,9 @@ impl fmt::Display for Change {
             Change::ServerAddressChanged { server, old, new } => {
                 write!(f, "server {server} address: {old} -> {new}")
             }
-            Change::NbdListenChanged { server } => write!(f, "server {server} nbd_listen changed"),
+            Change::NbdListenChanged { server } => {
+                write!(f, "server {server} nbd_listen or nbd_tls changed")
+            }
         }
     }
 }
@@ -392,7 +394,9 @@ fn server_changes(old: &Server, new: &Server, role: Role, changes: &mut Vec<Chan
             role,
         });
     }
-    if old.nbd_listen != new.nbd_listen && role == Role::Production {
+    // Turning NBD TLS on or off restarts the exports like a new listen address.
+    if (old.nbd_listen != new.nbd_listen || old.nbd_tls != new.nbd_tls) && role == Role::Production
+    {
         changes.push(Change::NbdListenChanged {
             server: new.name.clone(),
         });

@@ -38,6 +38,9 @@ pub struct Server {
     pub address: String,
     pub data_dir: PathBuf,
     pub nbd_listen: Option<NbdListen>,
+    /// `nbd_tls = true`: the exports require NBD STARTTLS with a client certificate of the
+    /// cluster CA, served with the agent's TLS identity (`--tls-dir`).
+    pub nbd_tls: bool,
 }
 
 /// Where the datatap serves its NBD exports when this server is production.

@@ -121,7 +121,7 @@ struct TableReader<'a, 'i> {
     known: &'static [&'static str],
 }
 
-const SERVER_FIELDS: &[&str] = &["name", "address", "data_dir", "nbd_listen"];
+const SERVER_FIELDS: &[&str] = &["name", "address", "data_dir", "nbd_listen", "nbd_tls"];
 const GROUP_FIELDS: &[&str] = &[
     "name",
     "production",
@@ -421,11 +421,39 @@ impl<'s> Checker<'s> {
                 }
             },
         };
+        let nbd_tls = match reader.table.get("nbd_tls") {
+            None => Some(false),
+            Some(value) => match value.get_ref() {
+                DeValue::Boolean(on) => Some(*on),
+                other => {
+                    self.error(
+                        value.span(),
+                        join(&reader.path, "nbd_tls"),
+                        format!("expected true or false, found {}", other.type_str()),
+                    );
+                    None
+                }
+            },
+        };
+        let nbd_tls = nbd_tls?;
+        if nbd_tls && nbd_listen.is_none() && nbd_ok {
+            let span = reader
+                .table
+                .get("nbd_tls")
+                .map_or(reader.span.clone(), |value| value.span());
+            self.error(
+                span,
+                join(&reader.path, "nbd_tls"),
+                "nbd_tls = true needs nbd_listen (the exports it protects)".to_string(),
+            );
+            return None;
+        }
         Some(Server {
             name: name?.0,
             address: address?,
             data_dir: data_dir?,
             nbd_listen: if nbd_ok { nbd_listen } else { return None },
+            nbd_tls,
         })
     }
 

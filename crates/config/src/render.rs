@@ -20,6 +20,9 @@ pub fn render_toml(config: &Config) -> String {
         if let Some(listen) = &server.nbd_listen {
             let _ = writeln!(out, "nbd_listen = {}", quote(&listen.to_string()));
         }
+        if server.nbd_tls {
+            let _ = writeln!(out, "nbd_tls = true");
+        }
         out.push('\n');
     }
     for group in &config.groups {

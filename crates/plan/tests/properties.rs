@@ -25,6 +25,7 @@ fn server(index: usize, alternate_dir: bool, alternate_port: bool) -> Server {
             format!("/var/lib/redoubt/{name}")
         }),
         nbd_listen: (index == 0).then(|| NbdListen::Tcp("127.0.0.1:10809".into())),
+        nbd_tls: false,
     }
 }
 

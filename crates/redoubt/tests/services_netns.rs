@@ -260,6 +260,7 @@ impl Services {
                     address: String::new(),
                     data_dir: PathBuf::new(),
                     nbd_listen: None,
+                    nbd_tls: false,
                 });
             }
         }

@@ -132,6 +132,7 @@ pub fn compose(
                     address: new_server.address.trim().to_string(),
                     data_dir: new_server.data_dir.trim().into(),
                     nbd_listen: None::<NbdListen>,
+                    nbd_tls: false,
                 });
             }
         }
