@@ -23,8 +23,11 @@ fn caught_up(lab: &Lab, server: &str) -> bool {
         .flatten()
         .find(|target| target["server"] == server)
         .is_some_and(|target| {
+            // The initial full sync done too: while it runs, a snapshot keeps a pre-image of
+            // every region it rewrites, more than this lab's snapshot container holds.
             target["applied_seq"].as_u64().is_some()
                 && target["applied_seq"] == target["journal_seq"]
+                && target["super_transaction_pct"].as_f64() >= Some(100.0)
         })
 }
 
