@@ -620,6 +620,8 @@ impl Context<'_> {
             )));
         }
         let version = self.request.config_version;
+        // The datatap restarts without the LVs the change removes: their devices go first.
+        self.detach_removed().await?;
         let running = self.agent.lock().paths.remove(self.group());
         let Some(mut path) = running else {
             return Ok(

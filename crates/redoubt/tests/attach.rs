@@ -135,3 +135,57 @@ fn kernel_nbd_path_where_the_module_exists() {
     lab.ok(&["detach", "erp", "lv_logs"]);
     assert!(Path::new(LINK).symlink_metadata().is_err());
 }
+
+#[test]
+fn removing_an_attached_lv_from_the_group_detaches_it_and_refuses_while_mounted() {
+    let mut lab = Lab::up();
+    let mount = lab.path().join("mnt");
+    std::fs::create_dir_all(&mount).unwrap();
+    lab.ok(&["attach", "erp", "lv_logs"]);
+    run("mkfs.ext4", &["-q", LINK]);
+    run("mount", &[LINK, &mount.display().to_string()]);
+    lab.mounts.push(mount.clone());
+
+    // The new configuration drops lv_logs.
+    let current = lab.ok(&["config", "show"]);
+    let start = current
+        .find("[[group.volume]]\nname = \"lv_logs\"")
+        .unwrap();
+    let end = current[start..]
+        .find("size = ")
+        .map(|at| start + at + current[start + at..].find('\n').unwrap() + 1)
+        .unwrap();
+    let new = format!("{}{}", &current[..start], &current[end..]);
+    let file = lab.path().join("without-lv_logs.toml");
+    std::fs::write(&file, new).unwrap();
+    let file = file.display().to_string();
+
+    // Mounted: the step that would pull the device fails, saying why; the device stays.
+    let refused = lab.redoubt(&["config", "apply", &file, "--yes"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(said.contains("in use"), "{said}");
+    assert!(link_target(LINK).starts_with("/dev/"));
+    write_durably(&mount.join("still"), b"the device still works");
+
+    // Unmounted: the retried change detaches it (step 17) and removes the export.
+    run("umount", &[&mount.display().to_string()]);
+    lab.mounts.clear();
+    lab.ok(&["config", "retry", "erp"]);
+    wait_until("the change is done", || {
+        let status: serde_json::Value =
+            serde_json::from_str(&lab.ok(&["status", "erp", "--format", "json"])).unwrap();
+        status["groups"][0]["initialization"]["state"] == "idle"
+    });
+    assert!(
+        Path::new(LINK).symlink_metadata().is_err(),
+        "the link is gone"
+    );
+    let registry = std::fs::read_to_string(lab.path().join("agents/prod-a/attachments.json"))
+        .unwrap_or_default();
+    assert!(!registry.contains("lv_logs"), "{registry}");
+}
