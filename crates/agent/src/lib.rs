@@ -186,7 +186,9 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
         source,
     })?;
     let stored = persist::load_current(&config.state_dir)?;
-    let nbd_tls = stored.as_ref().and_then(|stored| stored.config.server(&config.name));
+    let nbd_tls = stored
+        .as_ref()
+        .and_then(|stored| stored.config.server(&config.name));
     if nbd_tls.is_some_and(|server| server.nbd_tls) && config.tls.is_none() {
         return Err(AgentError::State(format!(
             "server {} has nbd_tls = true in the applied configuration but this agent has no TLS identity: start it with --tls-dir (holding ca.pem, {}.pem and {}.key)",
