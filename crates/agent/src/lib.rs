@@ -21,11 +21,11 @@ pub mod fencing;
 mod http;
 pub mod metrics;
 pub mod persist;
+mod recovery_routes;
 mod route;
 mod snapshot_routes;
 mod steps;
 mod verify_routes;
-mod recovery_routes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

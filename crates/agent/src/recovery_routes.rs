@@ -99,13 +99,15 @@ async fn mark(
     }
     let engine = match side(&agent, &group, "mark") {
         Ok(Side::Production(engine)) => engine,
-        Ok(Side::Recovery(_)) => return error(
-            StatusCode::CONFLICT,
-            format!(
+        Ok(Side::Recovery(_)) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
                 "mark: {} is a recovery server of group {group}; markers are written on production",
                 agent.name
             ),
-        ),
+            )
+        }
         Err(response) => return response,
     };
     let time_ns = crate::http::now_unix_ms().saturating_mul(1_000_000);

@@ -1229,11 +1229,7 @@ pub(crate) async fn stop_path(agent: &Agent, group: &str) -> Result<bool, String
     }
 }
 
-pub(crate) async fn start_path(
-    agent: &Agent,
-    spec: PathSpec,
-    version: u64,
-) -> Result<(), String> {
+pub(crate) async fn start_path(agent: &Agent, spec: PathSpec, version: u64) -> Result<(), String> {
     let group = spec.group.clone();
     let path = DataPath::start(spec, version).await?;
     agent.lock().paths.insert(group.clone(), path);

@@ -17,9 +17,9 @@
 //!
 //! The decision of what runs next is the pure [`record::next`].
 
-mod attach;
 pub mod agent;
 pub mod api;
+mod attach;
 pub mod audit;
 pub mod auth;
 pub mod failover;
@@ -33,8 +33,8 @@ pub mod runner;
 pub mod status;
 pub mod store;
 pub mod store_etcd;
-pub mod web;
 pub mod verify;
+pub mod web;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -15,11 +15,11 @@ mod exit;
 mod lab;
 mod man_cmd;
 mod progress;
+mod recovery_cmd;
 mod remote_cmd;
 mod snapshot_cmd;
 mod status_file;
 mod status_xml;
-mod recovery_cmd;
 mod verify_cmd;
 
 use std::process::ExitCode;
