@@ -13,6 +13,15 @@ use common::lab::{link_target, run, wait_until, write_durably, Lab};
 
 const LINK: &str = "/dev/redoubt/erp/lv_logs";
 
+/// The tests of this file share `/dev/redoubt/erp/…` and the loop devices: one at a time.
+static DEVICES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    DEVICES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// `redoubt status --format json`: the `attached` field of the LV.
 fn attachment_state(lab: &Lab) -> serde_json::Value {
     let status: serde_json::Value =
@@ -32,6 +41,7 @@ fn attachment_state(lab: &Lab) -> serde_json::Value {
 
 #[test]
 fn attach_gives_a_device_that_survives_an_agent_restart_and_detach_removes_it() {
+    let _devices = one_at_a_time();
     if redoubt_host::kernel_nbd_available() {
         eprintln!("the nbd module is loaded: kernel_nbd_path_where_the_module_exists covers it");
     }
@@ -111,6 +121,7 @@ fn attach_gives_a_device_that_survives_an_agent_restart_and_detach_removes_it() 
 
 #[test]
 fn kernel_nbd_path_where_the_module_exists() {
+    let _devices = one_at_a_time();
     if !redoubt_host::kernel_nbd_available() {
         eprintln!(
             "SKIPPED: this kernel has no nbd module loaded (/sys/module/nbd); the kernel NBD \
@@ -138,6 +149,7 @@ fn kernel_nbd_path_where_the_module_exists() {
 
 #[test]
 fn removing_an_attached_lv_from_the_group_detaches_it_and_refuses_while_mounted() {
+    let _devices = one_at_a_time();
     let mut lab = Lab::up();
     let mount = lab.path().join("mnt");
     std::fs::create_dir_all(&mount).unwrap();
