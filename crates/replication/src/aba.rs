@@ -918,6 +918,15 @@ impl Applier {
         undo.sync()?;
         let undo_first = undo.first_seq().unwrap_or(0);
         if let Some(index) = self.undo_index.as_mut() {
+            // The undo journal may have dropped its oldest segment to make room: so does the
+            // index, so it stays as small as the journal it describes.
+            while index
+                .times
+                .front()
+                .is_some_and(|(seq, _)| *seq < undo_first)
+            {
+                index.times.pop_front();
+            }
             for (header, payload) in &captured {
                 if index.times.back().is_none_or(|(seq, _)| *seq < header.seq) {
                     index.times.push_back((header.seq, header.timestamp_ns));
