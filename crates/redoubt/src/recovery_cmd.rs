@@ -199,25 +199,7 @@ pub fn rollback(
                 &json!({"server": args.server, "to": args.to, "confirm": true}),
             )
             .await?;
-        let id = started["operation"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let operation = crate::progress::operation(&client, &id).await?;
-        if operation["state"] != "done" {
-            return Err(Failure::new(
-                ExitCodeKind::Failed,
-                format!(
-                    "rollback {id} failed: {}",
-                    operation["error"].as_str().unwrap_or("unknown error")
-                ),
-            ));
-        }
-        match args.format {
-            Format::Json => println!("{}", operation["result"]),
-            Format::Text => println!("{}", operation["message"].as_str().unwrap_or("rolled back")),
-        }
-        Ok(())
+        run_operation(&client, &started, args.format).await
     })
 }
 
