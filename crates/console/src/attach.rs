@@ -102,6 +102,24 @@ fn members(shared: &Shared, group: &str) -> Result<Members, Box<Response>> {
     })
 }
 
+/// After a failover the LVs are served by the acting production and the snapshots live on
+/// its recovery servers: the failover context, when there is one, says who they are.
+async fn acting(shared: &Shared, group: &str, mut members: Members) -> Members {
+    let Ok(servers) = crate::verify::members(shared, group) else {
+        return members;
+    };
+    let Some(context) = crate::failover::current_context(shared, group, &servers).await else {
+        return members;
+    };
+    if let Some(acting) = context["acting_production"].as_str() {
+        members.production = acting.to_string();
+    }
+    if let Ok(targets) = serde_json::from_value::<Vec<String>>(context["targets"].clone()) {
+        members.recovery = targets;
+    }
+    members
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AttachBody {
@@ -204,7 +222,7 @@ async fn attach(
         }
     };
     let members = match members(&shared, &group) {
-        Ok(members) => members,
+        Ok(members) => acting(&shared, &group, members).await,
         Err(response) => return *response,
     };
     let (server, export) = match locate(
@@ -276,7 +294,7 @@ async fn detach(
         }
     }
     let members = match members(&shared, &group) {
-        Ok(members) => members,
+        Ok(members) => acting(&shared, &group, members).await,
         Err(response) => return *response,
     };
     let (server, _) = match locate(

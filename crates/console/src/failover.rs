@@ -50,7 +50,11 @@ pub fn routes() -> Router<Arc<Shared>> {
 }
 
 /// The failover context the group's servers hold (the newest by `since_unix_ms`).
-async fn current_context(shared: &Shared, group: &str, members: &[Member]) -> Option<Value> {
+pub(crate) async fn current_context(
+    shared: &Shared,
+    group: &str,
+    members: &[Member],
+) -> Option<Value> {
     let mut newest: Option<Value> = None;
     for member in members {
         if let Ok(answer) = call(

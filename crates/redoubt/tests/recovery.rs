@@ -299,6 +299,16 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
             .all(|b| *b == 0x33)
     });
     ok(redoubt(&dir, &["failover", "commit", "erp", "--yes"]));
+    // Applications get their block device from the acting production.
+    let attached = json(redoubt(
+        &dir,
+        &["attach", "erp", "lv_logs", "--format", "json"],
+    ));
+    assert_eq!(attached["server"], "dr-b", "{attached}");
+    let link = Path::new("/dev/redoubt/erp/lv_logs");
+    assert!(link.exists(), "attach on dr-b made {}", link.display());
+    ok(redoubt(&dir, &["detach", "erp", "lv_logs"]));
+    assert!(!link.exists(), "detach removed {}", link.display());
 
     // Failback: prod-a comes back; only the regions written since the failover cross.
     let mut prod_a_agent = start_agent(&dir, "prod-a");
