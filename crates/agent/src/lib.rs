@@ -201,13 +201,15 @@ pub async fn bind(config: AgentConfig) -> Result<BoundAgent, AgentError> {
         // The send processes this agent starts find it by the server's name.
         redoubt_tls::registry::register(tls.clone());
     }
-    let listener =
-        TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| AgentError::Listen {
-                address: config.listen.clone(),
-                source,
-            })?;
+    let listener = redoubt_datatap::bind_tcp_waiting(
+        &config.listen,
+        redoubt_datatap::BIND_ADDRESS_IN_USE_WAIT_MS,
+    )
+    .await
+    .map_err(|source| AgentError::Listen {
+        address: config.listen.clone(),
+        source,
+    })?;
     let agent = Arc::new(Agent {
         name: config.name,
         state_dir: config.state_dir,

@@ -24,6 +24,6 @@ pub mod verify;
 pub use block::{BlockVolume, FsVolume};
 pub use engine::{Engine, EngineConfig, JournalLocation, Op, OpError, OpenedVolume, Watermarks};
 pub use error::DatatapError;
-pub use listen::{bind, serve, Bound, Listen};
+pub use listen::{bind, bind_tcp_waiting, serve, Bound, Listen, BIND_ADDRESS_IN_USE_WAIT_MS};
 pub use payload::Payload;
 pub use server::{serve_connection, BackendExport, Export, ExportBackend, Exports};

@@ -35,9 +35,39 @@ impl Bound {
     }
 }
 
+/// How long a TCP bind waits for its port to come free. A process restarted after `kill -9`
+/// (or by systemd) can find its port still held for a moment: by the old process's threads
+/// that are still exiting, or by a client's outgoing connection that took it as its source
+/// port. Giving up at once would leave the data path down until someone restarts it.
+pub const BIND_ADDRESS_IN_USE_WAIT_MS: u64 = 30_000;
+const BIND_RETRY_INTERVAL_MS: u64 = 100;
+
+/// Binds a TCP listener; while the address is in use, tries again for up to `wait_ms`.
+pub async fn bind_tcp_waiting(address: &str, wait_ms: u64) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    let mut warned = false;
+    loop {
+        match TcpListener::bind(address).await {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(%address, wait_ms, "address in use; waiting for it to come free");
+                    warned = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(BIND_RETRY_INTERVAL_MS)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
     match listen {
-        Listen::Tcp(address) => Ok(Bound::Tcp(TcpListener::bind(address).await?)),
+        Listen::Tcp(address) => Ok(Bound::Tcp(
+            bind_tcp_waiting(address, BIND_ADDRESS_IN_USE_WAIT_MS).await?,
+        )),
         Listen::Unix(path) => {
             // A socket file left by a previous run would make bind fail; only a socket is removed.
             if let Ok(metadata) = std::fs::symlink_metadata(path) {

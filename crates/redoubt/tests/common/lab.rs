@@ -132,7 +132,8 @@ impl Lab {
                 .unwrap();
             let started = loop {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if text.contains("ready ") {
+                // "ready ADDRESS" on a line of its own ("already in use" contains "ready ").
+                if text.lines().any(|line| line.starts_with("ready ")) {
                     break true;
                 }
                 if child.try_wait().unwrap().is_some() {
