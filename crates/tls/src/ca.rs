@@ -82,8 +82,33 @@ pub fn init(dir: &Path) -> Result<Written, TlsError> {
 /// `NAME.pem` and `NAME.key` (0600). Refuses, changing nothing, when either exists or the
 /// name is not a valid server name.
 pub fn issue(dir: &Path, name: &str) -> Result<Written, TlsError> {
+    issue_with_names(dir, name, &[])
+}
+
+/// Most extra names one certificate carries.
+pub const EXTRA_NAMES_MAX: usize = 32;
+
+/// Whether `name` may be an extra subject alternative name: an IP address or a DNS name.
+pub fn is_valid_extra_name(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+        || (name.len() <= 253 && rustls::pki_types::DnsName::try_from(name).is_ok())
+}
+
+/// [`issue`] with more subject alternative names than `name` (DNS names or IP addresses):
+/// what a browser or the CLI checks when it connects to `https://HOST:PORT` (the console's
+/// API: `localhost`, `127.0.0.1`, the host's name and addresses).
+pub fn issue_with_names(dir: &Path, name: &str, extra: &[String]) -> Result<Written, TlsError> {
     if !is_valid_name(name) || name == "ca" {
         return Err(TlsError::InvalidName(name.to_string()));
+    }
+    if extra.len() > EXTRA_NAMES_MAX {
+        return Err(TlsError::InvalidExtraName(format!(
+            "{} names (at most {EXTRA_NAMES_MAX})",
+            extra.len()
+        )));
+    }
+    if let Some(bad) = extra.iter().find(|extra| !is_valid_extra_name(extra)) {
+        return Err(TlsError::InvalidExtraName(bad.clone()));
     }
     let ca_key_path = dir.join(CA_KEY_FILE);
     let cert_path = dir.join(format!("{name}.pem"));
@@ -105,7 +130,9 @@ pub fn issue(dir: &Path, name: &str) -> Result<Written, TlsError> {
         what: "private key",
     })?;
     let issuer = Issuer::new(ca_params(), ca_key);
-    let mut params = CertificateParams::new(vec![name.to_string()])?;
+    let mut names = vec![name.to_string()];
+    names.extend(extra.iter().filter(|extra| *extra != name).cloned());
+    let mut params = CertificateParams::new(names)?;
     let mut subject = DistinguishedName::new();
     subject.push(DnType::CommonName, name);
     subject.push(DnType::OrganizationName, "Redoubt");

@@ -45,6 +45,8 @@ impl PeerIdentity {
 pub struct TlsContext {
     name: String,
     server: Arc<ServerConfig>,
+    /// The same certificate, no client certificate asked for (the console's API port).
+    api_server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     refusals: AtomicU64,
 }
@@ -155,6 +157,13 @@ impl TlsContext {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain.clone(), key.clone_key())
             .map_err(config_error)?;
+        let mut api_server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(config_error)?
+            .with_no_client_auth()
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(config_error)?;
+        api_server.alpn_protocols = vec![b"http/1.1".to_vec()];
         let client = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config_error)?
@@ -164,6 +173,7 @@ impl TlsContext {
         Ok(TlsContext {
             name: name.to_string(),
             server: Arc::new(server),
+            api_server: Arc::new(api_server),
             client: Arc::new(client),
             refusals: AtomicU64::new(0),
         })
@@ -183,6 +193,13 @@ impl TlsContext {
     pub fn refuse(&self, peer: &str, reason: &str) {
         self.refusals.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, %reason, "TLS peer refused");
+    }
+
+    /// The server configuration of an HTTPS port where clients authenticate otherwise (the
+    /// console's API: browsers and the CLI send a token): this certificate, no client
+    /// certificate asked for, HTTP/1.1.
+    pub fn api_server_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.api_server)
     }
 
     /// The client configuration (for HTTP clients that take a ready one).
@@ -265,4 +282,21 @@ impl TlsContext {
             Err(_) => Err(handshake_error("handshake timed out".into())),
         }
     }
+}
+
+/// Whether the certificate in `path` (PEM, its first certificate) is valid for `name` (a DNS
+/// name or an IP address among its subject alternative names).
+pub fn certificate_is_for(path: &Path, name: &str) -> Result<bool, TlsError> {
+    let cert = CertificateDer::pem_file_iter(path)
+        .map_err(|_| TlsError::BadPem {
+            path: path.to_path_buf(),
+            what: "certificate",
+        })?
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| TlsError::BadPem {
+            path: path.to_path_buf(),
+            what: "certificate",
+        })?;
+    Ok(PeerIdentity { cert }.is(name))
 }

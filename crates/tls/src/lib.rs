@@ -19,7 +19,7 @@ pub mod ca;
 mod context;
 pub mod registry;
 
-pub use context::{PeerIdentity, TlsContext, HANDSHAKE_TIMEOUT_MS};
+pub use context::{certificate_is_for, PeerIdentity, TlsContext, HANDSHAKE_TIMEOUT_MS};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +44,8 @@ pub enum TlsError {
     AlreadyExists(PathBuf),
     #[error("{} is missing: {why}", path.display())]
     Missing { path: PathBuf, why: &'static str },
+    #[error("invalid extra certificate name {0:?}: a DNS name or an IP address")]
+    InvalidExtraName(String),
     #[error(
         "invalid name {0:?}: 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
     )]

@@ -170,3 +170,30 @@ fn path_like_names_are_refused_and_write_nothing() {
         .join("evil.key")
         .exists());
 }
+
+#[test]
+fn extra_names_are_in_the_certificate_and_bad_ones_write_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    ca::init(dir.path()).expect("init the CA");
+    let extra = ["localhost".to_string(), "127.0.0.1".to_string()];
+    let written = ca::issue_with_names(dir.path(), "console", &extra).expect("issue");
+    for name in ["console", "localhost", "127.0.0.1"] {
+        assert!(
+            redoubt_tls::certificate_is_for(&written.cert, name).expect("read"),
+            "{name}"
+        );
+    }
+    assert!(!redoubt_tls::certificate_is_for(&written.cert, "127.0.0.2").expect("read"));
+    assert!(!redoubt_tls::certificate_is_for(&written.cert, "prod-a").expect("read"));
+    // A certificate without extra names covers its name only.
+    let plain = ca::issue(dir.path(), "prod-a").expect("issue");
+    assert!(!redoubt_tls::certificate_is_for(&plain.cert, "127.0.0.1").expect("read"));
+
+    let refused = ca::issue_with_names(dir.path(), "dr-b", &["not a name".to_string()]);
+    assert!(
+        matches!(refused, Err(redoubt_tls::TlsError::InvalidExtraName(ref name)) if name == "not a name"),
+        "{refused:?}"
+    );
+    assert!(!dir.path().join("dr-b.pem").exists());
+    assert!(!dir.path().join("dr-b.key").exists());
+}
