@@ -817,6 +817,23 @@ async fn follow(
             }
         }
     }
+    // Whether this server's LVs equal production as of the checkpoint, so that a later
+    // super transaction keeps a snapshot of its state before (`replication::resync`): a
+    // replica knows; an old production does when its journal ends exactly there (a planned
+    // switch), not when it wrote after the point (a failback resends those regions).
+    let replica_synced = match &aba {
+        Some(aba) => aba.status().replica_synced.load(Ordering::Acquire),
+        None => {
+            let engine = agent
+                .lock()
+                .paths
+                .get(&group)
+                .and_then(|path| path.engine());
+            engine.is_some_and(|engine| {
+                engine.watermarks().durable_seq.load(Ordering::Acquire) == request.checkpoint_seq
+            })
+        }
+    };
     // The apply thread stops only once every handle to its ABA is gone.
     drop(aba);
     let group_id = redoubt_replication::aba::read_group_id(&group_dir).or_else(|| {
@@ -844,9 +861,12 @@ async fn follow(
     ] {
         let _ = std::fs::remove_file(group_dir.join(file));
     }
-    if let Err(reason) =
-        redoubt_replication::aba::write_follower_state(&group_dir, group_id, request.checkpoint_seq)
-    {
+    if let Err(reason) = redoubt_replication::aba::write_follower_state(
+        &group_dir,
+        group_id,
+        request.checkpoint_seq,
+        replica_synced,
+    ) {
         return failed(format!("follow: {reason}"));
     }
     if let Err(reason) = save(&data_dir, &group, request.context.as_ref()) {

@@ -18,7 +18,9 @@ use axum::{Json, Router};
 use redoubt_datatap::{serve_connection, BackendExport, ExportBackend, Exports};
 use redoubt_points::{format_time, Point};
 use redoubt_replication::aba::ApplyObserver;
-use redoubt_replication::snapshot::{Snapshot, SnapshotError, SnapshotExport, SnapshotSet};
+use redoubt_replication::snapshot::{
+    Snapshot, SnapshotError, SnapshotExport, SnapshotSet, PRE_RESYNC_SNAPSHOT_NAME,
+};
 use redoubt_replication::Aba;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -65,8 +67,10 @@ impl GroupSnapshots {
         }))
     }
 
-    pub fn observer(&self) -> Arc<dyn ApplyObserver> {
-        self.set.clone()
+    /// The ABA's observer: the set's, plus re-publishing the exports when the set creates
+    /// or deletes the pre-resync snapshot on its own.
+    pub fn observer(self: &Arc<Self>) -> Arc<dyn ApplyObserver> {
+        self.clone()
     }
 
     /// Attaches the ABA and starts serving the snapshots' exports.
@@ -194,6 +198,25 @@ impl GroupSnapshots {
         fields.insert("snapshot_usage_pct".into(), json!(self.set.usage_pct()));
         fields.insert("snapshot_usage_bytes".into(), json!(self.set.usage_bytes()));
         fields.insert("snapshots".into(), json!(self.set.list().len()));
+        if let Some(note) = self.set.pre_resync_note() {
+            fields.insert("pre_resync".into(), json!(note));
+        }
+    }
+}
+
+impl ApplyObserver for GroupSnapshots {
+    fn before_apply(
+        &self,
+        run: &[redoubt_journal::OwnedRecord],
+        replica: &std::collections::BTreeMap<u32, Arc<redoubt_volume::Volume>>,
+    ) {
+        self.set.before_apply(run, replica);
+    }
+
+    fn resync_changed(&self, event: redoubt_replication::resync::ResyncEvent) {
+        if self.set.keep_pre_resync_snapshot(event) {
+            self.refresh_exports();
+        }
     }
 }
 
@@ -341,6 +364,14 @@ async fn create(
         Ok(snapshots) => snapshots,
         Err((status, message)) => return error(status, message),
     };
+    if request.name.as_deref() == Some(PRE_RESYNC_SNAPSHOT_NAME) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "snapshot of group {group}: the name {PRE_RESYNC_SNAPSHOT_NAME} is reserved for the snapshot a resync target keeps of its state before a super transaction; choose another name"
+            ),
+        );
+    }
     let creator = snapshots.clone();
     let created = tokio::task::spawn_blocking(move || {
         let name = match request.name {

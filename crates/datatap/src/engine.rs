@@ -1042,7 +1042,9 @@ impl<F: JournalFs> Committer<F> {
     }
 
     fn resync_pass_or_fail(&mut self) {
-        if self.state.dirty_regions.is_empty() || self.failure().is_some() {
+        let resync_open =
+            !self.state.dirty_regions.is_empty() || self.state.resync_begin_seq.is_some();
+        if !resync_open || self.failure().is_some() {
             return;
         }
         if self
@@ -1063,6 +1065,18 @@ impl<F: JournalFs> Committer<F> {
     /// regions leave the bitmap once those records are durable.
     fn resync_pass(&mut self) -> Result<(), DatatapError> {
         self.settle()?;
+        // The replicas learn where the mix of two points in time starts: a resync target
+        // keeps a snapshot of the seq before it (`replication::snapshot`).
+        if self.state.resync_begin_seq.is_none() && !self.state.dirty_regions.is_empty() {
+            let Some(seq) = self.journal_resync_marker(redoubt_journal::RESYNC_BEGIN_MARKER)?
+            else {
+                return Ok(());
+            };
+            self.state.resync_begin_seq = Some(seq);
+            self.settle()?;
+            self.state.save(&self.fs, &self.group_dir)?;
+            tracing::info!(group = %self.shared.group, seq, "super transaction begins");
+        }
         let mut taken: Vec<(u32, u64)> = Vec::new();
         let mut bytes = 0;
         'outer: for (lv_id, regions) in &self.state.dirty_regions {
@@ -1132,16 +1146,50 @@ impl<F: JournalFs> Committer<F> {
             }
         }
         if self.state.dirty_regions.is_empty() {
+            if let Some(begin_seq) = self.state.resync_begin_seq {
+                // Saved first: the regions sent stay out of the bitmap even if the end
+                // marker has to wait for journal space.
+                self.state.save(&self.fs, &self.group_dir)?;
+                let Some(end_seq) =
+                    self.journal_resync_marker(redoubt_journal::RESYNC_END_MARKER)?
+                else {
+                    self.publish_resync_remaining();
+                    return Ok(());
+                };
+                self.settle()?;
+                self.state.resync_begin_seq = None;
+                tracing::info!(group = %self.shared.group, begin_seq, end_seq, "super transaction complete");
+            }
             self.state.needs_resync = false;
             self.shared
                 .watermarks
                 .needs_resync
                 .store(false, Ordering::Release);
-            tracing::warn!(group = %self.shared.group, "resync after journal overflow complete");
         }
         self.state.save(&self.fs, &self.group_dir)?;
         self.publish_resync_remaining();
         Ok(())
+    }
+
+    /// Journals a product marker of the super transaction. `None`: the journal is full (a
+    /// target is behind); the pass is tried again after [`RESYNC_RETRY_MS`].
+    fn journal_resync_marker(&mut self, name: &str) -> Result<Option<u64>, DatatapError> {
+        match self.journal.append(&Entry::marker(name, now_ns())) {
+            Ok(seq) => {
+                self.unsynced_since.get_or_insert_with(Instant::now);
+                debug_assert!(self.unapplied.back().is_none_or(|(last, _)| *last < seq));
+                self.unapplied.push_back((seq, Op::Flush));
+                Ok(Some(seq))
+            }
+            Err(JournalError::JournalFull { .. }) => {
+                self.settle()?;
+                self.checkpoint()?;
+                self.resync_blocked_until =
+                    Some(Instant::now() + Duration::from_millis(RESYNC_RETRY_MS));
+                Ok(None)
+            }
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Makes every appended record durable, then applies all of them to the LVs in seq order.

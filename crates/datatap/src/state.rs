@@ -36,6 +36,11 @@ pub struct GroupState {
     /// [`DIRTY_REGION_BYTES`] written without the journal and not yet resynced.
     #[serde(default)]
     pub dirty_regions: BTreeMap<u32, std::collections::BTreeSet<u64>>,
+    /// The seq of the `resync:begin` marker of the super transaction under way, if one is:
+    /// its `resync:end` is journaled once the last dirty region is, and only then is this
+    /// cleared (so a restart never begins a second one or forgets to end it).
+    #[serde(default)]
+    pub resync_begin_seq: Option<u64>,
 }
 
 /// Granularity of the dirty-region bitmap.
@@ -50,6 +55,7 @@ impl GroupState {
             checkpoint_seq: 0,
             needs_resync: false,
             dirty_regions: BTreeMap::new(),
+            resync_begin_seq: None,
         }
     }
 

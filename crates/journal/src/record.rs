@@ -15,6 +15,14 @@ pub const RECORD_HEADER_SIZE_BYTES: usize = 64;
 pub const RECORD_PAYLOAD_BYTES_MAX: u32 = 32 * 1024 * 1024;
 /// Largest marker name. Markers are human-named events (e.g. "before-upgrade"), not data.
 pub const MARKER_NAME_BYTES_MAX: u32 = 256;
+/// The marker the datatap journals when a super transaction (full sync, bitmap resync,
+/// checksum or failback resync) starts sending regions: a replica that applies the records
+/// after it is a mix of two points in time until [`RESYNC_END_MARKER`]. Product markers hold
+/// a ':' so they never collide with user markers (`[a-z0-9._-]`).
+pub const RESYNC_BEGIN_MARKER: &str = "resync:begin";
+/// The marker after the last region of a super transaction: from here on a replica that
+/// applied it equals production as of each seq again.
+pub const RESYNC_END_MARKER: &str = "resync:end";
 /// Largest encoded record (header + payload).
 pub const RECORD_SIZE_BYTES_MAX: u64 =
     RECORD_HEADER_SIZE_BYTES as u64 + RECORD_PAYLOAD_BYTES_MAX as u64;

@@ -85,6 +85,10 @@ pub struct AbaStatus {
     /// Records the running (or last) rollback has to undo or redo, and has done.
     pub rollback_total_records: AtomicU64,
     pub rollback_done_records: AtomicU64,
+    /// The replica equals production as of its applied seq (`resync::ResyncState`).
+    pub replica_synced: AtomicBool,
+    /// The `resync:begin` seq of the super transaction under way on this replica; 0: none.
+    pub resync_begin_seq: AtomicU64,
 }
 
 /// Why and how far a rolled-back replica is paused (kept in the state file).
@@ -128,6 +132,11 @@ pub struct RollbackReport {
 /// an observer handles its own failures.
 pub trait ApplyObserver: Send + Sync {
     fn before_apply(&self, run: &[OwnedRecord], replica: &BTreeMap<u32, Arc<Volume>>);
+
+    /// A super transaction began or ended on this replica; called on the apply thread once
+    /// the run holding its marker is applied (so the replica has reached the marker), before
+    /// the next run. Called again for a marker a restart replays.
+    fn resync_changed(&self, _event: crate::resync::ResyncEvent) {}
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -139,6 +148,9 @@ struct AbaState {
     /// Set while a rollback holds the replica at `checkpoint_seq`.
     #[serde(default)]
     paused: Option<Paused>,
+    /// As of `checkpoint_seq`; a restart replays the records after it.
+    #[serde(default)]
+    resync: crate::resync::ResyncState,
 }
 
 fn hex(bytes: &[u8; 16]) -> String {
@@ -320,6 +332,8 @@ impl Aba {
             .checkpoint_seq
             .store(store.state.checkpoint_seq, Ordering::Relaxed);
         status.paused.store(paused.is_some(), Ordering::Relaxed);
+        let resync = store.state.resync.clone();
+        publish_resync(&status, &resync);
         let markers = crate::recovery::load_markers(&group_dir)?;
         let store = Arc::new(Mutex::new(store));
         let (apply, queue) = flume::bounded(APPLY_QUEUE_BATCHES_MAX);
@@ -345,6 +359,8 @@ impl Aba {
             markers,
             markers_dirty: false,
             undo_index: None,
+            resync,
+            resync_events: Vec::new(),
         };
         if let Some((from, to)) = paused.and_then(|paused| paused.rolling_back) {
             tracing::warn!(group = %config.group, from, to, "finishing a rollback a crash interrupted");
@@ -690,6 +706,19 @@ struct Applier {
     /// `window` (one scan of the undo journal) and kept up to date by `apply_run`, so a
     /// rollback does not read the undo journal's payloads just to know its window.
     undo_index: Option<UndoIndex>,
+    /// What the super-transaction markers applied so far say about the replica.
+    resync: crate::resync::ResyncState,
+    /// Events of the run being applied, reported to the observer after it.
+    resync_events: Vec<crate::resync::ResyncEvent>,
+}
+
+fn publish_resync(status: &AbaStatus, resync: &crate::resync::ResyncState) {
+    status
+        .replica_synced
+        .store(resync.replica_synced, Ordering::Release);
+    status
+        .resync_begin_seq
+        .store(resync.open_begin_seq.unwrap_or(0), Ordering::Release);
 }
 
 #[derive(Default)]
@@ -945,6 +974,15 @@ impl Applier {
         for record in run {
             self.apply(record)?;
         }
+        publish_resync(&self.status, &self.resync);
+        if !self.resync_events.is_empty() {
+            let events = std::mem::take(&mut self.resync_events);
+            if let Some(observer) = &self.observer {
+                for event in events {
+                    observer.resync_changed(event);
+                }
+            }
+        }
         if let Some(last) = run.last() {
             if self.applied_times.len() >= APPLIED_TIMES_MAX {
                 self.applied_times.pop_front();
@@ -1025,6 +1063,11 @@ impl Applier {
             crate::recovery::index_marker(&mut self.markers, header, &record.payload);
             self.markers_dirty = true;
         }
+        let marker = (header.kind == RecordKind::Marker).then_some(record.payload.as_slice());
+        if let Some(event) = self.resync.on_applied(header.seq, marker) {
+            tracing::info!(?event, "super transaction marker applied");
+            self.resync_events.push(event);
+        }
         self.applied_seq = header.seq;
         self.since_checkpoint += 1;
         self.status
@@ -1060,6 +1103,7 @@ impl Applier {
             .lock()
             .map_err(|_| ReplicationError::Config("store lock poisoned".into()))?;
         store.state.checkpoint_seq = self.applied_seq;
+        store.state.resync = self.resync.clone();
         save_state(&self.group_dir, &store.state)?;
         if self.markers_dirty {
             crate::recovery::save_markers(&self.group_dir, &self.markers)?;
@@ -1376,6 +1420,8 @@ impl Applier {
             volume.sync()?;
         }
         self.applied_seq = to;
+        self.resync.on_rolled_back(to);
+        publish_resync(&self.status, &self.resync);
         paused.rolling_back = None;
         self.save_pause(Some(paused))?;
         tracing::info!(from, to, "replica rolled back; apply paused");
@@ -1496,11 +1542,13 @@ pub fn read_group_id(group_dir: &Path) -> Option<[u8; 16]> {
 
 /// Makes `group_dir` the state of a replica that holds production's history through
 /// `checkpoint_seq` and resumes after it (a server that follows a new production after a
-/// failover or a failback; its journal copy must be empty).
+/// failover or a failback; its journal copy must be empty). `replica_synced`: its LVs equal
+/// production as of `checkpoint_seq` (not so for an old production that wrote after it).
 pub fn write_follower_state(
     group_dir: &Path,
     group_id: [u8; 16],
     checkpoint_seq: u64,
+    replica_synced: bool,
 ) -> Result<(), ReplicationError> {
     std::fs::create_dir_all(group_dir)?;
     save_state(
@@ -1509,6 +1557,10 @@ pub fn write_follower_state(
             group_id: Some(hex(&group_id)),
             checkpoint_seq,
             paused: None,
+            resync: crate::resync::ResyncState {
+                replica_synced,
+                ..crate::resync::ResyncState::default()
+            },
         },
     )
 }

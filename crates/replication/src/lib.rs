@@ -17,6 +17,7 @@ pub mod conn;
 pub mod error;
 pub mod lca;
 pub mod recovery;
+pub mod resync;
 pub mod rollback;
 pub mod snapshot;
 pub mod verify;

@@ -28,6 +28,15 @@
 //! Anything else that writes a replica LV must call the observer first too: a rollback hands
 //! it the undo records it is about to write back (`ApplyObserver::before_apply`), so a
 //! snapshot keeps its point whatever the replica does.
+//!
+//! **The pre-resync snapshot.** While a super transaction runs (`crate::resync`) the replica
+//! is a mix of two points in time. When its `resync:begin` marker at seq B is applied and the
+//! replica equalled production as of B-1, the set creates the read-only snapshot
+//! [`PRE_RESYNC_SNAPSHOT_NAME`] at B-1 on the apply thread (the undo records from B on are
+//! durable and still there), and deletes it when `resync:end` is applied: there is always a
+//! usable image of the group on the server. It costs what any snapshot costs (a pre-image of
+//! every region the resync rewrites, in the snapshot container); when the container cannot
+//! hold them the snapshot turns invalid, the resync goes on, and `pre_resync_note` says so.
 
 mod extents;
 mod files;
@@ -46,6 +55,10 @@ use serde::{Deserialize, Serialize};
 use crate::aba::{Aba, ApplyObserver, UNDO_BARRIER_MARKER};
 pub use extents::{ExtentMap, Piece};
 use files::{Overlay, PreimageLog, ENTRY_DATA_BYTES_MAX, OVERLAY_BLOCK_BYTES};
+
+/// The snapshot a resync target keeps of its state before a super transaction; users cannot
+/// create a snapshot of this name (they may delete it, to free its container space).
+pub const PRE_RESYNC_SNAPSHOT_NAME: &str = "pre-resync";
 
 /// Snapshots one group may have at once.
 pub const SNAPSHOTS_PER_GROUP_MAX: usize = 64;
@@ -645,6 +658,8 @@ pub struct SnapshotSet {
     registry: Mutex<Registry>,
     /// One creation at a time (it pins the undo journal).
     creating: Mutex<()>,
+    /// What became of the last pre-resync snapshot, for status.
+    pre_resync_note: Mutex<Option<String>>,
 }
 
 impl ApplyObserver for SnapshotSet {
@@ -656,6 +671,10 @@ impl ApplyObserver for SnapshotSet {
         if let Some(last) = run.last() {
             registry.observed_seq = registry.observed_seq.max(last.header.seq);
         }
+    }
+
+    fn resync_changed(&self, event: crate::resync::ResyncEvent) {
+        self.keep_pre_resync_snapshot(event);
     }
 }
 
@@ -705,6 +724,7 @@ impl SnapshotSet {
                 observed_seq: 0,
             }),
             creating: Mutex::new(()),
+            pre_resync_note: Mutex::new(None),
         }))
     }
 
@@ -1082,6 +1102,83 @@ impl SnapshotSet {
             )));
         }
         Ok(base)
+    }
+
+    /// Keeps [`PRE_RESYNC_SNAPSHOT_NAME`] from the begin of a super transaction to its end
+    /// (see the module's documentation). Runs on the apply thread; never fails apply: what
+    /// could not be done is logged and kept for [`SnapshotSet::pre_resync_note`]. Answers
+    /// whether the set of snapshots changed.
+    pub fn keep_pre_resync_snapshot(&self, event: crate::resync::ResyncEvent) -> bool {
+        use crate::resync::ResyncEvent;
+        let note = |text: String| *lock(&self.pre_resync_note) = Some(text);
+        match event {
+            ResyncEvent::Began {
+                begin_seq,
+                consistent_before,
+            } => {
+                let point_seq = begin_seq.saturating_sub(1);
+                if !consistent_before || point_seq == 0 {
+                    tracing::info!(group = %self.group, begin_seq, "super transaction on a replica with no consistent image before it (an initial sync): no pre-resync snapshot");
+                    note(format!("super transaction from seq {begin_seq}: no pre-resync snapshot, the replica held no consistent image before it"));
+                    return false;
+                }
+                if self.usage.capacity_bytes == 0 {
+                    tracing::warn!(group = %self.group, begin_seq, "no snapshot container: the replica is not usable until the super transaction ends");
+                    note(format!("super transaction from seq {begin_seq}: no pre-resync snapshot, the group has no snapshot container"));
+                    return false;
+                }
+                let mut changed = false;
+                if let Some(existing) = self.get(PRE_RESYNC_SNAPSHOT_NAME) {
+                    if existing.point_seq() == point_seq && existing.invalid().is_none() {
+                        // A restart replayed the begin marker: the snapshot is already there.
+                        return false;
+                    }
+                    if let Err(error) = self.delete(PRE_RESYNC_SNAPSHOT_NAME) {
+                        tracing::warn!(group = %self.group, %error, "could not replace a stale pre-resync snapshot");
+                    }
+                    changed = true;
+                }
+                match self.create(PRE_RESYNC_SNAPSHOT_NAME, &Point::Seq(point_seq), false) {
+                    Ok(_) => {
+                        tracing::info!(group = %self.group, point_seq, "pre-resync snapshot kept until the super transaction ends");
+                        note(format!(
+                            "super transaction from seq {begin_seq}: snapshot {PRE_RESYNC_SNAPSHOT_NAME} keeps seq {point_seq}"
+                        ));
+                        true
+                    }
+                    Err(error) => {
+                        tracing::warn!(group = %self.group, point_seq, %error, "could not keep a pre-resync snapshot");
+                        note(format!(
+                            "super transaction from seq {begin_seq}: no pre-resync snapshot: {error}"
+                        ));
+                        changed
+                    }
+                }
+            }
+            ResyncEvent::Ended { end_seq, .. } => {
+                if self.get(PRE_RESYNC_SNAPSHOT_NAME).is_none() {
+                    return false;
+                }
+                match self.delete(PRE_RESYNC_SNAPSHOT_NAME) {
+                    Ok(()) => {
+                        tracing::info!(group = %self.group, end_seq, "super transaction complete: pre-resync snapshot deleted");
+                        note(format!(
+                            "super transaction ended at seq {end_seq}: the replica is consistent; snapshot {PRE_RESYNC_SNAPSHOT_NAME} deleted"
+                        ));
+                        true
+                    }
+                    Err(error) => {
+                        tracing::warn!(group = %self.group, %error, "could not delete the pre-resync snapshot");
+                        false
+                    }
+                }
+            }
+        }
+    }
+
+    /// What became of the last pre-resync snapshot (`None`: no super transaction seen).
+    pub fn pre_resync_note(&self) -> Option<String> {
+        lock(&self.pre_resync_note).clone()
     }
 
     /// Deletes a snapshot: its pre-images and its overlay (a writable snapshot's writes) go.

@@ -57,6 +57,13 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Makes the ABA's observer from the snapshot set (the set itself, or a test's wrapper).
+type WrapObserver = Box<dyn FnOnce(Arc<SnapshotSet>) -> Arc<dyn ApplyObserver>>;
+
+fn the_set_itself() -> WrapObserver {
+    Box::new(|set| set)
+}
+
 /// A recovery server's ABA with its snapshot set.
 struct Recovery {
     dir: PathBuf,
@@ -74,6 +81,7 @@ impl Recovery {
         dir: &Path,
         port: u16,
         snapshot_bytes: u64,
+        wrap: WrapObserver,
     ) -> Recovery {
         let set = SnapshotSet::open(
             GROUP,
@@ -81,7 +89,7 @@ impl Recovery {
             snapshot_bytes,
         )
         .unwrap();
-        let observer: Arc<dyn ApplyObserver> = set.clone();
+        let observer: Arc<dyn ApplyObserver> = wrap(set.clone());
         let (aba, thread) = Aba::open_observed(
             AbaConfig {
                 server_name: "dr-b".into(),
@@ -167,6 +175,10 @@ struct Bed {
 
 impl Bed {
     fn new(write_count: u64, snapshot_bytes: u64) -> Bed {
+        Bed::observed(write_count, snapshot_bytes, the_set_itself())
+    }
+
+    fn observed(write_count: u64, snapshot_bytes: u64, wrap: WrapObserver) -> Bed {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -203,7 +215,8 @@ impl Bed {
         runtime.spawn(serve(bound, exports, stopped.clone()));
         let watermarks = engine.watermarks().clone();
         watermarks.shipped_seq.store(0, Ordering::Release);
-        let recovery = Recovery::start(&runtime, &root.path().join("dr-b"), 0, snapshot_bytes);
+        let recovery =
+            Recovery::start(&runtime, &root.path().join("dr-b"), 0, snapshot_bytes, wrap);
         let status = Arc::new(TargetStatus::default());
         let targets = Arc::new(Targets {
             statuses: vec![status.clone()],
@@ -474,7 +487,7 @@ fn snapshots_and_their_writes_survive_a_restart() {
     // Production writes while the recovery server is down; it catches up after the restart,
     // and the snapshots must see those writes' pre-images too.
     bed.write(500);
-    bed.recovery = Recovery::start(&bed.runtime, &dir, port, snapshot_bytes);
+    bed.recovery = Recovery::start(&bed.runtime, &dir, port, snapshot_bytes, the_set_itself());
     bed.wait_applied();
     let set = bed.recovery.set().clone();
     let names: Vec<String> = set.list().iter().map(|s| s.name().to_string()).collect();
@@ -687,4 +700,180 @@ fn snapshot_exports_read_by_nbdcopy_and_qemu_io_while_fio_writes_production() {
     set.delete("dev").unwrap();
     let again = set.create("dev", &Point::Seq(point), false).unwrap();
     check_snapshot(&bed.history, &again);
+}
+
+/// What a resync target looked like in the middle of a super transaction, seen from its apply
+/// thread: the pre-resync snapshot's whole image, read between two runs of resync records.
+#[derive(Default)]
+struct MidResync {
+    /// Runs applied since `resync:begin`; `None` outside a super transaction.
+    runs_since_begin: Option<u64>,
+    began: Vec<(u64, bool)>,
+    ended: Vec<u64>,
+    /// (point seq, LV images) of the pre-resync snapshot, and the replica's resync state then.
+    seen: Option<(u64, Vec<Vec<u8>>, u64, bool)>,
+    /// A run of the super transaction found no pre-resync snapshot.
+    missing: bool,
+}
+
+struct MidResyncObserver {
+    set: Arc<SnapshotSet>,
+    aba_status: std::sync::OnceLock<Arc<redoubt_replication::aba::AbaStatus>>,
+    findings: Arc<std::sync::Mutex<MidResync>>,
+}
+
+impl ApplyObserver for MidResyncObserver {
+    fn before_apply(
+        &self,
+        run: &[redoubt_journal::OwnedRecord],
+        replica: &std::collections::BTreeMap<u32, Arc<redoubt_volume::Volume>>,
+    ) {
+        self.set.before_apply(run, replica);
+        let mut findings = self.findings.lock().unwrap();
+        let Some(runs) = findings.runs_since_begin.as_mut() else {
+            return;
+        };
+        *runs += 1;
+        if findings.seen.is_some() {
+            return;
+        }
+        // The replica has applied the begin marker and some regions: it is a mix now.
+        let Some(snapshot) = self
+            .set
+            .get(redoubt_replication::snapshot::PRE_RESYNC_SNAPSHOT_NAME)
+        else {
+            // Judged by the test thread (a panic here would only stop apply).
+            findings.missing = true;
+            return;
+        };
+        let images = LV_SIZES_BYTES
+            .iter()
+            .enumerate()
+            .map(|(index, size)| {
+                let mut image = vec![0u8; *size as usize];
+                snapshot
+                    .read_at(lv_id_for_name(&format!("lv{index}")), &mut image, 0)
+                    .unwrap();
+                image
+            })
+            .collect();
+        let status = self.aba_status.get().unwrap();
+        findings.seen = Some((
+            snapshot.point_seq(),
+            images,
+            status.resync_begin_seq.load(Ordering::Acquire),
+            status.replica_synced.load(Ordering::Acquire),
+        ));
+    }
+
+    fn resync_changed(&self, event: redoubt_replication::resync::ResyncEvent) {
+        use redoubt_replication::resync::ResyncEvent;
+        self.set.resync_changed(event);
+        let mut findings = self.findings.lock().unwrap();
+        match event {
+            ResyncEvent::Began {
+                begin_seq,
+                consistent_before,
+            } => {
+                findings.began.push((begin_seq, consistent_before));
+                findings.runs_since_begin = Some(0);
+            }
+            ResyncEvent::Ended { end_seq, .. } => {
+                findings.ended.push(end_seq);
+                findings.runs_since_begin = None;
+            }
+        }
+    }
+}
+
+#[test]
+fn a_resync_target_keeps_a_snapshot_of_its_state_before_the_resync_until_it_completes() {
+    let findings = Arc::new(std::sync::Mutex::new(MidResync::default()));
+    let status_slot: Arc<std::sync::OnceLock<Arc<MidResyncObserver>>> = Arc::default();
+    let wrap: WrapObserver = {
+        let findings = findings.clone();
+        let status_slot = status_slot.clone();
+        Box::new(move |set| {
+            let observer = Arc::new(MidResyncObserver {
+                set,
+                aba_status: std::sync::OnceLock::new(),
+                findings,
+            });
+            let _ = status_slot.set(observer.clone());
+            observer
+        })
+    };
+    let mut bed = Bed::observed(1600, 256 << 20, wrap);
+    let _ = status_slot
+        .get()
+        .unwrap()
+        .aba_status
+        .set(bed.recovery.aba.as_ref().unwrap().status().clone());
+    // The replica followed production from seq 1: consistent at every seq.
+    bed.write(800);
+    bed.wait_applied();
+    let before = bed.watermarks.durable_seq.load(Ordering::Acquire);
+    assert_eq!(before, bed.history.seq_last(), "only writes so far");
+    let status = bed.recovery.aba.as_ref().unwrap().status().clone();
+    assert!(status.replica_synced.load(Ordering::Acquire));
+
+    // A full sync of every LV (what step 12 or a checksum resync starts), with production
+    // writing on during it.
+    let engine = bed.engine.clone().unwrap();
+    bed.runtime
+        .block_on(engine.submit(redoubt_datatap::Op::FullSync { lv_ids: Vec::new() }))
+        .unwrap();
+    bed.write(400);
+    wait_until("the super transaction ended on production", || {
+        !bed.watermarks.needs_resync.load(Ordering::Acquire)
+    });
+    bed.write(10);
+    bed.wait_applied();
+
+    let findings = findings.lock().unwrap();
+    assert_eq!(
+        findings.began,
+        vec![(before + 1, true)],
+        "one super transaction, begun right after the writes, on a consistent replica"
+    );
+    assert!(
+        !findings.missing,
+        "no pre-resync snapshot in the middle of the super transaction"
+    );
+    assert_eq!(findings.ended.len(), 1, "and it ended");
+    assert!(findings.ended[0] > before + 1);
+    let (point_seq, images, begin_seq_then, synced_then) = findings
+        .seen
+        .clone()
+        .expect("the snapshot was read in the middle of the super transaction");
+    assert_eq!(
+        point_seq, before,
+        "the snapshot keeps the seq before the begin marker"
+    );
+    assert_eq!(
+        begin_seq_then,
+        before + 1,
+        "read while the resync was under way"
+    );
+    assert!(!synced_then, "the replica was a mix then");
+    // The mid-resync snapshot is production as of the seq before the resync, exactly.
+    check_exact(&bed.history, before, &mut MemoryImages::from_lvs(images))
+        .unwrap_or_else(|violation| panic!("pre-resync snapshot at seq {before}: {violation}"));
+    // Done: the snapshot is gone, its space too, and the replica equals production.
+    assert!(bed
+        .recovery
+        .set()
+        .get(redoubt_replication::snapshot::PRE_RESYNC_SNAPSHOT_NAME)
+        .is_none());
+    assert_eq!(bed.recovery.set().usage_bytes(), 0);
+    assert!(status.replica_synced.load(Ordering::Acquire));
+    assert_eq!(status.resync_begin_seq.load(Ordering::Acquire), 0);
+    check_exact(
+        &bed.history,
+        bed.history.seq_last(),
+        &mut bed.recovery.replica(),
+    )
+    .unwrap();
+    let note = bed.recovery.set().pre_resync_note().unwrap();
+    assert!(note.contains("deleted"), "{note}");
 }
