@@ -366,9 +366,16 @@ impl DataPath {
                     ("durable_seq", &status.durable_seq),
                     ("applied_seq", &status.applied_seq),
                     ("undo_first_seq", &status.undo_first_seq),
+                    ("resync_begin_seq", &status.resync_begin_seq),
                 ] {
                     fields.insert(key.into(), json!(value.load(Ordering::Acquire)));
                 }
+                // False during a super transaction, and before the first one ended on a
+                // replica that did not receive everything from seq 1.
+                fields.insert(
+                    "replica_consistent".into(),
+                    json!(status.replica_synced.load(Ordering::Acquire)),
+                );
                 // The target backlog: how full its journal copy is.
                 fields.insert(
                     "journal_usage_pct".into(),

@@ -192,6 +192,8 @@ pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &Agent
                             field(from_recovery, "needs_resync"),
                         ]),
                         "data_path": field(from_recovery, "data_path"),
+                        "replica_consistent": field(from_recovery, "replica_consistent"),
+                        "pre_resync": field(from_recovery, "pre_resync"),
                     })
                 })
                 .collect();

@@ -70,6 +70,19 @@ fn sent_bytes(dir: &Path, server: &str) -> u64 {
         .unwrap()
 }
 
+/// The `targets` entry of `server` in `redoubt status --format json`.
+fn target_status(dir: &Path, server: &str) -> Value {
+    let output = redoubt(dir, &["status", "erp", "--format", "json"]);
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    status["groups"][0]["targets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|target| target["server"] == server)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// Whether `server` applied everything production journaled.
 fn caught_up(dir: &Path, server: &str) -> bool {
     let output = redoubt(dir, &["status", "erp", "--format", "json"]);
@@ -270,6 +283,31 @@ fn verify_under_load_finds_a_flipped_byte_and_checksum_resync_sends_only_its_reg
     assert_eq!(
         byte[0], known[offset as usize],
         "the flipped byte is repaired"
+    );
+    // While dr-b received the region it kept a snapshot of its state before, and deleted it
+    // once the super transaction ended (status says so; the replica is consistent again).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let target = target_status(&dir, "dr-b");
+        let note = target["pre_resync"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if note.contains("deleted") && target["replica_consistent"] == true {
+            assert!(note.contains("super transaction ended at seq"), "{note}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dr-b never reported its pre-resync snapshot kept and deleted: {target}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let snapshots = redoubt(&dir, &["snapshot", "list", "erp", "--format", "json"]);
+    assert!(
+        !text(&snapshots).contains("pre-resync"),
+        "no pre-resync snapshot is left: {}",
+        text(&snapshots)
     );
     let again = redoubt(&dir, &["verify", "erp", "--format", "json"]);
     assert!(
