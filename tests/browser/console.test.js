@@ -5,8 +5,13 @@
 // a step fail (a replica LV removed behind Redoubt's back), sees the failed step with its error
 // and Retry, repairs, retries from the page until done; and fails on any error the page logs.
 //
-//   REDOUBT_CONSOLE=http://127.0.0.1:PORT REDOUBT_TOKEN_FILE=DIR/console/token \
+//   REDOUBT_CONSOLE=https://127.0.0.1:PORT REDOUBT_TOKEN_FILE=DIR/console/token \
+//   REDOUBT_LAB_DIR=DIR NODE_EXTRA_CA_CERTS=DIR/tls/ca.pem \
 //   [REDOUBT_SCREENSHOTS=docs/screenshots] node --test tests/browser/console.test.js
+//
+// The lab's console serves HTTPS with a certificate of the lab's CA: node (Playwright's
+// requests) trusts that CA through NODE_EXTRA_CA_CERTS; chromium accepts exactly the lab
+// console's key (--ignore-certificate-errors-spki-list with its SPKI hash), nothing else.
 //
 // Run by crates/redoubt/tests/browser.rs, which starts and stops the lab.
 'use strict';
@@ -24,6 +29,17 @@ const TOKEN_FILE = process.env.REDOUBT_TOKEN_FILE;
 const LAB_DIR = process.env.REDOUBT_LAB_DIR;
 const SCREENSHOTS = process.env.REDOUBT_SCREENSHOTS || '';
 const CHROMIUM = process.env.REDOUBT_CHROMIUM || '/usr/bin/chromium';
+const crypto = require('node:crypto');
+
+// Chromium's flags that make it accept the lab console's certificate (and only its key).
+function trustLabConsole() {
+  if (!CONSOLE.startsWith('https://')) { return []; }
+  assert.ok(LAB_DIR, 'REDOUBT_LAB_DIR is set (the lab console certificate is in DIR/tls)');
+  const pem = fs.readFileSync(path.join(LAB_DIR, 'tls', 'console.pem'), 'utf8');
+  const spki = new crypto.X509Certificate(pem).publicKey.export({ type: 'spki', format: 'der' });
+  const pin = crypto.createHash('sha256').update(spki).digest('base64');
+  return ['--ignore-certificate-errors-spki-list=' + pin];
+}
 // Bounds of every wait, so a broken console fails the test instead of hanging it.
 const STEP_TIMEOUT_MS = 20000;
 const INIT_TIMEOUT_MS = 90000;
@@ -44,7 +60,8 @@ test('web console: login, wizard adds an LV with live checkmarks, summary return
     headless: true,
     viewport: { width: 1280, height: 900 },
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      ...trustLabConsole()],
   });
   t.after(async () => {
     await context.close();

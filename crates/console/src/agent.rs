@@ -125,6 +125,8 @@ impl HttpAgentClient {
 
     /// Mutual TLS with `tls` (the console's identity), or plain HTTP without one.
     pub fn with_tls(tls: Option<Arc<redoubt_tls::TlsContext>>) -> Result<Self, AgentError> {
+        // reqwest's rustls takes the process-wide provider (the workspace's one, aws-lc-rs).
+        redoubt_tls::install_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .build()

@@ -63,6 +63,8 @@ pub enum Role {
 pub struct Leadership {
     role: watch::Sender<Role>,
     client: OnceLock<Result<reqwest::Client, String>>,
+    /// Trust for `https://` leader URLs (the cluster CA), set before the first forward.
+    tls: OnceLock<redoubt_tls::rustls::ClientConfig>,
 }
 
 impl Default for Leadership {
@@ -76,6 +78,7 @@ impl Leadership {
         Leadership {
             role: watch::Sender::new(Role::Solo),
             client: OnceLock::new(),
+            tls: OnceLock::new(),
         }
     }
 
@@ -100,12 +103,27 @@ impl Leadership {
         self.role.subscribe()
     }
 
+    /// Forwards to `https://` leaders trusting `config`'s roots (the cluster CA).
+    pub fn use_tls(&self, config: redoubt_tls::rustls::ClientConfig) {
+        let _ = self.tls.set(config);
+    }
+
+    fn tls(&self) -> Option<redoubt_tls::rustls::ClientConfig> {
+        self.tls.get().cloned()
+    }
+
     fn client(&self) -> Result<reqwest::Client, String> {
         self.client
             .get_or_init(|| {
-                reqwest::Client::builder()
+                redoubt_tls::install_provider();
+                let builder = reqwest::Client::builder()
                     .connect_timeout(Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS))
-                    .redirect(reqwest::redirect::Policy::none())
+                    .redirect(reqwest::redirect::Policy::none());
+                let builder = match self.tls() {
+                    Some(config) => builder.use_preconfigured_tls(config),
+                    None => builder,
+                };
+                builder
                     .build()
                     .map_err(|error| format!("build the forwarding client: {error}"))
             })
@@ -127,6 +145,7 @@ pub async fn into_etcd(
         listener,
         shared,
         token_path,
+        https,
     } = console;
     let candidate = shared.token.clone();
     let agent: Arc<dyn AgentClient> = Arc::clone(&shared.agent);
@@ -158,7 +177,8 @@ pub async fn into_etcd(
             listen: "(bound socket)".into(),
             source,
         })?;
-    let advertise = advertise.unwrap_or_else(|| format!("http://{bound}"));
+    let scheme = if https.is_some() { "https" } else { "http" };
+    let advertise = advertise.unwrap_or_else(|| format!("{scheme}://{bound}"));
     let endpoints =
         redoubt_fence::parse_endpoints(store_url).map_err(|error| StoreError::Backend {
             context: "parse the etcd endpoints",
@@ -182,6 +202,9 @@ pub async fn into_etcd(
                 source: std::io::Error::other(error.to_string()),
             })?;
     }
+    if let Some(tls) = &https {
+        shared.leadership.use_tls(tls.client_config());
+    }
     shared.leadership.set(Role::Follower { leader_url: None });
     let election = Arc::clone(&shared);
     shared.spawn_task(async move { run_election(election, lock, store, advertise).await });
@@ -189,6 +212,7 @@ pub async fn into_etcd(
         listener,
         shared,
         token_path,
+        https,
     })
 }
 

@@ -33,6 +33,7 @@ pub mod runner;
 pub mod status;
 pub mod store;
 pub mod store_etcd;
+pub mod tls;
 pub mod verify;
 pub mod web;
 
@@ -131,6 +132,8 @@ pub struct Console {
     listener: TcpListener,
     shared: Arc<runner::Shared>,
     token_path: PathBuf,
+    /// Serve the API over HTTPS with this identity's certificate ([`Console::with_https`]).
+    https: Option<Arc<redoubt_tls::TlsContext>>,
 }
 
 impl Console {
@@ -145,6 +148,8 @@ impl Console {
         config: ConsoleConfig,
         agent: Arc<dyn AgentClient>,
     ) -> Result<Console, ConsoleError> {
+        // HTTP clients in this process (reqwest's rustls) take the workspace's one provider.
+        redoubt_tls::install_provider();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -176,7 +181,22 @@ impl Console {
             listener,
             shared,
             token_path: config.state_dir.join(TOKEN_FILE),
+            https: None,
         })
+    }
+
+    /// Serves the API and the web console over HTTPS with `tls`'s certificate (the console's
+    /// identity; no client certificate asked for), and forwards to a leader console over
+    /// HTTPS trusting `tls`'s CA. Call before [`leader::into_etcd`].
+    pub fn with_https(mut self, tls: Arc<redoubt_tls::TlsContext>) -> Console {
+        self.shared.leadership.use_tls(tls.client_config());
+        self.https = Some(tls);
+        self
+    }
+
+    /// Whether the API is served over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https.is_some()
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, ConsoleError> {
@@ -188,9 +208,10 @@ impl Console {
             })
     }
 
-    /// `http://host:port` of the bound listener.
+    /// `http://host:port` (`https://` with [`Console::with_https`]) of the bound listener.
     pub fn url(&self) -> Result<String, ConsoleError> {
-        Ok(format!("http://{}", self.local_addr()?))
+        let scheme = if self.is_https() { "https" } else { "http" };
+        Ok(format!("{scheme}://{}", self.local_addr()?))
     }
 
     pub fn token_path(&self) -> &Path {
@@ -208,15 +229,27 @@ impl Console {
         web.start_sampler();
         let app = web::wrap(api::router(Arc::clone(&self.shared)), web);
         let shared = Arc::clone(&self.shared);
-        let result = axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                // Also stop when the sender is gone.
-                let _ = shutdown.wait_for(|stop| *stop).await;
-                // Event streams end, so that graceful shutdown does not wait for them.
-                shared.close();
-            })
-            .await
-            .map_err(ConsoleError::Serve);
+        let stopped = async move {
+            // Also stop when the sender is gone.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            // Event streams end, so that graceful shutdown does not wait for them.
+            shared.close();
+        };
+        let result = match &self.https {
+            Some(tls) => {
+                let listener =
+                    tls::HttpsListener::new(self.listener, tls).map_err(ConsoleError::Serve)?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            None => {
+                axum::serve(self.listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+        }
+        .map_err(ConsoleError::Serve);
         self.shared.stop_tasks().await;
         result
     }

@@ -11,6 +11,7 @@ fn failure(error: redoubt_tls::TlsError) -> Failure {
     let code = match error {
         redoubt_tls::TlsError::AlreadyExists(_)
         | redoubt_tls::TlsError::InvalidName(_)
+        | redoubt_tls::TlsError::InvalidExtraName(_)
         | redoubt_tls::TlsError::Missing { .. } => ExitCodeKind::Invalid,
         _ => ExitCodeKind::Failed,
     };
@@ -27,8 +28,8 @@ pub fn run(command: CaCommand) -> Result<(), Failure> {
                 written.key.display()
             );
         }
-        CaCommand::Issue { name, dir } => {
-            let written = redoubt_tls::ca::issue(&dir, &name).map_err(failure)?;
+        CaCommand::Issue { name, dir, san } => {
+            let written = redoubt_tls::ca::issue_with_names(&dir, &name, &san).map_err(failure)?;
             println!("certificate {}", written.cert.display());
             println!("key         {} (0600)", written.key.display());
         }

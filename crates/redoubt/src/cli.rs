@@ -17,6 +17,10 @@ pub struct Cli {
     /// File holding the console's API token (or REDOUBT_TOKEN_FILE).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// The cluster CA (PEM) an https:// console's certificate must chain to
+    /// (or REDOUBT_CA_FILE; `redoubt lab up` writes it into DIR/lab.env).
+    #[arg(long, global = true)]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -184,6 +188,10 @@ pub enum CaCommand {
         name: String,
         #[arg(long, default_value = "redoubt-ca")]
         dir: PathBuf,
+        /// Another name the certificate is valid for (DNS name or IP address; repeatable):
+        /// the host names and addresses clients use in https://HOST:PORT for the console.
+        #[arg(long = "san", value_name = "NAME")]
+        san: Vec<String>,
     },
 }
 

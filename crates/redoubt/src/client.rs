@@ -1,7 +1,13 @@
 //! The CLI's client of the console API. Maps HTTP outcomes to the exit codes of
 //! `shared/spec/cli.md`: unreachable → 4, 409 → 3 (refused), 400 → 2 (invalid), other → 1.
+//!
+//! `https://` consoles: the console's certificate must chain to the cluster CA given by
+//! `--ca-file` / `REDOUBT_CA_FILE` (only that CA; no system roots). A certificate that does
+//! not is unreachable (4), and the token is never sent: it travels inside the TLS session
+//! only, which does not exist when the check fails.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -15,6 +21,27 @@ pub struct ConsoleClient {
     base: String,
     token: String,
     http: reqwest::Client,
+    /// The cluster CA trusted for `https://` (None: nothing is trusted).
+    ca_file: Option<PathBuf>,
+}
+
+/// `--ca-file` of this invocation (main sets it once; it wins over REDOUBT_CA_FILE).
+static CA_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Records `--ca-file` for every console client of this process.
+pub fn use_ca_file(path: Option<PathBuf>) {
+    if let Some(path) = path {
+        let _ = CA_FILE.set(path);
+    }
+}
+
+/// `--ca-file`, else `REDOUBT_CA_FILE` (empty: none).
+fn ca_file() -> Option<PathBuf> {
+    CA_FILE.get().cloned().or_else(|| {
+        std::env::var_os("REDOUBT_CA_FILE")
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    })
 }
 
 impl ConsoleClient {
@@ -42,21 +69,45 @@ impl ConsoleClient {
         ConsoleClient::new(&base, &token_file)
     }
 
+    /// With the CA of `--ca-file` / `REDOUBT_CA_FILE`.
     pub fn new(base: &str, token_file: &Path) -> Result<ConsoleClient, Failure> {
+        Self::with_ca_file(base, token_file, ca_file())
+    }
+
+    /// Trusting only the CA in `ca_file` for `https://` (None: nothing is trusted).
+    pub fn with_ca_file(
+        base: &str,
+        token_file: &Path,
+        ca_file: Option<PathBuf>,
+    ) -> Result<ConsoleClient, Failure> {
         let token = std::fs::read_to_string(token_file).map_err(|error| {
             Failure::new(
                 ExitCodeKind::Invalid,
                 format!("read the console token {}: {error}", token_file.display()),
             )
         })?;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(CONSOLE_REQUEST_TIMEOUT_MS))
+        let base = base.trim_end_matches('/').to_string();
+        // reqwest's rustls takes the process-wide provider (the workspace's one, aws-lc-rs).
+        redoubt_tls::install_provider();
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_millis(CONSOLE_REQUEST_TIMEOUT_MS));
+        if let Some(path) = &ca_file {
+            let config = redoubt_tls::ca_client_config(path).map_err(|error| {
+                Failure::new(
+                    ExitCodeKind::Invalid,
+                    format!("load the cluster CA (--ca-file or REDOUBT_CA_FILE): {error}"),
+                )
+            })?;
+            builder = builder.use_preconfigured_tls(config);
+        }
+        let http = builder
             .build()
             .map_err(|error| Failure::new(ExitCodeKind::Failed, format!("HTTP client: {error}")))?;
         Ok(ConsoleClient {
-            base: base.trim_end_matches('/').to_string(),
+            base,
             token: token.trim().to_string(),
             http,
+            ca_file,
         })
     }
 
@@ -87,10 +138,17 @@ impl ConsoleClient {
 
     async fn send(&self, request: reqwest::RequestBuilder, path: &str) -> Result<Value, Failure> {
         let response = request.send().await.map_err(|error| {
-            Failure::new(
-                ExitCodeKind::Unreachable,
-                format!("cannot reach the console at {}: {error}", self.base),
-            )
+            let message = match certificate_problem(&error) {
+                Some(problem) => {
+                    describe_certificate_problem(&self.base, self.ca_file.as_deref(), &problem)
+                }
+                None => format!(
+                    "cannot reach the console at {}: {}",
+                    self.base,
+                    error_chain(&error)
+                ),
+            };
+            Failure::new(ExitCodeKind::Unreachable, message)
         })?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -129,4 +187,129 @@ fn describe_error(body: &Value) -> String {
         }
     }
     text
+}
+
+/// `error` and its sources, on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What was wrong with the console's certificate, when that is why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateProblem {
+    /// Not signed by a trusted CA.
+    UnknownIssuer,
+    /// Signed by the CA but not for the URL's host.
+    WrongName,
+    /// Another certificate error (expired, bad usage, …).
+    Other(String),
+}
+
+fn certificate_problem(error: &(dyn std::error::Error + 'static)) -> Option<CertificateProblem> {
+    use redoubt_tls::rustls;
+    let classify = |error: &rustls::Error| match error {
+        // Another CA of the same name (a second `ca init`) fails on the signature.
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer
+            | rustls::CertificateError::BadSignature
+            | rustls::CertificateError::UnsupportedSignatureAlgorithmContext { .. },
+        ) => Some(CertificateProblem::UnknownIssuer),
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. },
+        ) => Some(CertificateProblem::WrongName),
+        rustls::Error::InvalidCertificate(other) => {
+            Some(CertificateProblem::Other(format!("{other:?}")))
+        }
+        _ => None,
+    };
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    // Bounded: error chains are short; a cycle would otherwise never end.
+    for _ in 0..ERROR_CHAIN_DEPTH_MAX {
+        let Some(error) = current else {
+            break;
+        };
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return classify(tls);
+        }
+        // io::Error hides the error it wraps from source(): step into it instead.
+        current = match error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => error.source(),
+        };
+    }
+    None
+}
+
+/// Most errors of a chain looked at for a certificate problem.
+const ERROR_CHAIN_DEPTH_MAX: usize = 16;
+
+/// The message of a failed certificate check: what URL, what is wrong, how to fix it.
+pub fn describe_certificate_problem(
+    base: &str,
+    ca_file: Option<&Path>,
+    problem: &CertificateProblem,
+) -> String {
+    let fix_ca = "pass the cluster CA that issued the console's certificate with --ca-file FILE \
+                  or REDOUBT_CA_FILE=FILE (a lab's is DIR/tls/ca.pem; `set -a; . DIR/lab.env` sets it)";
+    let mut text = match (problem, ca_file) {
+        (CertificateProblem::UnknownIssuer, Some(ca)) => format!(
+            "the console at {base} presented a certificate that is not signed by the CA in {}; {fix_ca}",
+            ca.display()
+        ),
+        (CertificateProblem::UnknownIssuer, None) => format!(
+            "the console at {base} serves HTTPS with a certificate this CLI cannot check: no cluster \
+             CA given; {fix_ca}"
+        ),
+        (CertificateProblem::WrongName, _) => format!(
+            "the console at {base} presented a certificate that is not valid for this host name or \
+             address; use a URL with a name the certificate carries, or issue the console's \
+             certificate with it (`redoubt ca issue console --san HOST`)"
+        ),
+        (CertificateProblem::Other(what), _) => format!(
+            "the console at {base} presented an unusable certificate ({what}); check the \
+             certificate in the console's --tls-dir"
+        ),
+    };
+    text.push_str(". Nothing was sent (the token neither).");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificate_problems_say_what_url_what_file_and_how_to_fix() {
+        let text = describe_certificate_problem(
+            "https://127.0.0.1:7400",
+            Some(Path::new("/tmp/other/ca.pem")),
+            &CertificateProblem::UnknownIssuer,
+        );
+        assert!(text.contains("https://127.0.0.1:7400"), "{text}");
+        assert!(
+            text.contains("not signed by the CA in /tmp/other/ca.pem"),
+            "{text}"
+        );
+        assert!(text.contains("--ca-file"), "{text}");
+        let text =
+            describe_certificate_problem("https://h:1", None, &CertificateProblem::UnknownIssuer);
+        assert!(text.contains("no cluster CA given"), "{text}");
+        let text =
+            describe_certificate_problem("https://h:1", None, &CertificateProblem::WrongName);
+        assert!(text.contains("--san"), "{text}");
+    }
 }

@@ -73,12 +73,25 @@ pub fn console(args: ConsoleArgs) -> Result<(), Failure> {
             listen: args.listen.clone(),
             state_dir: args.state_dir.clone(),
         };
-        let agents = redoubt_console::HttpAgentClient::with_tls(tls)
+        let agents = redoubt_console::HttpAgentClient::with_tls(tls.clone())
             .map_err(|error| failed("start the console", &error))?;
         let console =
             redoubt_console::Console::bind_with_agent(config, std::sync::Arc::new(agents))
                 .await
                 .map_err(|error| failed("start the console", &error))?;
+        // With a TLS identity the API and the web console are HTTPS only (docs/security.md).
+        let console = match tls {
+            Some(tls) => console.with_https(tls),
+            None => {
+                let address = console
+                    .local_addr()
+                    .map_err(|error| failed("read the listening address", &error))?;
+                if !address.ip().is_loopback() {
+                    warn_plaintext_api(&address.to_string());
+                }
+                console
+            }
+        };
         let console = match &args.store {
             Some(store) => redoubt_console::leader::into_etcd(
                 console,
@@ -101,4 +114,16 @@ pub fn console(args: ConsoleArgs) -> Result<(), Failure> {
             .await
             .map_err(|error| failed("console", &error))
     })
+}
+
+/// A console API on a non-loopback address without TLS sends tokens in clear text.
+fn warn_plaintext_api(address: &str) {
+    let banner = "!".repeat(78);
+    eprintln!(
+        "{banner}\nWARNING: the console API listens on {address} in PLAIN HTTP: every client's \
+         token crosses the network in clear text.\nServe it over HTTPS: --tls-dir DIR with \
+         ca.pem, console.pem, console.key (`redoubt ca issue console --san HOST`; \
+         docs/security.md).\n{banner}"
+    );
+    tracing::warn!(%address, "the console API is plain HTTP on a non-loopback address");
 }

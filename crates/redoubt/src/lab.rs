@@ -1,5 +1,7 @@
 //! `redoubt lab up|down`: a console and three agents (prod-a, dr-b, dr-c) on loopback, with
-//! file-backed containers under DIR, the example group applied, and the URIs printed.
+//! file-backed containers under DIR, the example group applied, and the URIs printed. Mutual
+//! TLS between them, the console's API over HTTPS (certificates of a lab CA in DIR/tls);
+//! DIR/lab.env says where the console, its token and the CA are.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -15,6 +17,8 @@ use crate::exit::{ExitCodeKind, Failure};
 const LAB_SERVERS: [&str; 3] = ["prod-a", "dr-b", "dr-c"];
 /// How long `lab up` waits for a daemon to answer.
 const LAB_READY_TIMEOUT_MS: u64 = 30_000;
+/// What the lab's console certificate is valid for besides `console` (its HTTPS API).
+const LAB_CONSOLE_NAMES: [&str; 3] = ["127.0.0.1", "localhost", "::1"];
 /// How long `lab down` waits for a daemon to exit after SIGTERM before SIGKILL.
 const LAB_STOP_TIMEOUT_MS: u64 = 15_000;
 
@@ -146,10 +150,29 @@ fn lab_tls(dir: &Path) -> Result<PathBuf, Failure> {
     if !tls_dir.join(redoubt_tls::CA_CERT_FILE).exists() {
         redoubt_tls::ca::init(&tls_dir).map_err(tls_failed)?;
     }
-    for name in LAB_SERVERS.iter().chain([&redoubt_tls::CONSOLE_NAME]) {
+    for name in LAB_SERVERS {
         if !tls_dir.join(format!("{name}.pem")).exists() {
             redoubt_tls::ca::issue(&tls_dir, name).map_err(tls_failed)?;
         }
+    }
+    // The console's certificate also serves its HTTPS API at https://127.0.0.1:PORT (and
+    // https://localhost:PORT): a certificate from an older lab without those names is replaced.
+    let console = redoubt_tls::CONSOLE_NAME;
+    let cert = tls_dir.join(format!("{console}.pem"));
+    let key = tls_dir.join(format!("{console}.key"));
+    let covers = |name| redoubt_tls::certificate_is_for(&cert, name).unwrap_or(false);
+    if cert.exists() && !(covers("127.0.0.1") && covers("localhost")) {
+        for path in [&cert, &key] {
+            if let Err(error) = std::fs::remove_file(path) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    return Err(failed(format!("replace {}: {error}", path.display())));
+                }
+            }
+        }
+    }
+    if !cert.exists() {
+        let names = LAB_CONSOLE_NAMES.map(String::from);
+        redoubt_tls::ca::issue_with_names(&tls_dir, console, &names).map_err(tls_failed)?;
     }
     Ok(tls_dir)
 }
@@ -187,7 +210,8 @@ fn up(dir: &Path) -> Result<(), Failure> {
         dir.display(),
         tls_dir.display()
     );
-    let console_url = format!("http://127.0.0.1:{console_port}");
+    let console_url = format!("https://127.0.0.1:{console_port}");
+    let ca_file = tls_dir.join(redoubt_tls::CA_CERT_FILE);
     spawn_daemon(
         dir,
         "console",
@@ -233,14 +257,15 @@ fn up(dir: &Path) -> Result<(), Failure> {
     std::fs::write(
         &env_path,
         format!(
-            "REDOUBT_CONSOLE={console_url}\nREDOUBT_TOKEN_FILE={}\n",
-            token_file.display()
+            "REDOUBT_CONSOLE={console_url}\nREDOUBT_TOKEN_FILE={}\nREDOUBT_CA_FILE={}\n",
+            token_file.display(),
+            ca_file.display()
         ),
     )
     .map_err(|error| failed(format!("write {}: {error}", env_path.display())))?;
 
     println!("Applying {} …\n", config_path.display());
-    let client = ConsoleClient::new(&console_url, &token_file)?;
+    let client = ConsoleClient::with_ca_file(&console_url, &token_file, Some(ca_file.clone()))?;
     crate::remote_cmd::runtime()?.block_on(crate::remote_cmd::apply(
         &client,
         &config_path,
@@ -251,8 +276,9 @@ fn up(dir: &Path) -> Result<(), Failure> {
     println!();
     println!("The lab is up.");
     println!(
-        "  console:  {console_url}   (token in {})",
-        token_file.display()
+        "  console:  {console_url}   (token in {}; HTTPS, CA {})",
+        token_file.display(),
+        ca_file.display()
     );
     println!("  exports:  nbd://127.0.0.1:{nbd_port}/lv_data01");
     println!("            nbd://127.0.0.1:{nbd_port}/lv_logs");

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
 }
 
 fn try_main(cli: Cli) -> Result<(), Failure> {
+    client::use_ca_file(cli.ca_file.clone());
     match cli.command {
         Command::Config(command) => config_cmd::run(command, cli.console, cli.token_file),
         Command::Status {

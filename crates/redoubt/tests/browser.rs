@@ -56,7 +56,10 @@ fn web_console_in_chromium() {
         .current_dir(&browser_dir)
         .env("REDOUBT_CONSOLE", &console)
         .env("REDOUBT_TOKEN_FILE", dir.join("console/token"))
+        .env("REDOUBT_CA_FILE", dir.join("tls/ca.pem"))
         .env("REDOUBT_LAB_DIR", &dir)
+        // The lab's console is HTTPS: Playwright's own requests (node) trust the lab's CA.
+        .env("NODE_EXTRA_CA_CERTS", dir.join("tls/ca.pem"))
         .env("TMPDIR", root.path());
     let output = node
         .output()

@@ -100,6 +100,7 @@ fn run_page(name: &str, blocks: &[String]) {
         .env("PATH", path)
         .env_remove("REDOUBT_CONSOLE")
         .env_remove("REDOUBT_TOKEN_FILE")
+        .env_remove("REDOUBT_CA_FILE")
         .stdin(Stdio::null())
         .stdout(log_file.try_clone().unwrap())
         .stderr(log_file)

@@ -27,6 +27,7 @@ fn redoubt(dir: &Path, args: &[&str]) -> std::process::Output {
                 .unwrap_or_default(),
         )
         .env("REDOUBT_TOKEN_FILE", dir.join("console/token"))
+        .env("REDOUBT_CA_FILE", dir.join("tls/ca.pem"))
         .output()
         .unwrap()
 }

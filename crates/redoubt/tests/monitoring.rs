@@ -32,6 +32,7 @@ fn redoubt(dir: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("REDOUBT_CONSOLE", console_url(dir))
         .env("REDOUBT_TOKEN_FILE", dir.join("console/token"))
+        .env("REDOUBT_CA_FILE", dir.join("tls/ca.pem"))
         .output()
         .unwrap()
 }
@@ -225,7 +226,9 @@ fn xml_status_metrics_and_operations_against_a_lab() {
     let token = std::fs::read_to_string(dir.join("console/token")).unwrap();
     let url = format!("{}/metrics", console_url(&dir));
     let auth = format!("Authorization: Bearer {}", token.trim());
-    let classic = curl(&[&url, "-H", &auth]);
+    // The lab's console is HTTPS with a certificate of the lab's CA.
+    let ca = dir.join("tls/ca.pem").display().to_string();
+    let classic = curl(&[&url, "-H", &auth, "--cacert", &ca]);
     let families = parse_metrics(root.path(), &classic, "prometheus");
     for family in [
         "redoubt_target_status_code",
@@ -247,6 +250,8 @@ fn xml_status_metrics_and_operations_against_a_lab() {
     );
     let openmetrics = curl(&[
         &url,
+        "--cacert",
+        &ca,
         "-H",
         &auth,
         "-H",
@@ -255,7 +260,16 @@ fn xml_status_metrics_and_operations_against_a_lab() {
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
     parse_metrics(root.path(), &openmetrics, "openmetrics");
     let refused = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            &ca,
+            &url,
+        ])
         .output()
         .unwrap();
     assert_eq!(
@@ -322,6 +336,8 @@ fn xml_status_metrics_and_operations_against_a_lab() {
     // A long operation (online verify) followed to its end by `operations ID --watch`.
     let started = curl(&[
         &format!("{}/v1/groups/erp/verify", console_url(&dir)),
+        "--cacert",
+        &ca,
         "-H",
         &auth,
         "-H",

@@ -29,6 +29,7 @@ fn redoubt(dir: &Path, args: &[&str]) -> std::process::Output {
         .args(args)
         .env("REDOUBT_CONSOLE", console)
         .env("REDOUBT_TOKEN_FILE", dir.join("console/token"))
+        .env("REDOUBT_CA_FILE", dir.join("tls/ca.pem"))
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()

@@ -300,3 +300,34 @@ pub fn certificate_is_for(path: &Path, name: &str) -> Result<bool, TlsError> {
         })?;
     Ok(PeerIdentity { cert }.is(name))
 }
+
+/// A client configuration that trusts only the CA certificates in `ca_path` (PEM) and presents
+/// no certificate: what the CLI uses for `https://` console URLs.
+pub fn ca_client_config(ca_path: &Path) -> Result<ClientConfig, TlsError> {
+    let bad = || TlsError::BadPem {
+        path: ca_path.to_path_buf(),
+        what: "CA certificate",
+    };
+    if !ca_path.exists() {
+        return Err(TlsError::Missing {
+            path: ca_path.to_path_buf(),
+            why: "the cluster CA certificate (ca.pem of `redoubt ca init`)",
+        });
+    }
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_path)
+        .map_err(|_| bad())?
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|_| bad())?;
+    }
+    if roots.is_empty() {
+        return Err(bad());
+    }
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

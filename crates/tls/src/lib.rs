@@ -19,7 +19,12 @@ pub mod ca;
 mod context;
 pub mod registry;
 
-pub use context::{certificate_is_for, PeerIdentity, TlsContext, HANDSHAKE_TIMEOUT_MS};
+/// The TLS crates this one is built on (one version, one provider for the workspace).
+pub use {rustls, tokio_rustls};
+
+pub use context::{
+    ca_client_config, certificate_is_for, PeerIdentity, TlsContext, HANDSHAKE_TIMEOUT_MS,
+};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -187,6 +187,8 @@ impl Api {
             .expect("token file")
             .trim()
             .to_string();
+        // reqwest's rustls takes the process-wide provider (the workspace's one).
+        redoubt_tls::install_provider();
         Api {
             client: reqwest::Client::new(),
             url: url.to_string(),
