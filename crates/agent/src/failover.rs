@@ -413,7 +413,30 @@ async fn promote(
                 }
             }
             let applied = status.applied_seq.load(Ordering::Acquire);
-            match request.to_seq {
+            // Never promote a mix of two points in time: a replica in the middle of a super
+            // transaction goes back to the seq before it (its pre-resync image) when no point
+            // was asked; an asked point must be consistent.
+            let asked = request.to_seq.unwrap_or(applied);
+            let to_seq = match status.inconsistent_reason(asked) {
+                None => request.to_seq,
+                Some(reason) => {
+                    let open = status.resync_begin_seq.load(Ordering::Acquire);
+                    let before = open.saturating_sub(1);
+                    if request.to_seq.is_none()
+                        && open > 0
+                        && status.inconsistent_reason(before).is_none()
+                    {
+                        tracing::warn!(%group, applied, point_seq = before, "promoting at the seq before the super transaction under way on this replica");
+                        Some(before)
+                    } else {
+                        return conflict(format!(
+                            "promote {} at seq {asked}: {reason}",
+                            agent.name
+                        ));
+                    }
+                }
+            };
+            match to_seq {
                 Some(to) if to != applied || status.paused.load(Ordering::Acquire) => {
                     if let Err(reason) = aba.rollback(to).await {
                         return conflict(format!("promote at seq {to}: {reason}"));

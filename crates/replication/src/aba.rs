@@ -89,6 +89,19 @@ pub struct AbaStatus {
     pub replica_synced: AtomicBool,
     /// The `resync:begin` seq of the super transaction under way on this replica; 0: none.
     pub resync_begin_seq: AtomicU64,
+    /// The apply thread's view of which seqs are consistent, as of its last run.
+    pub resync: Mutex<crate::resync::ResyncState>,
+}
+
+impl AbaStatus {
+    /// Why this replica at `seq` would not be production as of `seq` (`None`: it would).
+    /// Snapshots, rollbacks and promotions refuse such points.
+    pub fn inconsistent_reason(&self, seq: u64) -> Option<String> {
+        self.resync
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .inconsistent_reason(seq)
+    }
 }
 
 /// Why and how far a rolled-back replica is paused (kept in the state file).
@@ -333,7 +346,7 @@ impl Aba {
             .store(store.state.checkpoint_seq, Ordering::Relaxed);
         status.paused.store(paused.is_some(), Ordering::Relaxed);
         let resync = store.state.resync.clone();
-        publish_resync(&status, &resync);
+        publish_resync(&status, &resync, store.state.checkpoint_seq);
         let markers = crate::recovery::load_markers(&group_dir)?;
         let store = Arc::new(Mutex::new(store));
         let (apply, queue) = flume::bounded(APPLY_QUEUE_BATCHES_MAX);
@@ -712,13 +725,20 @@ struct Applier {
     resync_events: Vec<crate::resync::ResyncEvent>,
 }
 
-fn publish_resync(status: &AbaStatus, resync: &crate::resync::ResyncState) {
+fn publish_resync(status: &AbaStatus, resync: &crate::resync::ResyncState, applied_seq: u64) {
     status
         .replica_synced
-        .store(resync.replica_synced, Ordering::Release);
+        .store(resync.consistent_at(applied_seq), Ordering::Release);
     status
         .resync_begin_seq
-        .store(resync.open_begin_seq.unwrap_or(0), Ordering::Release);
+        .store(resync.open_begin_seq().unwrap_or(0), Ordering::Release);
+    let mut shared = status
+        .resync
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if *shared != *resync {
+        *shared = resync.clone();
+    }
 }
 
 #[derive(Default)]
@@ -750,6 +770,7 @@ impl Applier {
                     if let Err(error) = &outcome {
                         tracing::error!(%error, to_seq, "rollback failed");
                     }
+                    publish_resync(&self.status, &self.resync, self.applied_seq);
                     let _ = reply.send(outcome);
                 }
                 Ok(ApplyMessage::Resume { reply }) => {
@@ -757,6 +778,7 @@ impl Applier {
                     if let Err(error) = &outcome {
                         tracing::error!(%error, "resume failed");
                     }
+                    publish_resync(&self.status, &self.resync, self.applied_seq);
                     let _ = reply.send(outcome);
                 }
                 Ok(ApplyMessage::Window { reply }) => {
@@ -974,7 +996,7 @@ impl Applier {
         for record in run {
             self.apply(record)?;
         }
-        publish_resync(&self.status, &self.resync);
+        publish_resync(&self.status, &self.resync, self.applied_seq);
         if !self.resync_events.is_empty() {
             let events = std::mem::take(&mut self.resync_events);
             if let Some(observer) = &self.observer {
@@ -1285,6 +1307,11 @@ impl Applier {
                 window.first_seq, window.last_seq
             )));
         }
+        if let Some(reason) = self.resync.inconsistent_reason(to_seq) {
+            return Err(ReplicationError::Config(format!(
+                "cannot roll back to seq {to_seq}: {reason}"
+            )));
+        }
         let from = self.applied_seq;
         let paused = match paused {
             Some(paused) => paused,
@@ -1420,8 +1447,7 @@ impl Applier {
             volume.sync()?;
         }
         self.applied_seq = to;
-        self.resync.on_rolled_back(to);
-        publish_resync(&self.status, &self.resync);
+        publish_resync(&self.status, &self.resync, to);
         paused.rolling_back = None;
         self.save_pause(Some(paused))?;
         tracing::info!(from, to, "replica rolled back; apply paused");
@@ -1557,10 +1583,7 @@ pub fn write_follower_state(
             group_id: Some(hex(&group_id)),
             checkpoint_seq,
             paused: None,
-            resync: crate::resync::ResyncState {
-                replica_synced,
-                ..crate::resync::ResyncState::default()
-            },
+            resync: crate::resync::ResyncState::following_from(checkpoint_seq, replica_synced),
         },
     )
 }

@@ -1,28 +1,40 @@
-//! Whether a replica is consistent, as its apply thread learns it from the super-transaction
-//! markers production journals (`resync:begin` … `resync:end`, `redoubt_journal`).
+//! Which points of production's history a replica can be trusted at, as its apply thread
+//! learns it from the super-transaction markers production journals (`resync:begin` …
+//! `resync:end`, `redoubt_journal`).
 //!
 //! Between the two markers a replica receives whole regions as production has them *now*,
-//! in order with the writes that keep coming: it is a mix of two points in time and equals
-//! production as of no seq. Before the begin marker it was a prefix of production's history
-//! (if it was one at all: a replica that has never finished a sync holds nothing usable), so
-//! a resync target keeps a snapshot of seq `begin - 1` until the end marker
-//! (`snapshot::PRE_RESYNC_SNAPSHOT_NAME`). Pure state, no I/O: the apply thread feeds it and
-//! persists it with its checkpoint.
+//! in order with the writes that keep coming: at those seqs it is a mix of two points in time
+//! and equals production as of no seq. Before a replica has received everything from seq 1,
+//! or finished its first sync, it holds nothing usable. Consistency is a property of the seq,
+//! not of the replica's path: a rollback to seq S leaves a replica exactly as consistent as
+//! S is. A resync target keeps a snapshot of seq `begin - 1` until the end marker
+//! (`snapshot::PRE_RESYNC_SNAPSHOT_NAME`); rollbacks, snapshots and promotions to an
+//! inconsistent seq are refused. Pure state, no I/O: the apply thread feeds it and persists
+//! it with its checkpoint.
 
 use serde::{Deserialize, Serialize};
 
-/// What the apply thread knows about the replica's consistency (kept in its state file).
+/// Super transactions remembered; older ones are beyond any restore window in practice
+/// (each rewrites regions, and the undo journal holds the pre-images of those writes).
+pub const RESYNC_INTERVALS_MAX: usize = 64;
+
+/// One super transaction as this replica saw it: seqs `begin_seq..end_seq` are inconsistent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncInterval {
+    pub begin_seq: u64,
+    /// `None` while under way.
+    pub end_seq: Option<u64>,
+}
+
+/// What the apply thread knows about the consistency of its replica's points (kept in its
+/// state file).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResyncState {
-    /// The replica equals production as of its applied seq: it applied every record from
-    /// seq 1, or a super transaction ended since it was created; false during one.
-    pub replica_synced: bool,
-    /// The begin seq of the super transaction under way on this replica.
-    pub open_begin_seq: Option<u64>,
-    /// `replica_synced` just before the open (or the last) super transaction began.
-    pub synced_before: bool,
-    /// (begin, end) seqs of the last completed super transaction.
-    pub last: Option<(u64, u64)>,
+    /// The first seq at which the replica equalled production: 0 when it received everything
+    /// from seq 1, the end of its first super transaction otherwise; `None`: not yet.
+    pub consistent_from_seq: Option<u64>,
+    /// Super transactions seen, oldest first (at most [`RESYNC_INTERVALS_MAX`]).
+    pub intervals: Vec<ResyncInterval>,
 }
 
 /// A change the apply thread reports to its observer once the run holding the marker is
@@ -36,39 +48,79 @@ pub enum ResyncEvent {
         consistent_before: bool,
     },
     /// The super transaction ended at `end_seq`: the replica is consistent again.
-    Ended {
-        begin_seq: Option<u64>,
-        end_seq: u64,
-    },
+    Ended { begin_seq: u64, end_seq: u64 },
 }
 
 impl ResyncState {
-    /// Record `seq` was applied; answers the event a product marker in it stands for.
-    /// A begin while one is open (production extended its super transaction, or a replay
-    /// after a restart) changes nothing.
+    /// A replica that follows production from `checkpoint_seq` on (after a failover):
+    /// `consistent` says whether it equals production there.
+    pub fn following_from(checkpoint_seq: u64, consistent: bool) -> ResyncState {
+        ResyncState {
+            consistent_from_seq: consistent.then_some(checkpoint_seq),
+            intervals: Vec::new(),
+        }
+    }
+
+    /// The super transaction under way, if one is.
+    pub fn open_begin_seq(&self) -> Option<u64> {
+        self.intervals
+            .last()
+            .filter(|interval| interval.end_seq.is_none())
+            .map(|interval| interval.begin_seq)
+    }
+
+    /// Record `seq` was applied; answers the event a product marker in it stands for. A
+    /// marker already known (a replay after a restart, a resume after a rollback, production
+    /// extending its super transaction) reports its event again but changes nothing.
     pub fn on_applied(&mut self, seq: u64, marker: Option<&[u8]>) -> Option<ResyncEvent> {
-        if seq == 1 {
-            // A replica that receives production's very first record has everything.
-            self.replica_synced = true;
+        if seq == 1 && self.consistent_from_seq.is_none() {
+            // A replica that receives production's very first record has everything, from
+            // the empty image before it on.
+            self.consistent_from_seq = Some(0);
         }
         let marker = marker?;
         if marker == redoubt_journal::RESYNC_BEGIN_MARKER.as_bytes() {
-            if self.open_begin_seq.is_some() {
-                return None;
+            let known = self.intervals.iter().any(|interval| {
+                interval.begin_seq == seq
+                    || (interval.begin_seq < seq && interval.end_seq.is_none_or(|end| seq < end))
+            });
+            if !known {
+                self.intervals.push(ResyncInterval {
+                    begin_seq: seq,
+                    end_seq: None,
+                });
+                if self.intervals.len() > RESYNC_INTERVALS_MAX {
+                    self.intervals.remove(0);
+                }
             }
-            self.synced_before = self.replica_synced;
-            self.replica_synced = false;
-            self.open_begin_seq = Some(seq);
+            let begin_seq = self
+                .intervals
+                .iter()
+                .rev()
+                .find(|interval| interval.begin_seq <= seq)
+                .map_or(seq, |interval| interval.begin_seq);
             Some(ResyncEvent::Began {
-                begin_seq: seq,
-                consistent_before: self.synced_before,
+                begin_seq,
+                consistent_before: self.consistent_at(begin_seq.saturating_sub(1)),
             })
         } else if marker == redoubt_journal::RESYNC_END_MARKER.as_bytes() {
-            let begin_seq = self.open_begin_seq.take();
-            if let Some(begin_seq) = begin_seq {
-                self.last = Some((begin_seq, seq));
+            let begin_seq = match self
+                .intervals
+                .iter_mut()
+                .rev()
+                .find(|interval| interval.begin_seq < seq)
+            {
+                Some(interval) if interval.end_seq.is_none_or(|end| end == seq) => {
+                    interval.end_seq = Some(seq);
+                    interval.begin_seq
+                }
+                // The end of a super transaction whose begin came before this replica's
+                // first record: seqs before it were never consistent here anyway.
+                _ => seq,
+            };
+            if self.consistent_from_seq.is_none() {
+                self.consistent_from_seq = Some(seq);
             }
-            self.replica_synced = true;
             Some(ResyncEvent::Ended {
                 begin_seq,
                 end_seq: seq,
@@ -78,42 +130,42 @@ impl ResyncState {
         }
     }
 
-    /// The replica was rolled back to `seq`: back before a begin it is what it was then;
-    /// back inside the last completed super transaction it is mid-resync again (the resume
-    /// re-applies its end). Older super transactions are not remembered: rolling back across
-    /// one of them keeps the state from before the last one.
-    pub fn on_rolled_back(&mut self, seq: u64) {
-        if let Some(begin_seq) = self.open_begin_seq {
-            if seq < begin_seq {
-                self.open_begin_seq = None;
-                self.replica_synced = self.synced_before;
-            }
-            return;
-        }
-        if let Some((begin_seq, end_seq)) = self.last {
-            if seq >= end_seq {
-                return;
-            }
-            if seq >= begin_seq {
-                self.open_begin_seq = Some(begin_seq);
-                self.replica_synced = false;
-            } else {
-                self.replica_synced = self.synced_before;
-            }
-        }
+    /// Whether the replica, at `seq`, equals production as of `seq`.
+    pub fn consistent_at(&self, seq: u64) -> bool {
+        self.inconsistent_reason(seq).is_none()
     }
 
-    /// Whether the replica equals production as of `seq` (a seq it has applied), as far as
-    /// this state knows: inside the open or last super transaction it does not.
-    pub fn consistent_at(&self, seq: u64) -> bool {
-        if let Some(begin_seq) = self.open_begin_seq {
-            return seq < begin_seq && self.synced_before;
+    /// Why the replica at `seq` is not production as of `seq` (`None`: it is).
+    pub fn inconsistent_reason(&self, seq: u64) -> Option<String> {
+        let Some(from_seq) = self.consistent_from_seq else {
+            return Some(
+                "this replica holds no consistent image yet: its first sync has not ended"
+                    .to_string(),
+            );
+        };
+        if seq < from_seq {
+            return Some(format!(
+                "this replica became consistent at seq {from_seq} (its first sync ended there); it holds no image of earlier points"
+            ));
         }
-        match self.last {
-            Some((begin_seq, end_seq)) if seq >= begin_seq && seq < end_seq => false,
-            Some((begin_seq, _)) if seq < begin_seq => self.synced_before,
-            _ => self.replica_synced,
+        for interval in &self.intervals {
+            match interval.end_seq {
+                Some(end_seq) if (interval.begin_seq..end_seq).contains(&seq) => {
+                    return Some(format!(
+                        "seq {seq} is inside the super transaction of seqs {}..{end_seq}, when the replica was a mix of two points in time; choose a point before seq {} or from seq {end_seq} on",
+                        interval.begin_seq, interval.begin_seq
+                    ));
+                }
+                None if seq >= interval.begin_seq => {
+                    return Some(format!(
+                        "seq {seq} is inside the super transaction under way since seq {}: the replica is a mix of two points in time there; choose a point before seq {}",
+                        interval.begin_seq, interval.begin_seq
+                    ));
+                }
+                _ => {}
+            }
         }
+        None
     }
 }
 
@@ -136,24 +188,26 @@ mod tests {
                 consistent_before: false
             })
         );
-        assert!(!state.replica_synced);
+        assert!(!state.consistent_at(7));
         assert_eq!(
             state.on_applied(9, Some(END)),
             Some(ResyncEvent::Ended {
-                begin_seq: Some(6),
+                begin_seq: 6,
                 end_seq: 9
             })
         );
-        assert!(state.replica_synced);
+        assert!(!state.consistent_at(5));
         assert!(!state.consistent_at(7));
         assert!(state.consistent_at(9));
+        assert!(state.consistent_at(12));
     }
 
     #[test]
     fn a_resync_of_a_synced_replica_has_a_consistent_point_before_it() {
         let mut state = ResyncState::default();
         state.on_applied(1, None);
-        assert!(state.replica_synced);
+        assert!(state.consistent_at(1));
+        assert!(state.consistent_at(0));
         assert_eq!(
             state.on_applied(10, Some(BEGIN)),
             Some(ResyncEvent::Began {
@@ -161,49 +215,64 @@ mod tests {
                 consistent_before: true
             })
         );
-        // A replay of the begin, or production extending its super transaction: nothing new.
-        assert_eq!(state.on_applied(10, Some(BEGIN)), None);
+        assert_eq!(state.open_begin_seq(), Some(10));
+        // A replay of the begin: the same event, nothing new.
+        let before = state.clone();
+        assert_eq!(
+            state.on_applied(10, Some(BEGIN)),
+            Some(ResyncEvent::Began {
+                begin_seq: 10,
+                consistent_before: true
+            })
+        );
+        assert_eq!(state, before);
         assert!(state.consistent_at(9));
         assert!(!state.consistent_at(10));
-        assert!(!state.consistent_at(12));
+        let reason = state.inconsistent_reason(12).unwrap();
+        assert!(reason.contains("before seq 10"), "{reason}");
         // A user marker is not a product marker.
         assert_eq!(state.on_applied(11, Some(b"before-upgrade")), None);
+        state.on_applied(20, Some(END));
+        assert_eq!(state.open_begin_seq(), None);
+        assert!(state.consistent_at(9));
+        assert!(!state.consistent_at(19));
+        assert!(state.consistent_at(20));
     }
 
     #[test]
-    fn rollback_before_or_into_a_super_transaction_restores_what_was_true_there() {
+    fn replays_after_a_rollback_change_nothing() {
         let mut state = ResyncState::default();
         state.on_applied(1, None);
         state.on_applied(10, Some(BEGIN));
         state.on_applied(20, Some(END));
-        // Back into it: mid-resync again until the resume re-applies the end.
-        let mut inside = state.clone();
-        inside.on_rolled_back(15);
-        assert_eq!(inside.open_begin_seq, Some(10));
-        assert!(!inside.replica_synced);
+        state.on_applied(30, Some(BEGIN));
+        let known = state.clone();
+        // Rolled back to 15 and resumed: 20, then 30 are applied again.
         assert_eq!(
-            inside.on_applied(20, Some(END)),
+            state.on_applied(20, Some(END)),
             Some(ResyncEvent::Ended {
-                begin_seq: Some(10),
+                begin_seq: 10,
                 end_seq: 20
             })
         );
-        assert!(inside.replica_synced);
-        // Back before it: consistent, as the replica was then.
-        let mut before = state.clone();
-        before.on_rolled_back(9);
-        assert!(before.replica_synced);
-        assert_eq!(before.open_begin_seq, None);
-        // After it: nothing changes.
-        let mut after = state.clone();
-        after.on_rolled_back(25);
-        assert_eq!(after, state);
-        // An open one, rolled back before its begin.
-        let mut open = ResyncState::default();
-        open.on_applied(1, None);
-        open.on_applied(30, Some(BEGIN));
-        open.on_rolled_back(29);
-        assert_eq!(open.open_begin_seq, None);
-        assert!(open.replica_synced);
+        state.on_applied(30, Some(BEGIN));
+        assert_eq!(state, known);
+        assert!(!state.consistent_at(15));
+        assert!(state.consistent_at(25));
+        assert!(!state.consistent_at(31));
+    }
+
+    #[test]
+    fn intervals_are_bounded_and_a_follower_starts_where_it_was_told() {
+        let mut state = ResyncState::following_from(100, true);
+        assert!(state.consistent_at(100));
+        assert!(!state.consistent_at(99));
+        for index in 0..(RESYNC_INTERVALS_MAX as u64 + 10) {
+            let begin = 200 + index * 10;
+            state.on_applied(begin, Some(BEGIN));
+            state.on_applied(begin + 5, Some(END));
+        }
+        assert_eq!(state.intervals.len(), RESYNC_INTERVALS_MAX);
+        assert!(!ResyncState::following_from(100, false).consistent_at(150));
     }
 }

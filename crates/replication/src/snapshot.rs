@@ -894,6 +894,11 @@ impl SnapshotSet {
         let aba = self.aba()?;
         let resolved = self.resolve(point)?;
         let point_seq = resolved.seq;
+        if let Some(reason) = aba.status().inconsistent_reason(point_seq) {
+            return Err(SnapshotError::Point(format!(
+                "no snapshot at seq {point_seq}: {reason}"
+            )));
+        }
         let dir = self.views_dir.join(name);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)

@@ -876,4 +876,28 @@ fn a_resync_target_keeps_a_snapshot_of_its_state_before_the_resync_until_it_comp
     .unwrap();
     let note = bed.recovery.set().pre_resync_note().unwrap();
     assert!(note.contains("deleted"), "{note}");
+
+    // The seqs of the super transaction are no point to restore to: a snapshot or a
+    // rollback there is refused and changes nothing; before it and from its end on is fine.
+    let end_seq = findings.ended[0];
+    let set = bed.recovery.set().clone();
+    let inside = set.create("inside", &Point::Seq(before + 2), false);
+    match inside {
+        Err(SnapshotError::Point(reason)) => {
+            assert!(reason.contains("inside the super transaction"), "{reason}")
+        }
+        other => panic!("a snapshot inside the super transaction: {:?}", other.err()),
+    }
+    assert!(set.get("inside").is_none());
+    let aba = bed.recovery.aba.clone().unwrap();
+    let refused = bed.runtime.block_on(aba.rollback(end_seq - 1)).unwrap_err();
+    assert!(
+        refused.to_string().contains("inside the super transaction"),
+        "{refused}"
+    );
+    assert!(!status.paused.load(Ordering::Acquire), "nothing changed");
+    let at_end = set.create("at-end", &Point::Seq(end_seq), false).unwrap();
+    assert_eq!(at_end.invalid(), None);
+    let before_it = set.create("before-it", &Point::Seq(before), false).unwrap();
+    check_snapshot(&bed.history, &before_it);
 }
