@@ -51,10 +51,16 @@
     });
   }
 
-  async function refreshInto(element, url) {
+  // Replaces element's content with the page fragment at url; `isCurrent` (optional) may
+  // veto an answer that became stale while it travelled. Returns whether it was applied.
+  async function refreshInto(element, url, isCurrent) {
     const response = await fetch(url, { credentials: 'same-origin' });
-    if (response.status === 401) { window.location.href = '/ui/login'; return; }
-    if (response.ok) { element.innerHTML = await response.text(); }
+    if (response.status === 401) { window.location.href = '/ui/login'; return false; }
+    if (!response.ok) { return false; }
+    const html = await response.text();
+    if (isCurrent && !isCurrent()) { return false; }
+    element.innerHTML = html;
+    return true;
   }
 
   // ---- Dashboard --------------------------------------------------------------------------
@@ -183,11 +189,17 @@
     const log = document.getElementById('event-log');
     let pending = null;
     let source = null;
+    // Bumped by every event applied to the page: a refresh rendered before an event arrived
+    // would take its checkmark back, so such an answer is dropped and fetched again.
+    let generation = 0;
     const refresh = () => {
       if (pending) { return; }
       pending = setTimeout(() => {
         pending = null;
-        refreshInto(windowContainer, windowContainer.dataset.refresh).catch(() => {});
+        const started = generation;
+        refreshInto(windowContainer, windowContainer.dataset.refresh, () => generation === started)
+          .then((applied) => { if (!applied && generation !== started) { refresh(); } })
+          .catch(() => {});
       }, 300);
     };
     const describe = (event) => {
@@ -252,6 +264,7 @@
         item.className = event.state || '';
         log.prepend(item);
         while (log.children.length > 200) { log.removeChild(log.lastChild); }
+        generation += 1;
         if (event.step !== undefined) { apply(event); }
         refresh();
         if (event.step === undefined) {
