@@ -21,6 +21,8 @@ const LAB_READY_TIMEOUT_MS: u64 = 30_000;
 const LAB_CONSOLE_NAMES: [&str; 3] = ["127.0.0.1", "localhost", "::1"];
 /// How long `lab down` waits for a daemon to exit after SIGTERM before SIGKILL.
 const LAB_STOP_TIMEOUT_MS: u64 = 15_000;
+/// How long `lab up` waits for the initial sync (step 12's super transaction) to end.
+const LAB_INITIAL_SYNC_TIMEOUT_MS: u64 = 300_000;
 
 fn failed(message: impl Into<String>) -> Failure {
     Failure::new(ExitCodeKind::Failed, message)
@@ -273,6 +275,7 @@ fn up(dir: &Path) -> Result<(), Failure> {
         false,
         true,
     ))?;
+    wait_for_initial_sync(&client)?;
     println!();
     println!("The lab is up.");
     println!(
@@ -342,4 +345,37 @@ fn down(dir: &Path, purge: bool) -> Result<(), Failure> {
         println!("Data kept in {} (`--purge` deletes it).", dir.display());
     }
     Ok(())
+}
+
+/// `lab up` returns once every recovery server holds a consistent replica (the initial sync
+/// ended): until then no point of the history can be restored there (`replication::resync`),
+/// and a demo that starts with `mark` and `rollback` should not meet that refusal.
+fn wait_for_initial_sync(client: &ConsoleClient) -> Result<(), Failure> {
+    let runtime = crate::remote_cmd::runtime()?;
+    let deadline = Instant::now() + Duration::from_millis(LAB_INITIAL_SYNC_TIMEOUT_MS);
+    println!("Waiting for the initial sync of the recovery servers …");
+    loop {
+        let status = runtime.block_on(client.get("/v1/status"))?;
+        let targets: Vec<&serde_json::Value> = status["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|group| group["targets"].as_array().into_iter().flatten())
+            .collect();
+        if !targets.is_empty()
+            && targets
+                .iter()
+                .all(|target| target["replica_consistent"] == true)
+        {
+            println!("Initial sync complete: every replica is consistent.");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(failed(format!(
+                "the initial sync did not end within {} s; `redoubt status --format json` shows each target's super_transaction_pct and replica_consistent",
+                LAB_INITIAL_SYNC_TIMEOUT_MS / 1000
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -1160,8 +1160,11 @@ impl SnapshotSet {
                     }
                 }
             }
-            ResyncEvent::Ended { end_seq, .. } => {
+            ResyncEvent::Ended { end_seq, begin_seq } => {
                 if self.get(PRE_RESYNC_SNAPSHOT_NAME).is_none() {
+                    note(format!(
+                        "super transaction from seq {begin_seq} ended at seq {end_seq}: the replica is consistent"
+                    ));
                     return false;
                 }
                 match self.delete(PRE_RESYNC_SNAPSHOT_NAME) {
