@@ -2,9 +2,11 @@
 //! CA's `console` certificate): plain HTTP gets no API answer, the CLI with the lab's CA works,
 //! the CLI without a CA or with another CA fails with exit 4 and says why, and such a failed
 //! attempt never reaches the API (no audit entry, the token it would have rotated unchanged,
-//! the console logged a refused handshake).
+//! the console logged a refused handshake). And two HTTPS consoles on etcd: the leader
+//! advertises `https://`, a follower forwards a write to it over HTTPS.
 
 mod common;
+mod ha;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -185,4 +187,118 @@ fn lab_console_is_https_only_and_the_cli_trusts_only_the_cluster_ca() {
     );
     let after = audit_entries(&lab);
     assert_eq!(after.len(), audited.len() + 1, "{after:#?}");
+}
+
+/// Two consoles with `--tls-dir` on one etcd: the leader advertises its `https://` URL, and a
+/// write sent to the follower is forwarded to the leader over HTTPS (trusting the cluster CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_consoles_on_etcd_forward_writes_to_the_leader_over_https() {
+    let cluster = redoubt_fence::testing::EtcdCluster::start(1)
+        .await
+        .expect("etcd cluster");
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    redoubt_tls::ca::init(&tls).unwrap();
+    redoubt_tls::ca::issue_with_names(&tls, "console", &["127.0.0.1".to_string()]).unwrap();
+    let ca_file = tls.join("ca.pem");
+    let url = cluster.url();
+    let mut consoles = Vec::new();
+    for name in ["console-1", "console-2"] {
+        let port = ha::free_port();
+        let args: Vec<String> = [
+            "console",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--state-dir",
+            &dir.path().join(name).display().to_string(),
+            "--store",
+            &url,
+            "--tls-dir",
+            &tls.display().to_string(),
+        ]
+        .iter()
+        .map(|arg| arg.to_string())
+        .collect();
+        let mut daemon = ha::Daemon::spawn(dir.path(), name, port, &args);
+        daemon.wait_ready().await;
+        consoles.push(daemon);
+    }
+    let https_url = |daemon: &ha::Daemon| format!("https://127.0.0.1:{}", daemon.port);
+    let store_url = url.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        redoubt_console::store_etcd::EtcdStore::connect(&store_url).expect("store")
+    })
+    .await
+    .unwrap();
+    let store = std::sync::Arc::new(store);
+    let urls: Vec<String> = consoles.iter().map(https_url).collect();
+    ha::wait_for(
+        "a leader advertising https://",
+        Duration::from_secs(20),
+        || {
+            store
+                .leader_url()
+                .ok()
+                .flatten()
+                .is_some_and(|leader| urls.contains(&leader))
+        },
+    )
+    .await;
+    let leader = store.leader_url().unwrap().unwrap();
+    let follower = urls.iter().find(|url| **url != leader).unwrap().clone();
+    let token_file = dir.path().join("console-2").join("token");
+    ha::wait_for("the shared token", Duration::from_secs(10), || {
+        let token = |name: &str| {
+            std::fs::read_to_string(dir.path().join(name).join("token")).unwrap_or_default()
+        };
+        !token("console-1").trim().is_empty() && token("console-1") == token("console-2")
+    })
+    .await;
+
+    // A write through the follower: forwarded to the leader over HTTPS (retried while the
+    // follower has not learnt the leader yet: 503, exit 1).
+    let rotate = || {
+        Command::new(binary())
+            .args([
+                "token",
+                "rotate",
+                "--role",
+                "read-only",
+                "--console",
+                &follower,
+            ])
+            .arg("--token-file")
+            .arg(&token_file)
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .env_remove("REDOUBT_CONSOLE")
+            .env_remove("REDOUBT_TOKEN_FILE")
+            .env_remove("REDOUBT_CA_FILE")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let rotated = loop {
+        let output = rotate();
+        if output.status.success() || std::time::Instant::now() > deadline {
+            break output;
+        }
+        assert!(
+            text(&output).contains("election in progress"),
+            "only 'no leader yet' may be retried: {}",
+            text(&output)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        rotated.status.success(),
+        "the follower forwarded the write to the HTTPS leader: {}",
+        text(&rotated)
+    );
+    assert!(
+        String::from_utf8_lossy(&rotated.stdout).contains("New read-only token"),
+        "{}",
+        text(&rotated)
+    );
 }
