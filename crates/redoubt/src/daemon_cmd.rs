@@ -86,8 +86,9 @@ pub fn console(args: ConsoleArgs) -> Result<(), Failure> {
                 let address = console
                     .local_addr()
                     .map_err(|error| failed("read the listening address", &error))?;
-                if !address.ip().is_loopback() {
-                    warn_plaintext_api(&address.to_string());
+                if let Some(banner) = plaintext_api_warning(address) {
+                    eprintln!("{banner}");
+                    tracing::warn!(%address, "the console API is plain HTTP on a non-loopback address");
                 }
                 console
             }
@@ -116,14 +117,35 @@ pub fn console(args: ConsoleArgs) -> Result<(), Failure> {
     })
 }
 
-/// A console API on a non-loopback address without TLS sends tokens in clear text.
-fn warn_plaintext_api(address: &str) {
+/// The banner of a console whose API is plain HTTP on `address` (None on loopback): a
+/// non-loopback address sends every client's token in clear text.
+fn plaintext_api_warning(address: std::net::SocketAddr) -> Option<String> {
+    if address.ip().is_loopback() {
+        return None;
+    }
     let banner = "!".repeat(78);
-    eprintln!(
+    Some(format!(
         "{banner}\nWARNING: the console API listens on {address} in PLAIN HTTP: every client's \
          token crosses the network in clear text.\nServe it over HTTPS: --tls-dir DIR with \
          ca.pem, console.pem, console.key (`redoubt ca issue console --san HOST`; \
          docs/security.md).\n{banner}"
-    );
-    tracing::warn!(%address, "the console API is plain HTTP on a non-loopback address");
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plaintext_api_warning;
+
+    #[test]
+    fn plain_http_off_loopback_gets_a_loud_warning() {
+        for loopback in ["127.0.0.1:7400", "[::1]:7400"] {
+            assert_eq!(plaintext_api_warning(loopback.parse().unwrap()), None);
+        }
+        for exposed in ["0.0.0.0:7400", "198.18.0.1:7400", "[::]:7400"] {
+            let banner = plaintext_api_warning(exposed.parse().unwrap()).unwrap();
+            assert!(banner.contains("PLAIN HTTP"), "{banner}");
+            assert!(banner.contains(exposed), "{banner}");
+            assert!(banner.contains("--tls-dir"), "{banner}");
+        }
+    }
 }
