@@ -33,6 +33,9 @@ pub struct PathSpec {
     pub group: String,
     pub server: String,
     pub role: Role,
+    /// The server acting as the group's production (this one, when `role` is production):
+    /// a recovery data path takes records from its send process only.
+    pub production: String,
     pub data_dir: PathBuf,
     pub volumes: Vec<VolumeSpec>,
     pub capacities: ContainerCapacities,
@@ -90,6 +93,7 @@ impl PathSpec {
             group: group.name.clone(),
             server: server.to_string(),
             role,
+            production: group.production.clone(),
             data_dir: this.data_dir.clone(),
             volumes,
             capacities: ContainerCapacities {
@@ -125,6 +129,7 @@ impl PathSpec {
             && self.nbd_listen == other.nbd_listen
             && self.nbd_tls == other.nbd_tls
             && self.mode == other.mode
+            && self.production == other.production
             && self.targets.is_empty() == other.targets.is_empty()
     }
 }
@@ -605,6 +610,7 @@ async fn start_recovery(spec: &PathSpec) -> Result<Recovery, String> {
         // handshake would stop replication between steps 14 and 15 of every change.
         config_version: 0,
         retention_seconds: spec.retention_seconds,
+        production: Some(spec.production.clone()),
     };
     let group = spec.group.clone();
     let snapshots = crate::snapshot_routes::GroupSnapshots::open(

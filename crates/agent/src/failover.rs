@@ -159,6 +159,7 @@ pub fn adjust(
         }
         return Ok(Some(PathSpec {
             role: Role::Production,
+            production: spec.server.clone(),
             volumes,
             nbd_listen: this.nbd_listen.clone(),
             nbd_tls: this.nbd_tls,
@@ -169,6 +170,7 @@ pub fn adjust(
     if context.targets.contains(&spec.server) {
         return Ok(Some(PathSpec {
             role: Role::Recovery1,
+            production: context.acting_production.clone(),
             volumes,
             nbd_listen: None,
             targets: Vec::new(),
@@ -176,6 +178,59 @@ pub fn adjust(
         }));
     }
     Ok(None)
+}
+
+/// How long a restarting production waits for each peer's failover context.
+pub const SUPERSEDED_CHECK_TIMEOUT_MS: u64 = 2_000;
+
+/// Before a restarted agent resumes the datatap of a group it is production of: whether a
+/// failover made another server production meanwhile (it was unreachable then, so it holds
+/// no context itself). Asks every other server of the group for its failover context, at
+/// once; an answer naming another acting production keeps this datatap down until failback,
+/// so two servers never take writes for one group. Peers that do not answer say nothing
+/// (without an etcd fence, a restart while every peer is unreachable resumes: `docs/ha.md`).
+pub(crate) async fn superseded(server: &str, config: &Config, group: &str) -> Option<String> {
+    let entry = config.group(group)?;
+    let mut asks = tokio::task::JoinSet::new();
+    for peer in std::iter::once(&entry.production).chain(entry.recovery.iter()) {
+        if peer == server {
+            continue;
+        }
+        let Some(address) = config.server(peer).map(|found| found.address.clone()) else {
+            continue;
+        };
+        let peer = peer.clone();
+        let path = format!("/v1/groups/{group}/failover/context");
+        asks.spawn(async move {
+            let answer = crate::client::request_to(
+                &peer,
+                &address,
+                "GET",
+                &path,
+                None,
+                Duration::from_millis(SUPERSEDED_CHECK_TIMEOUT_MS),
+            )
+            .await;
+            (peer, answer)
+        });
+    }
+    while let Some(joined) = asks.join_next().await {
+        let Ok((peer, Ok((200, body)))) = joined else {
+            continue;
+        };
+        let context = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|answer| {
+                serde_json::from_value::<FailoverContext>(answer.get("context")?.clone()).ok()
+            });
+        if let Some(context) = context.filter(|context| context.acting_production != server) {
+            return Some(format!(
+                "{peer} says {} acts as production of group {group} since a failover at seq {} ({}): {server} keeps its datatap down until `redoubt failback {group}`",
+                context.acting_production, context.point_seq, context.kind
+            ));
+        }
+    }
+    None
 }
 
 pub(crate) fn routes() -> Router<Arc<Agent>> {

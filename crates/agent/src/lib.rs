@@ -129,6 +129,20 @@ impl Agent {
                 .as_ref()
                 .map(|stored| PathSpec::from_config(&stored.config, &group, &self.name));
             let spec = match spec {
+                Some(Ok(Some(spec))) if spec.role == redoubt_config::Role::Production => {
+                    let superseded = match config.as_ref() {
+                        Some(stored) => {
+                            failover::superseded(&self.name, &stored.config, &group).await
+                        }
+                        None => None,
+                    };
+                    if let Some(reason) = superseded {
+                        tracing::error!(%group, %reason, "data path not resumed");
+                        self.lock().failures.insert(group.clone(), reason);
+                        continue;
+                    }
+                    spec
+                }
                 Some(Ok(Some(spec))) => spec,
                 Some(Err(error)) => {
                     self.lock().failures.insert(group.clone(), error);

@@ -59,7 +59,7 @@ async fn plaintext(agent: Arc<Agent>, router: axum::Router, stream: TcpStream) {
             tracing::info!(peer = ?stream.peer_addr().ok(), "replication connection for no loaded group; closing");
             return;
         };
-        replication(agent, group, Box::new(stream));
+        replication(agent, group, None, Box::new(stream));
     } else {
         serve_http(router, stream).await;
     }
@@ -122,7 +122,8 @@ async fn secured(agent: Arc<Agent>, router: axum::Router, stream: TcpStream, tls
             return;
         };
         tracing::debug!(%peer, server = name, %group, "replication connection authenticated");
-        replication(agent, group, Box::new(Prefixed::new(head, stream)));
+        let peer = Some(name.to_string());
+        replication(agent, group, peer, Box::new(Prefixed::new(head, stream)));
     } else {
         match http_access(&agent, &identity) {
             Access::Full => serve_http(router, Prefixed::new(head, stream)).await,
@@ -265,7 +266,8 @@ fn single_replication_group(agent: &Agent) -> Option<String> {
     }
 }
 
-fn replication(agent: Arc<Agent>, group: String, stream: BoxStream) {
+/// `peer`: the server name the peer's certificate proved (TLS), checked against the Hello.
+fn replication(agent: Arc<Agent>, group: String, peer: Option<String>, stream: BoxStream) {
     let handle = agent.lock().paths.get(&group).and_then(|path| path.aba());
     let Some((aba, connections, shutdown)) = handle else {
         tracing::info!(%group, "replication connection for a group whose apply process is not loaded; closing");
@@ -278,7 +280,7 @@ fn replication(agent: Arc<Agent>, group: String, stream: BoxStream) {
     if let Some(set) = connections.as_mut() {
         while set.try_join_next().is_some() {}
         set.spawn(async move {
-            if let Err(error) = aba.serve_stream(stream, shutdown).await {
+            if let Err(error) = aba.serve_stream(stream, peer, shutdown).await {
                 tracing::info!(%group, %error, "replication connection ended");
             }
         });

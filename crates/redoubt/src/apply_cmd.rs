@@ -43,6 +43,7 @@ pub fn run(args: ApplyArgs) -> Result<(), Failure> {
         capacities,
         config_version: 0,
         retention_seconds: 24 * 3600,
+        production: None,
     })
     .map_err(|error| failed("open the apply process", &error))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -313,6 +313,23 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
 
     // Failback: prod-a comes back; only the regions written since the failover cross.
     let mut prod_a_agent = start_agent(&dir, "prod-a");
+    // Back before the failback, prod-a learns from dr-b and dr-c that dr-b took over: its
+    // datatap stays down (no second server taking writes), and says why.
+    wait_until("prod-a keeps its datatap down", || {
+        std::fs::read_to_string(dir.join("logs/prod-a.log"))
+            .unwrap_or_default()
+            .lines()
+            .any(|line| {
+                line.contains("data path not resumed")
+                    && line.contains("dr-b acts as production of group erp")
+            })
+    });
+    let (host, port) = prod_a.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect((host, port)).is_err(),
+        "no NBD export on the old production before failback"
+    );
     let failback = json(redoubt(
         &dir,
         &["failback", "erp", "--yes", "--format", "json"],

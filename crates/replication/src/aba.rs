@@ -56,6 +56,12 @@ pub struct AbaConfig {
     /// How far back rollback must reach: undo records older than this are pruned (and the
     /// undo journal's capacity prunes the oldest first when it is full).
     pub retention_seconds: u64,
+    /// The server whose send process this replica takes records from: the group's (acting)
+    /// production. A Hello from any other sender is refused before anything is written, so
+    /// an old production that comes back after a failover cannot feed its own history into
+    /// a replica that follows the new one (same journal id, overlapping seqs). `None`: any
+    /// sender (the standalone `redoubt apply` tool).
+    pub production: Option<String>,
 }
 
 /// What the ABA has done, for status and tests.
@@ -452,7 +458,7 @@ impl Aba {
                         let shutdown = shutdown.clone();
                         tokio::spawn(async move {
                             if let Err(error) =
-                                aba.serve_connection(Box::new(stream), shutdown).await
+                                aba.serve_connection(Box::new(stream), None, shutdown).await
                             {
                                 tracing::info!(group = %aba.config.group, %peer, %error, "replication connection ended");
                             }
@@ -467,18 +473,47 @@ impl Aba {
     /// Serves one already-accepted LCA connection until it ends or `shutdown` turns true.
     /// For a process (the agent) that accepts on one port for several purposes and routes
     /// replication connections here itself.
-    /// The stream is plain TCP or TLS (the caller authenticated the peer).
+    /// The stream is plain TCP or TLS; `authenticated_peer` is the server name the peer's
+    /// certificate proved (TLS), which the Hello's sender must be.
     pub async fn serve_stream(
         self: &Arc<Self>,
         stream: crate::conn::BoxStream,
+        authenticated_peer: Option<String>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
-        self.serve_connection(stream, shutdown).await
+        self.serve_connection(stream, authenticated_peer, shutdown)
+            .await
+    }
+
+    /// Why a Hello's sender may not feed this replica (`None`: it may).
+    fn refuse_sender(
+        &self,
+        hello: &redoubt_wire::Hello,
+        authenticated_peer: Option<&str>,
+    ) -> Option<Refuse> {
+        if let Some(peer) = authenticated_peer.filter(|peer| *peer != hello.sender_name) {
+            return Some(Refuse {
+                code: RefuseCode::NotProduction,
+                message: format!(
+                    "the Hello names sender {} but the peer's certificate is server {peer}",
+                    hello.sender_name
+                ),
+            });
+        }
+        let expected = self.config.production.as_deref()?;
+        (hello.sender_name != expected).then(|| Refuse {
+            code: RefuseCode::NotProduction,
+            message: format!(
+                "{} follows {expected} as the production server of group {}, not {}: after a failover the old production comes back with `redoubt failback {}`",
+                self.config.server_name, self.config.group, hello.sender_name, self.config.group
+            ),
+        })
     }
 
     async fn serve_connection(
         self: &Arc<Self>,
         stream: crate::conn::BoxStream,
+        authenticated_peer: Option<String>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ReplicationError> {
         let (read_half, write_half) = tokio::io::split(stream);
@@ -487,6 +522,11 @@ impl Aba {
         let Frame::Hello(hello) = reader.receive().await? else {
             return Err(ReplicationError::Unexpected("first frame other than Hello"));
         };
+        if let Some(refuse) = self.refuse_sender(&hello, authenticated_peer.as_deref()) {
+            tracing::warn!(group = %self.config.group, sender = %hello.sender_name, reason = %refuse.message, "replication connection refused");
+            writer.send(&Frame::Refuse(refuse)).await?;
+            return Ok(());
+        }
         if self.busy.swap(true, Ordering::AcqRel) {
             let refuse = Refuse {
                 code: RefuseCode::Busy,

@@ -177,6 +177,7 @@ fn replayed_and_truncated_frames_are_refused_and_the_replica_stays_a_prefix() {
         capacities: capacities(),
         config_version: 0,
         retention_seconds: 3600,
+        production: None,
     })
     .expect("open the ABA");
     let aba_listener = runtime

@@ -58,6 +58,8 @@ impl Recovery {
             capacities: capacities(),
             config_version: 0,
             retention_seconds: 24 * 3600,
+            // Every send process of these tests is prod-a's.
+            production: Some("prod-a".into()),
         })
         .unwrap();
         let listener = runtime
@@ -975,4 +977,82 @@ fn rollback_reaches_ten_points_by_seq_time_and_marker_then_resumes() {
     drop(runtime);
     drop(engine);
     let _ = commit_thread.join();
+}
+
+#[test]
+fn a_replica_takes_records_only_from_the_production_it_follows() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let production = start_production(
+        &runtime,
+        &root.path().join("prod"),
+        EngineConfig::new(GROUP, 256 << 20),
+        stopped.clone(),
+    );
+    let mut client = NbdClient::connect(&production.nbd_address, "lv0").unwrap();
+    assert_eq!(client.write(0, &[0x6bu8; 65536], false).unwrap(), 0);
+    assert_eq!(client.flush().unwrap(), 0);
+    // dr-b follows prod-a. An old production (same journal id, its own history) connects
+    // first: it is refused before a byte is stored, and says why.
+    let mut recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0);
+    let send = |sender: &str| {
+        let status = Arc::new(TargetStatus::default());
+        let (stop_lca, lca_stopped) = watch::channel(false);
+        runtime.spawn(lca::run(
+            LcaConfig {
+                group: GROUP.into(),
+                sender_name: sender.into(),
+                target_name: "dr-b".into(),
+                target_address: format!("127.0.0.1:{}", recovery.port),
+                config_version: 0,
+                journal: production.engine.journal().clone(),
+                compression_level: None,
+                throttle_bytes_per_second: 0,
+                batch_bytes: lca::BATCH_BYTES_DEFAULT,
+            },
+            production.watermarks.clone(),
+            status.clone(),
+            Arc::new(Targets {
+                statuses: vec![status.clone()],
+            }),
+            lca_stopped,
+        ));
+        (status, stop_lca)
+    };
+    let (old, stop_old) = send("prod-x");
+    wait_until("the old production's send process is refused", || {
+        old.last_error
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|error| error.contains("follows prod-a"))
+    });
+    let error = old.last_error.lock().unwrap().clone().unwrap();
+    assert!(error.contains("redoubt failback"), "{error}");
+    let aba = recovery.aba.clone().unwrap();
+    assert_eq!(aba.status().received_seq.load(Ordering::Acquire), 0);
+    assert_eq!(aba.status().connections.load(Ordering::Acquire), 0);
+    assert!(recovery.replica(0).iter().all(|byte| *byte == 0));
+    let _ = stop_old.send(true);
+    // The production it follows is served.
+    let (_current, stop_current) = send("prod-a");
+    let durable = production.watermarks.durable_seq.load(Ordering::Acquire);
+    wait_until("dr-b applied prod-a's writes", || {
+        recovery.applied_seq() >= durable
+    });
+    assert!(recovery.replica(0)[..65536]
+        .iter()
+        .all(|byte| *byte == 0x6b));
+    drop(client);
+    let _ = stop_current.send(true);
+    let _ = stop.send(true);
+    drop(aba);
+    recovery.stop();
+    drop(production.engine);
+    let _ = production.commit_thread.join();
 }

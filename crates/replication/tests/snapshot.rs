@@ -99,6 +99,7 @@ impl Recovery {
                 capacities: capacities(snapshot_bytes),
                 config_version: 0,
                 retention_seconds: 24 * 3600,
+                production: None,
             },
             Some(observer),
         )

@@ -203,6 +203,9 @@ pub enum RefuseCode {
     ReplicaAhead = 6,
     /// Another LCA connection for this group is active.
     Busy = 7,
+    /// The sender is not the server this replica follows (an old production after a
+    /// failover, or a Hello naming another sender than its certificate): `redoubt failback`.
+    NotProduction = 8,
 }
 
 impl RefuseCode {
@@ -215,6 +218,7 @@ impl RefuseCode {
             5 => RefuseCode::ResumeNotAvailable,
             6 => RefuseCode::ReplicaAhead,
             7 => RefuseCode::Busy,
+            8 => RefuseCode::NotProduction,
             _ => return None,
         })
     }
