@@ -3,7 +3,7 @@
 //! | route | body | answer |
 //! |---|---|---|
 //! | `POST /v1/groups/{g}/marks` | `{"name"}` | `{"name","seq","time"}` (production: a marker record in the journal) |
-//! | `GET /v1/groups/{g}/points` | | `{"server","role","first_seq","first_time","last_seq","last_time","applied_seq","paused","markers"}` |
+//! | `GET /v1/groups/{g}/points` | | `{"server","role","first_seq","first_time","last_seq","last_time","applied_seq","paused","consistent_from_seq","unrestorable":[{"begin_seq","end_seq"}],"markers"}` |
 //! | `POST /v1/groups/{g}/rollback` | `{"to"}` | `{"server","from_seq","to_seq","undone_records","redone_records","paused": true}` (recovery) |
 //! | `GET /v1/groups/{g}/rollback` | | `{"paused","applied_seq","total_records","done_records"}` (progress; never waits for the apply thread) |
 //! | `POST /v1/groups/{g}/resume` | `{}` | `{"server","applied_seq"}` (recovery) |
@@ -149,7 +149,15 @@ async fn points(State(agent): State<Arc<Agent>>, Path(group): Path<String>) -> R
             .into_response()
         }
         Ok(Side::Recovery(aba)) => match aba.window().await {
-            Ok(window) => window_json(&agent.name, &window).into_response(),
+            Ok(window) => {
+                let resync = aba
+                    .status()
+                    .resync
+                    .lock()
+                    .map(|resync| resync.clone())
+                    .unwrap_or_default();
+                window_json(&agent.name, &window, &resync).into_response()
+            }
             Err(reason) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("points of group {group} on {}: {reason}", agent.name),
@@ -159,7 +167,27 @@ async fn points(State(agent): State<Arc<Agent>>, Path(group): Path<String>) -> R
     }
 }
 
-fn window_json(server: &str, window: &redoubt_replication::RestoreWindow) -> Json<Value> {
+fn window_json(
+    server: &str,
+    window: &redoubt_replication::RestoreWindow,
+    resync: &redoubt_replication::resync::ResyncState,
+) -> Json<Value> {
+    // Seqs of the window where the replica was a mix of two points in time: no restore point.
+    let unrestorable: Vec<Value> = resync
+        .intervals
+        .iter()
+        .filter(|interval| {
+            interval.begin_seq <= window.last_seq
+                && interval.end_seq.is_none_or(|end| end > window.first_seq)
+        })
+        .map(|interval| {
+            json!({
+                "begin_seq": interval.begin_seq,
+                "end_seq": interval.end_seq,
+                "why": "super transaction",
+            })
+        })
+        .collect();
     let time_of = |seq: u64| {
         window
             .times
@@ -176,6 +204,8 @@ fn window_json(server: &str, window: &redoubt_replication::RestoreWindow) -> Jso
         "last_time": time_json(time_of(window.last_seq)),
         "applied_seq": window.applied_seq,
         "paused": window.paused,
+        "consistent_from_seq": resync.consistent_from_seq,
+        "unrestorable": unrestorable,
         "markers": window.markers.iter().map(|marker| json!({
             "name": marker.name,
             "seq": marker.seq,

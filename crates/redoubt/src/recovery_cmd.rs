@@ -161,6 +161,22 @@ fn print_points(points: &Value) {
                 String::new()
             }
         );
+        if server["consistent_from_seq"].is_null() && server.get("consistent_from_seq").is_some() {
+            println!(
+                "  {:<24} no consistent image yet (its first sync has not ended)",
+                ""
+            );
+        }
+        for interval in server["unrestorable"].as_array().into_iter().flatten() {
+            let end = interval["end_seq"].as_u64().map_or_else(
+                || "now (under way)".to_string(),
+                |end| format!("{}", end - 1),
+            );
+            println!(
+                "  {:<24} not restorable: seq {}..={end} (super transaction)",
+                "", interval["begin_seq"]
+            );
+        }
     }
     let markers = points["markers"].as_array().cloned().unwrap_or_default();
     if markers.is_empty() {

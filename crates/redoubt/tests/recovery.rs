@@ -195,6 +195,22 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
             .any(|m| m["name"] == "before-upgrade" && m["seq"] == marker_seq),
         "the marker is listed: {points}"
     );
+    // The initial sync's seqs are listed as no restore point; the replica is consistent after.
+    let dr_b_points = server_points(&points, "dr-b");
+    let initial_sync = &dr_b_points["unrestorable"][0];
+    assert_eq!(initial_sync["begin_seq"], 1, "{dr_b_points}");
+    // dr-b received seq 1: its empty image before it was production's too.
+    assert_eq!(dr_b_points["consistent_from_seq"], 0, "{dr_b_points}");
+    let sync_end = initial_sync["end_seq"].as_u64().unwrap();
+    assert!(sync_end < marker_seq, "{dr_b_points}");
+    let text_points = ok(redoubt(&dir, &["points", "erp"]));
+    assert!(
+        text_points.contains(&format!(
+            "not restorable: seq 1..={} (super transaction)",
+            sync_end - 1
+        )),
+        "{text_points}"
+    );
 
     // Rollback needs a confirmation; with --yes, dr-b is production as of the marker.
     let refused = redoubt(
