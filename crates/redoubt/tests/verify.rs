@@ -58,16 +58,10 @@ impl Drop for Fio {
 
 /// Bytes production's send process sent to `server` so far.
 fn sent_bytes(dir: &Path, server: &str) -> u64 {
-    let output = redoubt(dir, &["status", "erp", "--format", "json"]);
-    assert!(output.status.success(), "{}", text(&output));
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
-    status["groups"][0]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|target| target["server"] == server)
-        .and_then(|target| target["sent_bytes"].as_u64())
-        .unwrap()
+    let target = target_status(dir, server);
+    target["sent_bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no sent_bytes for {server} in the status: {target}"))
 }
 
 /// The `targets` entry of `server` in `redoubt status --format json`.
@@ -85,17 +79,8 @@ fn target_status(dir: &Path, server: &str) -> Value {
 
 /// Whether `server` applied everything production journaled.
 fn caught_up(dir: &Path, server: &str) -> bool {
-    let output = redoubt(dir, &["status", "erp", "--format", "json"]);
-    let status: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    status["groups"][0]["targets"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|target| target["server"] == server)
-        .is_some_and(|target| {
-            target["applied_seq"].as_u64().is_some()
-                && target["applied_seq"] == target["journal_seq"]
-        })
+    let target = target_status(dir, server);
+    target["applied_seq"].as_u64().is_some() && target["applied_seq"] == target["journal_seq"]
 }
 
 #[test]
