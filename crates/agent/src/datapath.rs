@@ -512,7 +512,10 @@ async fn start_production(spec: &PathSpec) -> Result<Production, String> {
         };
         let mut list = Vec::new();
         for opened in volumes {
-            exports.push((opened.name.clone(), bound.uri(&opened.name)));
+            exports.push((
+                opened.name.clone(),
+                bound.uri_with_tls(&opened.name, nbd_tls.is_some()),
+            ));
             list.push(Export {
                 description: format!("redoubt LV {} of group {group}", opened.name),
                 name: opened.name,

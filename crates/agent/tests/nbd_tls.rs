@@ -166,6 +166,22 @@ async fn nbd_tls_exports_serve_only_cluster_clients_over_tls() {
         );
     }
     let nbd_address = format!("127.0.0.1:{nbd_port}");
+    // The status gives libnbd's TLS scheme for these exports.
+    let (status, body) = client::request_to(
+        "prod-a",
+        &address,
+        "GET",
+        "/v1/status",
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("status");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!("nbds://{nbd_address}/lv0")),
+        "the export URI says TLS: {body}"
+    );
 
     let plaintext = nbd_address.clone();
     let plaintext_refused = tokio::task::spawn_blocking(move || {

@@ -33,6 +33,16 @@ impl Bound {
             Bound::Unix(_, path) => format!("nbd+unix:///{export}?socket={}", path.display()),
         }
     }
+
+    /// [`Bound::uri`] with the `nbds` scheme of libnbd when the export requires TLS
+    /// (`nbds://`, `nbds+unix://`; qemu takes `tls-creds` instead).
+    pub fn uri_with_tls(&self, export: &str, tls: bool) -> String {
+        let uri = self.uri(export);
+        match uri.strip_prefix("nbd") {
+            Some(rest) if tls => format!("nbds{rest}"),
+            _ => uri,
+        }
+    }
 }
 
 /// How long a TCP bind waits for its port to come free. A process restarted after `kill -9`

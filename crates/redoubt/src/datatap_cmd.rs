@@ -160,13 +160,7 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
             .await
             .map_err(|error| failed(&format!("listen on {}", args.listen), &error))?;
         for name in &names {
-            let uri = bound.uri(name);
-            // A TLS export's URI scheme is nbds (libnbd; qemu takes tls-creds instead).
-            let uri = match (exports.requires_tls(), uri.strip_prefix("nbd")) {
-                (true, Some(rest)) => format!("nbds{rest}"),
-                _ => uri,
-            };
-            println!("ready {uri}");
+            println!("ready {}", bound.uri_with_tls(name, exports.requires_tls()));
         }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(serve(bound, exports, stopped.clone()));
