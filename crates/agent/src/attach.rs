@@ -205,6 +205,17 @@ async fn attach(
     };
     let (export, read_only) = match (&body.snapshot, body.export.clone()) {
         (None, None) => match production_export(&agent, &group, &body.volume) {
+            Ok(export) if export.starts_with("nbds") => {
+                // nbdfuse's nbdkit and the kernel client would have to present a client
+                // certificate and accept the agent's for a loopback address: not done yet.
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "attach {group}/{}: its export {export} requires NBD TLS (nbd_tls = true on {}), which the local block device does not speak; set nbd_tls = false for this server (its exports listen on loopback or a unix socket) to attach",
+                        body.volume, agent.name
+                    ),
+                );
+            }
             Ok(export) => (export, false),
             Err(response) => return *response,
         },

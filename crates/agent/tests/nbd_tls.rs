@@ -183,6 +183,20 @@ async fn nbd_tls_exports_serve_only_cluster_clients_over_tls() {
         "the export URI says TLS: {body}"
     );
 
+    // The local block device does not speak TLS: attach says so and does nothing.
+    let (status, body) = client::request_to(
+        "prod-a",
+        &address,
+        "POST",
+        "/v1/groups/erp/attachments",
+        Some(r#"{"volume":"lv0"}"#),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("attach");
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("requires NBD TLS"), "{body}");
+
     let plaintext = nbd_address.clone();
     let plaintext_refused = tokio::task::spawn_blocking(move || {
         NbdClient::connect(&plaintext, "lv0").is_err() && NbdClient::list(&plaintext).is_err()
