@@ -186,6 +186,12 @@ pub fn render(status: &Value, kept: &AgentMetrics) -> String {
                 &group_labels,
                 &group["connected"],
             );
+            families.set(
+                "redoubt_replica_consistent",
+                "1 when the replica equals production as of its applied sequence number (0 during a super transaction, or before its first sync ended)",
+                &group_labels,
+                &group["replica_consistent"],
+            );
             families.count(
                 "redoubt_applied_records",
                 "Records applied to the replica (the applied sequence number; rate() is the apply rate)",
@@ -309,7 +315,8 @@ mod tests {
                           "speed_mb_s": 85.5, "super_transaction_pct": 100.0,
                           "needs_resync": false}]},
             {"name": "crm", "role": "recovery1", "data_path": "loaded", "received_seq": 9,
-             "durable_seq": 9, "applied_seq": 7, "connected": true, "journal_usage_pct": 1.0}]});
+             "durable_seq": 9, "applied_seq": 7, "connected": true, "journal_usage_pct": 1.0,
+             "replica_consistent": true}]});
         let text = render(&status, &kept);
         for expected in [
             "redoubt_agent_config_version{server=\"prod-a\"} 3.0",
@@ -319,6 +326,7 @@ mod tests {
             "redoubt_target_speed_megabytes_per_second{group=\"erp\",target=\"dr-b\"} 85.5",
             "redoubt_target_sent_bytes_total{group=\"erp\",target=\"dr-b\"} 4096",
             "redoubt_applied_records_total{group=\"crm\",role=\"recovery1\"} 7",
+            "redoubt_replica_consistent{group=\"crm\",role=\"recovery1\"} 1.0",
             "redoubt_step_duration_seconds_count{group=\"erp\",step=\"11\"} 2",
             "redoubt_step_runs_total{group=\"erp\",step=\"11\",outcome=\"failed\"} 1",
         ] {
