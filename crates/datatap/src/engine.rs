@@ -686,7 +686,7 @@ impl<F: JournalFs> Committer<F> {
             let timeout = match self.unsynced_since {
                 Some(since) => sync_interval.saturating_sub(since.elapsed()),
                 // A pending resync goes on between client requests.
-                None if !self.state.dirty_regions.is_empty() => {
+                None if self.resync_pending() => {
                     self.resync_blocked_until.map_or(Duration::ZERO, |until| {
                         until.saturating_duration_since(Instant::now())
                     })
@@ -714,7 +714,7 @@ impl<F: JournalFs> Committer<F> {
                     last_activity = Instant::now();
                 }
                 Err(flume::RecvTimeoutError::Timeout) => {
-                    if !self.state.dirty_regions.is_empty() {
+                    if self.resync_pending() {
                         self.resync_pass_or_fail();
                     } else if self.unsynced_since.is_some() {
                         self.settle_or_fail();
@@ -1041,10 +1041,13 @@ impl<F: JournalFs> Committer<F> {
             .store(total, Ordering::Release);
     }
 
+    /// Dirty regions to send, or the end marker of a super transaction still to journal.
+    fn resync_pending(&self) -> bool {
+        !self.state.dirty_regions.is_empty() || self.state.resync_begin_seq.is_some()
+    }
+
     fn resync_pass_or_fail(&mut self) {
-        let resync_open =
-            !self.state.dirty_regions.is_empty() || self.state.resync_begin_seq.is_some();
-        if !resync_open || self.failure().is_some() {
+        if !self.resync_pending() || self.failure().is_some() {
             return;
         }
         if self

@@ -621,6 +621,17 @@ fn a_journal_overflow_falls_back_to_the_dirty_bitmap_and_the_resync_converges() 
     }
     let mut images = MemoryImages::from_lvs((0..2).map(|index| recovery.replica(index)).collect());
     check_exact(&history, history.seq_last(), &mut images).unwrap();
+    // The super transaction was bracketed by its markers (the begin waited for journal
+    // space), and the replica knows it is consistent again.
+    let aba_status = recovery.aba.as_ref().unwrap().status().clone();
+    assert_eq!(aba_status.resync_begin_seq.load(Ordering::Acquire), 0);
+    assert!(aba_status.replica_synced.load(Ordering::Acquire));
+    let resync = aba_status.resync.lock().unwrap().clone();
+    assert_eq!(resync.intervals.len(), 1, "{resync:?}");
+    let interval = resync.intervals[0];
+    let end_seq = interval.end_seq.expect("the super transaction ended");
+    assert!(interval.begin_seq < end_seq, "{resync:?}");
+    assert!(end_seq <= watermarks.durable_seq.load(Ordering::Acquire));
 
     let _ = stop.send(true);
     drop(clients);
