@@ -30,7 +30,9 @@
 //!
 //! One thread appends and applies, so the LVs receive writes in journal order even when a
 //! client has overlapping writes in flight: production's LVs and the journal never disagree
-//! about which of two overlapping writes came last.
+//! about which of two overlapping writes came last. Large writes that share no byte are
+//! written several at a time (their order cannot matter; a crash replays them all from the
+//! journal anyway), and overlapping ones never share such a run.
 //!
 //! # Journal overflow
 //!
@@ -71,6 +73,10 @@ pub const CHECKPOINT_IDLE_MS_DEFAULT: u64 = 2000;
 pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 20;
 /// Acknowledged data held in memory waiting for its sync and apply; beyond it, sync now.
 pub const UNAPPLIED_BYTES_MAX: u64 = 64 << 20;
+/// Most large non-overlapping writes applied to the LVs together.
+pub const APPLY_RUN_OPS_MAX: usize = 64;
+/// Most of those writes in flight at once.
+pub const APPLY_THREADS_MAX: usize = 4;
 /// A sync-mode write waits this long for the recovery servers; then the group turns async,
 /// loudly, rather than hang its clients (status: `sync_degraded`).
 pub const SYNC_TARGET_TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -1207,18 +1213,24 @@ impl<F: JournalFs> Committer<F> {
             .durable_seq
             .store(durable_seq, Ordering::Release);
         self.shared.watermarks.durable_changed.notify_waiters();
-        while let Some((seq, op)) = self.unapplied.pop_front() {
-            assert!(seq <= durable_seq, "only durable records reach the LVs");
-            assert!(seq > self.applied_seq, "records reach the LVs in seq order");
-            let verify = &self.shared.verify;
-            verify
-                .around_apply(Some(seq), op_range(&op), || self.apply_op(&op))
-                .map_err(|error| DatatapError::Failed {
-                    group: self.shared.group.clone(),
-                    reason: format!("apply seq {seq} to its volume: {error}"),
-                })?;
-            self.applied_seq = seq;
-            self.bytes_since_checkpoint += op.payload_bytes().max(1);
+        while !self.unapplied.is_empty() {
+            let run = self.take_parallel_run();
+            if let [(seq, op)] = run.as_slice() {
+                let seq = *seq;
+                assert!(seq <= durable_seq, "only durable records reach the LVs");
+                assert!(seq > self.applied_seq, "records reach the LVs in seq order");
+                let verify = &self.shared.verify;
+                verify
+                    .around_apply(Some(seq), op_range(op), || self.apply_op(op))
+                    .map_err(|error| DatatapError::Failed {
+                        group: self.shared.group.clone(),
+                        reason: format!("apply seq {seq} to its volume: {error}"),
+                    })?;
+                self.applied_seq = seq;
+                self.bytes_since_checkpoint += op.payload_bytes().max(1);
+                continue;
+            }
+            self.apply_parallel_run(&run, durable_seq)?;
         }
         self.unapplied_bytes = 0;
         if let Ok(mut pending) = self.shared.pending.lock() {
@@ -1235,6 +1247,103 @@ impl<F: JournalFs> Committer<F> {
         Ok(())
     }
 
+    /// The next records to apply: one, or a run of large writes that touch no byte in
+    /// common (at most [`APPLY_RUN_OPS_MAX`]), which [`Committer::apply_parallel_run`] writes
+    /// with several in flight. Overlapping writes never share a run, so the LVs keep the order
+    /// of the journal wherever it matters.
+    fn take_parallel_run(&mut self) -> Vec<(u64, Op)> {
+        let large = |op: &Op| matches!(op, Op::Write { data, .. } if data.len() >= redoubt_volume::HYBRID_DIRECT_WRITE_BYTES_MIN);
+        let mut run: Vec<(u64, Op)> = Vec::new();
+        let mut ranges: Vec<(u32, u64, u64)> = Vec::new();
+        while let Some((_, op)) = self.unapplied.front() {
+            if !run.is_empty() {
+                let fits = large(op)
+                    && run.len() < APPLY_RUN_OPS_MAX
+                    && op_range(op).is_some_and(|(lv_id, start, length)| {
+                        ranges.iter().all(|(other_lv, other_start, other_length)| {
+                            *other_lv != lv_id
+                                || start + length <= *other_start
+                                || other_start + other_length <= start
+                        })
+                    });
+                if !fits {
+                    break;
+                }
+            }
+            let Some((seq, op)) = self.unapplied.pop_front() else {
+                break;
+            };
+            let first_is_small = run.is_empty() && !large(&op);
+            if let Some(range) = op_range(&op) {
+                ranges.push(range);
+            }
+            run.push((seq, op));
+            if first_is_small {
+                break;
+            }
+        }
+        run
+    }
+
+    /// Writes a run from [`Committer::take_parallel_run`] with up to
+    /// [`APPLY_THREADS_MAX`] writes in flight (direct writes wait for the disk: one at a time
+    /// leaves it idle between them).
+    fn apply_parallel_run(
+        &mut self,
+        run: &[(u64, Op)],
+        durable_seq: u64,
+    ) -> Result<(), DatatapError> {
+        let first = run.first().map_or(0, |(seq, _)| *seq);
+        let last = run.last().map_or(0, |(seq, _)| *seq);
+        assert!(last <= durable_seq, "only durable records reach the LVs");
+        assert!(
+            first > self.applied_seq,
+            "records reach the LVs in seq order"
+        );
+        let ranges: Vec<(u64, Option<crate::verify::LvRange>)> =
+            run.iter().map(|(seq, op)| (*seq, op_range(op))).collect();
+        let threads = run.len().min(APPLY_THREADS_MAX);
+        let chunk_len = run.len().div_ceil(threads);
+        let volumes = &self.volumes;
+        self.shared
+            .verify
+            .around_apply_run(&ranges, || {
+                std::thread::scope(|scope| {
+                    let writers: Vec<_> = run
+                        .chunks(chunk_len)
+                        .map(|chunk| {
+                            scope.spawn(move || {
+                                for (_, op) in chunk {
+                                    apply_to_volumes(volumes, op)?;
+                                }
+                                Ok::<(), std::io::Error>(())
+                            })
+                        })
+                        .collect();
+                    let mut outcome = Ok(());
+                    for writer in writers {
+                        let result = writer.join().unwrap_or_else(|_| {
+                            Err(std::io::Error::other("an apply thread panicked"))
+                        });
+                        if outcome.is_ok() {
+                            outcome = result;
+                        }
+                    }
+                    outcome
+                })
+            })
+            .map_err(|error| DatatapError::Failed {
+                group: self.shared.group.clone(),
+                reason: format!("apply seq {first}..={last} to the volumes: {error}"),
+            })?;
+        self.applied_seq = last;
+        self.bytes_since_checkpoint += run
+            .iter()
+            .map(|(_, op)| op.payload_bytes().max(1))
+            .sum::<u64>();
+        Ok(())
+    }
+
     fn settle_or_fail(&mut self) {
         if self.failure().is_some() {
             return;
@@ -1245,33 +1354,7 @@ impl<F: JournalFs> Committer<F> {
     }
 
     fn apply_op(&self, op: &Op) -> std::io::Result<()> {
-        let Some((lv_id, _, _)) = op_range(op) else {
-            return Ok(());
-        };
-        let Some(volume) = self.volumes.get(&lv_id) else {
-            // Validated by the server before the op was submitted.
-            return Ok(());
-        };
-        match op {
-            Op::Write {
-                offset_bytes, data, ..
-            } => volume.write_at(data.as_slice(), *offset_bytes),
-            Op::WriteZeroes {
-                offset_bytes,
-                length_bytes,
-                ..
-            } => volume.write_zeroes(*offset_bytes, u64::from(*length_bytes)),
-            Op::Trim {
-                offset_bytes,
-                length_bytes,
-                ..
-            } => volume.trim(*offset_bytes, u64::from(*length_bytes)),
-            Op::Flush
-            | Op::Marker { .. }
-            | Op::Checkpoint
-            | Op::FullSync { .. }
-            | Op::ResyncRegions { .. } => Ok(()),
-        }
+        apply_to_volumes(&self.volumes, op)
     }
 
     /// Journal overflow: the op goes to the LV only (FUA syncs it there).
@@ -1364,5 +1447,36 @@ impl<F: JournalFs> Committer<F> {
             .store(self.journal.size_bytes(), Ordering::Relaxed);
         self.bytes_since_checkpoint = 0;
         Ok(())
+    }
+}
+
+/// Writes `op` to its LV (nothing for ops that write no LV).
+fn apply_to_volumes(volumes: &BTreeMap<u32, Arc<dyn BlockVolume>>, op: &Op) -> std::io::Result<()> {
+    let Some((lv_id, _, _)) = op_range(op) else {
+        return Ok(());
+    };
+    let Some(volume) = volumes.get(&lv_id) else {
+        // Validated by the server before the op was submitted.
+        return Ok(());
+    };
+    match op {
+        Op::Write {
+            offset_bytes, data, ..
+        } => volume.write_at(data.as_slice(), *offset_bytes),
+        Op::WriteZeroes {
+            offset_bytes,
+            length_bytes,
+            ..
+        } => volume.write_zeroes(*offset_bytes, u64::from(*length_bytes)),
+        Op::Trim {
+            offset_bytes,
+            length_bytes,
+            ..
+        } => volume.trim(*offset_bytes, u64::from(*length_bytes)),
+        Op::Flush
+        | Op::Marker { .. }
+        | Op::Checkpoint
+        | Op::FullSync { .. }
+        | Op::ResyncRegions { .. } => Ok(()),
     }
 }

@@ -39,6 +39,9 @@ use std::time::{Duration, Instant};
 
 use crate::block::BlockVolume;
 
+/// (lv_id, offset in bytes, length in bytes) of what a record writes.
+pub type LvRange = (u32, u64, u64);
+
 /// Default region size of verify and of the checksum resync (the dirty-region size).
 pub const VERIFY_REGION_BYTES_DEFAULT: u64 = crate::state::DIRTY_REGION_BYTES;
 /// Smallest region a verify may use.
@@ -343,6 +346,40 @@ impl VerifyHook {
         if let Some(seq) = seq {
             if seq > inner.applied_seq {
                 inner.applied_seq = seq;
+            }
+            if inner.session.is_some() {
+                self.applied.notify_all();
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// [`VerifyHook::around_apply`] for a run of records that do not overlap, written at once
+    /// by `apply` (in any order: none changes what another one overwrites): each range is
+    /// hashed before the run writes, and the run counts as applied through its last seq.
+    pub fn around_apply_run<T>(
+        &self,
+        records: &[(u64, Option<LvRange>)],
+        apply: impl FnOnce() -> io::Result<T>,
+    ) -> io::Result<T> {
+        let mut inner = self.lock();
+        if let Some(session) = &inner.session {
+            for (seq, range) in records {
+                let Some((lv_id, offset_bytes, length_bytes)) = *range else {
+                    continue;
+                };
+                if *seq > session.seq && !session.is_done() {
+                    if let Err(error) = session.hash_before_write(lv_id, offset_bytes, length_bytes)
+                    {
+                        session.fail(format!("hash a region before a write: {error}"));
+                    }
+                }
+            }
+        }
+        let outcome = apply()?;
+        if let Some(last) = records.iter().map(|(seq, _)| *seq).max() {
+            if last > inner.applied_seq {
+                inner.applied_seq = last;
             }
             if inner.session.is_some() {
                 self.applied.notify_all();

@@ -43,6 +43,10 @@ pub trait SegmentFile: Send + 'static {
     fn sync_data(&mut self) -> io::Result<()>;
     /// Truncate or extend to `len` bytes. Not durable until `sync_data`.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// A hint: start writing `len` bytes at `offset` back to the disk, without waiting. It
+    /// makes nothing durable (only `sync_data` does) and fails silently: a real I/O error
+    /// shows at the next `sync_data`.
+    fn start_writeback(&mut self, _offset: u64, _len: u64) {}
 
     /// Read exactly `buf.len()` bytes at `offset`, or report how many were available.
     fn read_exact_or_eof(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
@@ -140,6 +144,23 @@ impl SegmentFile for StdFile {
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: sync_file_range(2) on a descriptor this struct owns for its whole lifetime;
+        // it reads no user memory. A hint: its result does not matter (see the trait).
+        let _ = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                offset,
+                len,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
     }
 }
 

@@ -26,6 +26,10 @@ pub const SEGMENT_SIZE_BYTES_MAX: u64 = 1024 * 1024 * 1024;
 pub const DIRECT_PAYLOAD_BYTES_MIN: usize = 64 * 1024;
 /// Default bytes buffered in memory before a `write` to the segment file.
 pub const WRITE_BUFFER_BYTES_DEFAULT: u64 = 1024 * 1024;
+/// Written bytes after which the journal asks the kernel to start writing them back, without
+/// waiting: the next fdatasync then finds most of them on disk already instead of writing
+/// everything since the last one while the group's commit thread waits.
+pub const WRITEBACK_HINT_BYTES: u64 = 4 * 1024 * 1024;
 /// Largest write buffer; the buffer is lost on a crash anyway, so bigger buys nothing.
 pub const WRITE_BUFFER_BYTES_MAX: u64 = 64 * 1024 * 1024;
 
@@ -191,6 +195,9 @@ struct OpenSegment<File> {
     file: File,
     /// Bytes handed to the file with `write` (header included); the buffer comes after.
     written_bytes: u64,
+    /// Where the written bytes not yet handed to writeback start (see
+    /// [`WRITEBACK_HINT_BYTES`]).
+    writeback_from_bytes: u64,
 }
 
 /// The redo (or undo) journal of one replication group, opened for appending.
@@ -598,6 +605,13 @@ impl<F: JournalFs> Journal<F> {
             .map_err(JournalError::io("write journal segment", &self.open.path))?;
         self.open.written_bytes += self.buffer.len() as u64;
         self.buffer.clear();
+        let unhinted_bytes = self.open.written_bytes - self.open.writeback_from_bytes;
+        if unhinted_bytes >= WRITEBACK_HINT_BYTES {
+            self.open
+                .file
+                .start_writeback(self.open.writeback_from_bytes, unhinted_bytes);
+            self.open.writeback_from_bytes = self.open.written_bytes;
+        }
         Ok(())
     }
 
@@ -816,6 +830,7 @@ fn recover_partial<F: JournalFs>(
             first_seq,
             path,
             file,
+            writeback_from_bytes: written_bytes,
             written_bytes,
         };
         return Ok((open, first_seq - 1));
@@ -865,6 +880,7 @@ fn recover_partial<F: JournalFs>(
         first_seq,
         path,
         file,
+        writeback_from_bytes: offset_bytes,
         written_bytes: offset_bytes,
     };
     Ok((open, seq_expected - 1))
@@ -885,6 +901,7 @@ fn create_partial<F: JournalFs>(
         first_seq,
         path,
         file,
+        writeback_from_bytes: SEGMENT_HEADER_SIZE_BYTES as u64,
         written_bytes: SEGMENT_HEADER_SIZE_BYTES as u64,
     })
 }
