@@ -4,9 +4,14 @@
 //! and FLUSH among them; the LVs are compared with the image rebuilt from the acknowledged
 //! writes in seq order, and the journal's records are compared with the writes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::MemoryVolume;
 
 use redoubt_datatap::{BlockVolume, Engine, EngineConfig, Op, Payload};
 use redoubt_journal::StdFs;
@@ -14,41 +19,6 @@ use redoubt_journal::StdFs;
 const LV_BYTES: u64 = 16 << 20;
 const WRITERS: u64 = 3;
 const WRITES_PER_WRITER: u64 = 120;
-
-#[derive(Default)]
-struct MemoryVolume {
-    data: Mutex<Vec<u8>>,
-}
-
-impl BlockVolume for MemoryVolume {
-    fn size_bytes(&self) -> u64 {
-        LV_BYTES
-    }
-    fn read_at(&self, buffer: &mut [u8], offset_bytes: u64) -> std::io::Result<()> {
-        let data = self.data.lock().unwrap();
-        let start = offset_bytes as usize;
-        buffer.copy_from_slice(&data[start..start + buffer.len()]);
-        Ok(())
-    }
-    fn write_at(&self, bytes: &[u8], offset_bytes: u64) -> std::io::Result<()> {
-        let mut data = self.data.lock().unwrap();
-        let start = offset_bytes as usize;
-        data[start..start + bytes.len()].copy_from_slice(bytes);
-        Ok(())
-    }
-    fn write_zeroes(&self, offset_bytes: u64, length_bytes: u64) -> std::io::Result<()> {
-        let mut data = self.data.lock().unwrap();
-        let start = offset_bytes as usize;
-        data[start..start + length_bytes as usize].fill(0);
-        Ok(())
-    }
-    fn trim(&self, offset_bytes: u64, length_bytes: u64) -> std::io::Result<()> {
-        self.write_zeroes(offset_bytes, length_bytes)
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Write {
     seq: u64,
@@ -68,9 +38,7 @@ fn start_engine(
     let volumes: Vec<(String, Arc<dyn BlockVolume>)> = ["a", "b"]
         .iter()
         .map(|name| {
-            let memory = Arc::new(MemoryVolume {
-                data: Mutex::new(vec![0u8; LV_BYTES as usize]),
-            });
+            let memory = Arc::new(MemoryVolume::zeroed(LV_BYTES, Duration::ZERO));
             memories.insert(redoubt_journal::lv_id_for_name(name), memory.clone());
             let volume: Arc<dyn BlockVolume> = memory;
             (name.to_string(), volume)

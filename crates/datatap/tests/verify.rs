@@ -2,6 +2,8 @@
 //! the LVs as of exactly one seq. The expected image is rebuilt from the writes the engine
 //! acknowledged with seq ≤ S, and every region hash must match it.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,46 +14,10 @@ use redoubt_datatap::verify::{hash_region, VerifyError};
 use redoubt_datatap::{BlockVolume, Engine, EngineConfig, Op, Payload};
 use redoubt_journal::StdFs;
 
+use common::MemoryVolume;
+
 const LV_BYTES: u64 = 4 << 20;
 const REGION_BYTES: u64 = 64 << 10;
-
-/// An in-memory LV whose reads take a little device time, so that the hasher is still busy
-/// while records after the verify point arrive (the copy-before-write path must run).
-struct SlowReadVolume {
-    data: Mutex<Vec<u8>>,
-    read_latency: Duration,
-}
-
-impl BlockVolume for SlowReadVolume {
-    fn size_bytes(&self) -> u64 {
-        LV_BYTES
-    }
-    fn read_at(&self, buffer: &mut [u8], offset_bytes: u64) -> std::io::Result<()> {
-        std::thread::sleep(self.read_latency);
-        let data = self.data.lock().unwrap();
-        let start = offset_bytes as usize;
-        buffer.copy_from_slice(&data[start..start + buffer.len()]);
-        Ok(())
-    }
-    fn write_at(&self, bytes: &[u8], offset_bytes: u64) -> std::io::Result<()> {
-        let mut data = self.data.lock().unwrap();
-        let start = offset_bytes as usize;
-        data[start..start + bytes.len()].copy_from_slice(bytes);
-        Ok(())
-    }
-    fn write_zeroes(&self, offset_bytes: u64, length_bytes: u64) -> std::io::Result<()> {
-        let mut data = self.data.lock().unwrap();
-        let start = offset_bytes as usize;
-        data[start..start + length_bytes as usize].fill(0);
-        Ok(())
-    }
-    fn trim(&self, offset_bytes: u64, length_bytes: u64) -> std::io::Result<()> {
-        self.write_zeroes(offset_bytes, length_bytes)
-    }
-    fn sync(&self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Write {
     seq: u64,
@@ -64,10 +30,10 @@ fn start_engine(dir: &Path) -> (Engine, std::thread::JoinHandle<()>) {
     let volumes: Vec<(String, Arc<dyn BlockVolume>)> = ["a", "b"]
         .iter()
         .map(|name| {
-            let volume: Arc<dyn BlockVolume> = Arc::new(SlowReadVolume {
-                data: Mutex::new(vec![0u8; LV_BYTES as usize]),
-                read_latency: Duration::from_millis(2),
-            });
+            // Reads take a little device time, so that the hasher is still busy while records
+            // after the verify point arrive (the copy-before-write path must run).
+            let volume: Arc<dyn BlockVolume> =
+                Arc::new(MemoryVolume::zeroed(LV_BYTES, Duration::from_millis(2)));
             (name.to_string(), volume)
         })
         .collect();
