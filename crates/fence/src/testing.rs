@@ -16,20 +16,24 @@ pub struct EtcdCluster {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Free loopback ports, all distinct: each listener is held until every port is chosen (a
+/// port closed at once can come back from the next bind).
+fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|listener| Ok(listener.local_addr()?.port()))
+        .collect()
 }
 
 impl EtcdCluster {
     /// Starts `members` etcd processes as one cluster and waits until it answers.
     pub async fn start(members: usize) -> std::io::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
-        let mut client_ports = Vec::new();
-        let mut peer_ports = Vec::new();
-        for _ in 0..members {
-            client_ports.push(free_port()?);
-            peer_ports.push(free_port()?);
-        }
+        let mut client_ports = free_ports(members * 2)?;
+        let peer_ports = client_ports.split_off(members);
         let initial: Vec<String> = peer_ports
             .iter()
             .enumerate()

@@ -39,12 +39,22 @@ fn absolute(dir: &Path) -> Result<PathBuf, Failure> {
     std::path::absolute(dir).map_err(|error| failed(format!("resolve {}: {error}", dir.display())))
 }
 
-/// A free loopback port, chosen by the kernel.
-fn free_port() -> Result<u16, Failure> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .map_err(|error| failed(format!("find a free port: {error}")))
+/// `N` distinct free loopback ports, chosen by the kernel. Every listener is held until all
+/// are chosen: a port closed at once can come back from the next bind, and two servers of the
+/// lab would get the same address.
+fn free_ports<const N: usize>() -> Result<[u16; N], Failure> {
+    let mut listeners = Vec::with_capacity(N);
+    let mut ports = [0u16; N];
+    for port in ports.iter_mut() {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .map_err(|error| failed(format!("find a free port: {error}")))?;
+        *port = listener
+            .local_addr()
+            .map_err(|error| failed(format!("find a free port: {error}")))?
+            .port();
+        listeners.push(listener);
+    }
+    Ok(ports)
 }
 
 fn lab_config(dir: &Path, agent_ports: &[u16; 3], nbd_ports: &[u16; 3]) -> String {
@@ -198,9 +208,9 @@ fn up(dir: &Path) -> Result<(), Failure> {
         std::fs::create_dir_all(dir.join(sub))
             .map_err(|error| failed(format!("create {}: {error}", dir.join(sub).display())))?;
     }
-    let console_port = free_port()?;
-    let agent_ports = [free_port()?, free_port()?, free_port()?];
-    let nbd_ports = [free_port()?, free_port()?, free_port()?];
+    let [console_port, agent_a, agent_b, agent_c, nbd_a, nbd_b, nbd_c] = free_ports::<7>()?;
+    let agent_ports = [agent_a, agent_b, agent_c];
+    let nbd_ports = [nbd_a, nbd_b, nbd_c];
     let nbd_port = nbd_ports[0];
     let config_path = dir.join("lab.toml");
     std::fs::write(&config_path, lab_config(dir, &agent_ports, &nbd_ports))
