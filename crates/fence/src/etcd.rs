@@ -85,6 +85,35 @@ enum Take {
     HeldBy(String),
 }
 
+/// Attempts of [`try_take`] when etcd no longer knows the lease it just granted: on a loaded
+/// cluster the lease can expire between its grant and the transaction that uses it.
+const TAKE_ATTEMPTS_MAX: usize = 3;
+
+/// [`try_take`], again with a fresh lease when the one it granted expired before use.
+async fn take(
+    client: &mut Client,
+    key: &str,
+    value: &str,
+    timing: &FenceTiming,
+) -> Result<Take, FenceError> {
+    let mut attempt = 1;
+    loop {
+        match try_take(client, key, value, timing).await {
+            Err(FenceError::Etcd { message, .. })
+                if attempt < TAKE_ATTEMPTS_MAX && message.contains("requested lease not found") =>
+            {
+                tracing::warn!(
+                    key,
+                    attempt,
+                    "the new etcd lease expired before use; taking again"
+                );
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// One attempt to take `key` for `value`: a new lease, then a transaction that puts the key
 /// only if it is absent, else (a second one) only if it holds `value` already.
 async fn try_take(
@@ -198,7 +227,7 @@ impl LeaseLock {
     /// [`FenceError::HeldBy`] when another value holds it.
     pub async fn acquire(&self, key: &str, value: &str) -> Result<FenceLease, FenceError> {
         let mut client = self.client.clone();
-        match try_take(&mut client, key, value, &self.timing).await? {
+        match take(&mut client, key, value, &self.timing).await? {
             Take::HeldBy(holder) => Err(FenceError::HeldBy {
                 key: key.to_string(),
                 holder,
@@ -307,7 +336,7 @@ async fn keep(
             }
         }
         if !holding {
-            match try_take(&mut client, &held.key, &held.value, &held.timing).await {
+            match take(&mut client, &held.key, &held.value, &held.timing).await {
                 Ok(Take::Taken { lease_id, until }) => {
                     tracing::warn!(key = %held.key, lease_id, "took the etcd lock again");
                     held.lease_id = lease_id;
