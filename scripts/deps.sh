@@ -9,7 +9,10 @@ packages=(
   fio               # workloads with ioengine=nbd and verify=crc32c
   qemu-utils        # qemu-img, qemu-io, qemu-nbd
   iproute2          # ip netns, veth, tc netem for the multi-server test bed
-  protobuf-compiler # protoc, for etcd-client
+  protobuf-compiler # protoc, for etcd-client's build script
+  libprotobuf-dev   # protobuf's well-known .proto includes (google/protobuf/*.proto) that
+                    # etcd-client's protos import; only a Recommends of protobuf-compiler,
+                    # so --no-install-recommends below would leave them out
   iperf3            # loopback TCP baseline of bench/replication.sh
   chromium          # the web console's browser tests (Playwright drives it)
   libxml2-utils     # xmllint: the XML status document against docs/status.xsd
