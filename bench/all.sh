@@ -6,7 +6,7 @@
 # for a smoke run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p redoubt
+cargo build --release --locked --quiet -p redoubt
 quick=()
 if [ "${1:-}" = "--quick" ]; then quick=(--quick); fi
 bash bench/nbd.sh "${quick[@]}"

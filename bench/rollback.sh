@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--dir DIR] [--redoubt-bin PATH]" >&2; exit 2 ;;
   esac
 done
-[ -x "$bin" ] || cargo build --release --quiet -p redoubt
+[ -x "$bin" ] || cargo build --release --locked --quiet -p redoubt
 bin=$(realpath "$bin")
 out=bench/results/rollback-latest.md
 work=$(mktemp -d "$base/redoubt-rollback-bench-XXXXXX")

@@ -15,7 +15,7 @@ deb_options=()
 if [ "${1:-}" = "--no-build" ]; then
   deb_options+=(--fast)
 else
-  cargo build --release -p redoubt --quiet
+  cargo build --release --locked -p redoubt --quiet
 fi
 binary=target/$profile/redoubt
 [ -x "$binary" ] || { echo "build-deb: no $binary (build it, or drop --no-build)" >&2; exit 1; }

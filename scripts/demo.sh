@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/deps.sh
-cargo build --release --quiet -p redoubt
+cargo build --release --locked --quiet -p redoubt
 redoubt=target/release/redoubt
 
 section() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

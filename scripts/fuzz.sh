@@ -10,6 +10,10 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked --quiet
 fi
 
+# The fuzz workspace has its own Cargo.lock; a stale one fails here, loudly, instead of being
+# rewritten by the build below (cargo fuzz has no --locked of its own).
+(cd fuzz && cargo metadata --locked --format-version 1 >/dev/null)
+
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 enables them on this stable toolchain for
 # these commands only.
 targets=$(cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list)

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo build --release --quiet -p redoubt
+cargo build --release --locked --quiet -p redoubt
 dir="${1:-redoubt-lab}"
 if [ -d "$dir/pids" ] && [ -n "$(ls -A "$dir/pids" 2>/dev/null)" ]; then
   echo "A lab already runs in $dir; restarting it."
