@@ -298,12 +298,40 @@ fn up(dir: &Path) -> Result<(), Failure> {
     println!(
         "  try:      qemu-io -f raw -c 'write -P 0x5a 0 1M' nbd://127.0.0.1:{nbd_port}/lv_data01"
     );
+    let redoubt = runnable_name();
     println!(
-        "            set -a; . {}; set +a; redoubt status",
+        "            set -a; . {}; set +a; {redoubt} status",
         env_path.display()
     );
-    println!("  stop:     redoubt lab down --dir {}", dir.display());
+    println!("  stop:     {redoubt} lab down --dir {}", dir.display());
     Ok(())
+}
+
+/// How the user can run this very binary from their shell, for the commands `lab up` prints:
+/// `redoubt` when that name on `PATH` is this file, else the path of this file (relative to
+/// the working directory when it lies under it, as `target/release/redoubt` after
+/// `scripts/lab.sh`). A hint that names a command the shell cannot find is no hint.
+fn runnable_name() -> String {
+    let Ok(this) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "redoubt".to_string();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::canonicalize(dir.join("redoubt")).is_ok_and(|found| found == this))
+    });
+    if on_path {
+        return "redoubt".to_string();
+    }
+    display_path(&this, std::env::current_dir().ok().as_deref())
+}
+
+/// `path` relative to `cwd` when it lies under it, else absolute.
+fn display_path(path: &Path, cwd: Option<&Path>) -> String {
+    let cwd = cwd.and_then(|dir| std::fs::canonicalize(dir).ok());
+    match cwd.as_deref().and_then(|dir| path.strip_prefix(dir).ok()) {
+        Some(relative) => relative.display().to_string(),
+        None => path.display().to_string(),
+    }
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -387,5 +415,28 @@ fn wait_for_initial_sync(client: &ConsoleClient) -> Result<(), Failure> {
             )));
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_under_the_working_directory_is_named_relative_to_it() {
+        let root = tempfile::tempdir().unwrap();
+        let binary = root.path().join("target/release/redoubt");
+        std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+        std::fs::write(&binary, b"").unwrap();
+        let binary = std::fs::canonicalize(&binary).unwrap();
+        assert_eq!(
+            display_path(&binary, Some(root.path())),
+            "target/release/redoubt"
+        );
+        let elsewhere = tempfile::tempdir().unwrap();
+        assert_eq!(
+            display_path(&binary, Some(elsewhere.path())),
+            binary.display().to_string()
+        );
     }
 }

@@ -18,7 +18,9 @@ pub const OPERATION_POLL_MS: u64 = 250;
 pub struct Progress {
     terminal: bool,
     lines_drawn: usize,
-    last: String,
+    last: Vec<Entry>,
+    /// The step whose line the log printed last (not a terminal).
+    last_step: Option<String>,
 }
 
 fn mark(state: &str) -> &'static str {
@@ -30,15 +32,32 @@ fn mark(state: &str) -> &'static str {
     }
 }
 
-/// The text of an initialization document (`GET /v1/init/{group}`).
-pub fn render(init: &Value) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Configuration initialization of {} (version {}): {}\n",
-        init["group"].as_str().unwrap_or("?"),
-        init["version"],
-        init["state"].as_str().unwrap_or("?")
-    ));
+/// One line of an initialization document's display, with what identifies it across polls.
+#[derive(Clone, Debug, PartialEq)]
+struct Entry {
+    /// `header`, `step N`, `row N LABEL`, `error N LABEL`: the same line in the next poll.
+    key: String,
+    /// The key of the step the line belongs to (rows and errors), for the log display.
+    step_key: Option<String>,
+    /// The line as drawn, indented.
+    text: String,
+    /// A step or row that has not started: the plan printed before already listed it.
+    pending: bool,
+}
+
+/// The lines of an initialization document (`GET /v1/init/{group}`).
+fn entries(init: &Value) -> Vec<Entry> {
+    let mut out = vec![Entry {
+        key: "header".into(),
+        step_key: None,
+        text: format!(
+            "Configuration initialization of {} (version {}): {}",
+            init["group"].as_str().unwrap_or("?"),
+            init["version"],
+            init["state"].as_str().unwrap_or("?")
+        ),
+        pending: false,
+    }];
     for step in init["steps"].as_array().into_iter().flatten() {
         let rows = step["rows"].as_array().cloned().unwrap_or_default();
         let step_state = step["state"]
@@ -56,12 +75,24 @@ pub fn render(init: &Value) -> String {
                     "pending".into()
                 }
             });
-        out.push_str(&format!(
-            "  {} {:>2}. {}\n",
-            mark(&step_state),
-            step["number"],
-            step["title"].as_str().unwrap_or("")
-        ));
+        let step_key = format!("step {}", step["number"]);
+        out.push(Entry {
+            key: step_key.clone(),
+            step_key: None,
+            text: format!(
+                "  {} {:>2}. {}",
+                mark(&step_state),
+                step["number"],
+                step["title"].as_str().unwrap_or("")
+            ),
+            pending: step_state == "pending",
+        });
+        let error_entry = |label: &str, error: &str| Entry {
+            key: format!("error {} {label}", step["number"]),
+            step_key: Some(step_key.clone()),
+            text: format!("          error: {error}"),
+            pending: false,
+        };
         if rows.len() > 1
             || rows
                 .iter()
@@ -80,16 +111,61 @@ pub fn render(init: &Value) -> String {
                 if label.is_empty() {
                     continue;
                 }
-                out.push_str(&format!("        {} {label}\n", mark(state)));
+                out.push(Entry {
+                    key: format!("row {} {label}", step["number"]),
+                    step_key: Some(step_key.clone()),
+                    text: format!("        {} {label}", mark(state)),
+                    pending: state == "pending",
+                });
                 if let Some(error) = row["error"].as_str() {
-                    out.push_str(&format!("          error: {error}\n"));
+                    out.push(error_entry(&label, error));
                 }
             }
         } else if let Some(error) = rows.first().and_then(|r| r["error"].as_str()) {
-            out.push_str(&format!("          error: {error}\n"));
+            out.push(error_entry("", error));
         }
     }
     out
+}
+
+/// The lines a log (not a terminal) gets when the document goes from `previous` to `current`:
+/// one line per change of state, nothing for what has not started (the plan listed it), and a
+/// row's or an error's step line before it when the log's last step line was another step, so
+/// every row is read under its step.
+///
+/// The header (the initialization's state) comes first on the first poll, and after the
+/// steps otherwise: "done" is read after the steps that made it so.
+fn log_lines(previous: &[Entry], current: &[Entry], last_step: &mut Option<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut header = None;
+    for entry in current {
+        let before = previous.iter().find(|old| old.key == entry.key);
+        let changed = match before {
+            Some(old) => old.text != entry.text,
+            None => !entry.pending,
+        };
+        if !changed {
+            continue;
+        }
+        if entry.key == "header" && !previous.is_empty() {
+            header = Some(entry.text.clone());
+            continue;
+        }
+        match &entry.step_key {
+            None if entry.key != "header" => *last_step = Some(entry.key.clone()),
+            None => {}
+            Some(step_key) if last_step.as_ref() != Some(step_key) => {
+                if let Some(step) = current.iter().find(|step| &step.key == step_key) {
+                    lines.push(step.text.clone());
+                }
+                *last_step = Some(step_key.clone());
+            }
+            Some(_) => {}
+        }
+        lines.push(entry.text.clone());
+    }
+    lines.extend(header);
+    lines
 }
 
 impl Progress {
@@ -97,13 +173,14 @@ impl Progress {
         Progress {
             terminal: std::io::stdout().is_terminal(),
             lines_drawn: 0,
-            last: String::new(),
+            last: Vec::new(),
+            last_step: None,
         }
     }
 
     pub fn show(&mut self, init: &Value) {
-        let text = render(init);
-        if text == self.last {
+        let current = entries(init);
+        if current == self.last {
             return;
         }
         let mut stdout = std::io::stdout().lock();
@@ -112,19 +189,17 @@ impl Progress {
                 // Up to the first line we drew, and clear from there down.
                 let _ = write!(stdout, "\x1b[{}A\x1b[J", self.lines_drawn);
             }
-            let _ = write!(stdout, "{text}");
-            self.lines_drawn = text.lines().count();
+            for entry in &current {
+                let _ = writeln!(stdout, "{}", entry.text);
+            }
+            self.lines_drawn = current.len();
         } else {
-            // Not a terminal: print only the lines that changed.
-            let previous: Vec<&str> = self.last.lines().collect();
-            for (index, line) in text.lines().enumerate() {
-                if previous.get(index) != Some(&line) {
-                    let _ = writeln!(stdout, "{}", line.trim_start());
-                }
+            for line in log_lines(&self.last, &current, &mut self.last_step) {
+                let _ = writeln!(stdout, "{line}");
             }
         }
         let _ = stdout.flush();
-        self.last = text;
+        self.last = current;
     }
 }
 
@@ -407,6 +482,68 @@ pub async fn wait_sync(client: &ConsoleClient, group: Option<&str>) -> Result<()
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn init(state: &str, rows: [&str; 2], verify: &str) -> Value {
+        json!({"group": "erp", "version": 2, "state": state, "steps": [
+            {"number": 11, "title": "Create containers", "rows": [
+                {"server": "dr-b", "role": "recovery 1", "state": rows[0]},
+                {"server": "dr-c", "role": "recovery 2", "state": rows[1],
+                 "error": if rows[1] == "failed" { json!("disk full") } else { json!(null) }}]},
+            {"number": 20, "title": "Verify configuration", "rows": [{"state": verify}]}]})
+    }
+
+    #[test]
+    fn a_log_gets_one_line_per_change_with_rows_under_their_step() {
+        let polls = [
+            init("running", ["pending", "pending"], "pending"),
+            init("running", ["running", "pending"], "pending"),
+            init("running", ["running", "pending"], "pending"),
+            init("running", ["done", "running"], "pending"),
+            init("running", ["done", "done"], "running"),
+            init("done", ["done", "done"], "done"),
+        ];
+        let mut previous = Vec::new();
+        let mut last_step = None;
+        let mut log = Vec::new();
+        for poll in &polls {
+            let current = entries(poll);
+            log.extend(log_lines(&previous, &current, &mut last_step));
+            previous = current;
+        }
+        assert_eq!(
+            log,
+            [
+                // Nothing that has not started: the plan printed before listed it.
+                "Configuration initialization of erp (version 2): running",
+                "  \u{25b6} 11. Create containers",
+                "        \u{25b6} dr-b (recovery 1)",
+                "        \u{2713} dr-b (recovery 1)",
+                "        \u{25b6} dr-c (recovery 2)",
+                "  \u{2713} 11. Create containers",
+                "        \u{2713} dr-c (recovery 2)",
+                "  \u{25b6} 20. Verify configuration",
+                "  \u{2713} 20. Verify configuration",
+                "Configuration initialization of erp (version 2): done",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_that_changes_after_another_step_is_logged_under_its_own_step_again() {
+        let before = entries(&init("running", ["done", "running"], "running"));
+        let after = entries(&init("failed", ["done", "failed"], "running"));
+        let mut last_step = Some("step 20".to_string());
+        let log = log_lines(&before, &after, &mut last_step);
+        assert_eq!(
+            log,
+            [
+                "  \u{2717} 11. Create containers",
+                "        \u{2717} dr-c (recovery 2)",
+                "          error: disk full",
+                "Configuration initialization of erp (version 2): failed",
+            ]
+        );
+    }
 
     #[test]
     fn an_operation_document_becomes_a_bar_position_and_a_line() {
