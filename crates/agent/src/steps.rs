@@ -1292,9 +1292,35 @@ pub fn status_json(agent: &Agent) -> Value {
         );
         groups.push(Value::Object(fields));
     }
+    let config_version = inner.config.as_ref().map_or(0, |c| c.version);
+    let data_dir = inner
+        .config
+        .as_ref()
+        .and_then(|stored| stored.config.server(&agent.name))
+        .map(|server| server.data_dir.clone());
+    drop(inner);
+    // The failover context this server holds, so that status can name the acting production
+    // (read after the lock is released: it is a file).
+    for group in &mut groups {
+        let Some(fields) = group.as_object_mut() else {
+            continue;
+        };
+        let name = fields.get("name").and_then(Value::as_str).unwrap_or("");
+        let context = match &data_dir {
+            Some(data_dir) => match crate::failover::load(data_dir, name) {
+                Ok(context) => json!(context),
+                Err(reason) => {
+                    fields.insert("failover_error".into(), json!(reason));
+                    Value::Null
+                }
+            },
+            None => Value::Null,
+        };
+        fields.insert("failover".into(), context);
+    }
     json!({
         "server": agent.name,
-        "config_version": inner.config.as_ref().map_or(0, |c| c.version),
+        "config_version": config_version,
         "groups": groups,
     })
 }

@@ -14,6 +14,11 @@
     }[c]));
   }
 
+  // A value for people: a dash for what is unknown.
+  function shown(value) {
+    return value === undefined || value === null ? '–' : value;
+  }
+
   // A JSON request to the console; resolves to {status, body}.
   async function api(method, path, body) {
     const options = { method, headers: { 'Accept': 'application/json' }, credentials: 'same-origin' };
@@ -81,11 +86,15 @@
     if (points) {
       const result = await api('GET', '/v1/groups/' + encodeURIComponent(group) + '/points');
       if (result.status === 200 && result.body) {
-        const servers = (result.body.servers || []).map((s) =>
+        // A server that did not answer (an old production after a failover, say) has an error
+        // and no window: say why, never print JavaScript's undefined.
+        const servers = (result.body.servers || []).map((s) => s.error !== undefined ?
+          '<tr><td>' + escapeHtml(s.server) + '</td><td>' + escapeHtml(s.role || '') +
+          '</td><td colspan="3" class="error" data-testid="points-error">' + escapeHtml(s.error) + '</td></tr>' :
           '<tr><td>' + escapeHtml(s.server) + '</td><td>' + escapeHtml(s.role || '') + '</td><td>seq ' +
-          escapeHtml(s.first_seq) + ' … ' + escapeHtml(s.last_seq) + '</td><td>' +
+          escapeHtml(shown(s.first_seq)) + ' … ' + escapeHtml(shown(s.last_seq)) + '</td><td>' +
           escapeHtml(s.first_time || '–') + ' … ' + escapeHtml(s.last_time || '–') + '</td><td>' +
-          escapeHtml(s.applied_seq) + (s.paused ? ' (apply paused)' : '') + '</td></tr>').join('');
+          escapeHtml(shown(s.applied_seq)) + (s.paused ? ' (apply paused)' : '') + '</td></tr>').join('');
         const markers = (result.body.markers || []).map((m) =>
           '<li>' + escapeHtml(m.name) + ' — seq ' + escapeHtml(m.seq) + ' ' + escapeHtml(m.time || '') + '</li>').join('');
         points.innerHTML = '<h3>Restore points</h3><table><thead><tr><th>server</th><th>role</th>' +

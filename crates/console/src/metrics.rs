@@ -104,9 +104,24 @@ pub fn render(status: &Value, inits: &[InitRecord]) -> String {
             &group_labels,
             &group["production_reachable"],
         );
+        // Which server serves the group now (a failover moves it): 1 on the acting production.
+        if let Some(production) = group["production"].as_str() {
+            families.set(
+                "redoubt_group_production",
+                "1 for the server acting as the group's production (the configured one, or the one a failover promoted)",
+                &labels(&[("group", name), ("server", production)]),
+                &Value::Bool(true),
+            );
+        }
+        families.set(
+            "redoubt_group_failed_over",
+            "1 while a failover is in effect (production is not the configured one until failback)",
+            &group_labels,
+            &Value::Bool(group["failover"].is_object()),
+        );
         families.set(
             "redoubt_group_data_path_loaded",
-            "1 when the group's data path runs on production",
+            "1 when the group's data path runs on its acting production",
             &group_labels,
             &Value::Bool(group["data_path"] == "loaded"),
         );
@@ -291,6 +306,24 @@ mod tests {
             !text.contains("redoubt_target_journal_usage_percent{"),
             "null fields are left out:\n{text}"
         );
+    }
+
+    #[test]
+    fn the_acting_production_and_a_failover_in_effect_are_metrics() {
+        let status = json!({"config_version": 3, "servers": [], "groups": [
+            {"name": "erp", "production": "dr-b", "production_reachable": true,
+             "data_path": "loaded", "failover": {"state": "committed"}, "targets": []},
+            {"name": "crm", "production": "prod-a", "production_reachable": true,
+             "data_path": "loaded", "failover": null, "targets": []}]});
+        let text = render(&status, &[]);
+        for expected in [
+            "redoubt_group_production{group=\"erp\",server=\"dr-b\"} 1.0",
+            "redoubt_group_production{group=\"crm\",server=\"prod-a\"} 1.0",
+            "redoubt_group_failed_over{group=\"erp\"} 1.0",
+            "redoubt_group_failed_over{group=\"crm\"} 0.0",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
     }
 
     #[test]

@@ -152,13 +152,18 @@ async fn points(State(shared): State<Arc<Shared>>, Path(group): Path<String>) ->
                 }
                 if let Some(object) = value.as_object_mut() {
                     object.remove("markers");
-                    object.insert("role".into(), json!(member.role));
+                    // The role it acts in now (a failover changes it); the configured one beside.
+                    if !object.get("role").is_some_and(Value::is_string) {
+                        object.insert("role".into(), json!(member.role));
+                    }
+                    object.insert("configured_role".into(), json!(member.role));
                 }
                 servers.push(value);
             }
             Err(reason) => servers.push(json!({
                 "server": member.name,
                 "role": member.role,
+                "configured_role": member.role,
                 "error": reason,
             })),
         }

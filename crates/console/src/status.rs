@@ -75,6 +75,93 @@ fn first_present(values: &[Value]) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Who serves a group now: the acting production, the servers that follow it, and the
+/// failover context that says so (the newest any answering member holds; none without a
+/// failover, and the configuration then says it all).
+#[derive(Clone, Debug, PartialEq)]
+struct Acting {
+    production: String,
+    targets: Vec<String>,
+    context: Option<Value>,
+}
+
+fn acting(group: &redoubt_config::Group, agents: &AgentStatuses) -> Acting {
+    let newest = std::iter::once(&group.production)
+        .chain(group.recovery.iter())
+        .filter_map(|server| agent_group(agents, server, &group.name)?.get("failover"))
+        .filter(|context| context.is_object())
+        .max_by_key(|context| context.get("since_unix_ms").and_then(Value::as_u64));
+    let named = newest.and_then(|context| {
+        let production = context.get("acting_production")?.as_str()?.to_string();
+        let targets = context
+            .get("targets")?
+            .as_array()?
+            .iter()
+            .filter_map(|target| target.as_str().map(str::to_string))
+            .collect();
+        Some((production, targets))
+    });
+    match named {
+        Some((production, targets)) => Acting {
+            production,
+            targets,
+            context: newest.cloned(),
+        },
+        None => Acting {
+            production: group.production.clone(),
+            targets: group.recovery.clone(),
+            context: None,
+        },
+    }
+}
+
+/// What became of a server that served the group before a failover and serves it no more:
+/// `unreachable` (its agent does not answer), `following` (it applies the acting production's
+/// history), `fenced` (its data path is down: it rejoins through failback), or `serving` (its
+/// data path still runs as production: two productions, to be fenced at once).
+fn former_state(
+    agents: &AgentStatuses,
+    server: &str,
+    group: &str,
+    acting: &Acting,
+) -> &'static str {
+    if !matches!(agents.get(server), Some(Ok(_))) {
+        return "unreachable";
+    }
+    if acting.targets.iter().any(|target| target == server) {
+        return "following";
+    }
+    let entry = agent_group(agents, server, group);
+    let loaded = field(entry, "data_path") == "loaded";
+    let production = field(entry, "role") == "production";
+    if loaded && production {
+        "serving"
+    } else {
+        "fenced"
+    }
+}
+
+/// The `failover` object of a group's status: null without a failover.
+fn failover_json(group: &redoubt_config::Group, agents: &AgentStatuses, acting: &Acting) -> Value {
+    let Some(context) = &acting.context else {
+        return Value::Null;
+    };
+    let old = field(Some(context), "old_production");
+    let old_name = old.as_str().unwrap_or(group.production.as_str());
+    json!({
+        "state": field(Some(context), "state"),
+        "kind": field(Some(context), "kind"),
+        "point_seq": field(Some(context), "point_seq"),
+        "since_unix_ms": field(Some(context), "since_unix_ms"),
+        "acting_production": acting.production,
+        "configured_production": group.production,
+        "old_production": {
+            "server": old_name,
+            "state": former_state(agents, old_name, &group.name, acting),
+        },
+    })
+}
+
 /// Pure: the status document from the configuration, the initialization records and whatever
 /// the agents said.
 pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &AgentStatuses) -> Value {
@@ -111,7 +198,8 @@ pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &Agent
                 }),
                 _ => json!({"state": "idle", "step": null}),
             };
-            let production = agent_group(agents, &group.production, &group.name);
+            let acting = acting(group, agents);
+            let production = agent_group(agents, &acting.production, &group.name);
             let exports = production
                 .and_then(|entry| entry.get("exports"))
                 .and_then(Value::as_array);
@@ -147,8 +235,8 @@ pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &Agent
                 })
                 .collect();
             let journal_seq = field(production, "journal_seq");
-            let targets: Vec<Value> = group
-                .recovery
+            let targets: Vec<Value> = acting
+                .targets
                 .iter()
                 .map(|server| {
                     let from_production = production
@@ -197,11 +285,17 @@ pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &Agent
                     })
                 })
                 .collect();
-            let direction = format!("{} -> {}", group.production, group.recovery.join(", "));
+            let direction = if acting.targets.is_empty() {
+                format!("{} -> no recovery server", acting.production)
+            } else {
+                format!("{} -> {}", acting.production, acting.targets.join(", "))
+            };
             json!({
                 "name": group.name,
-                "production": group.production,
-                "production_reachable": reachable(&group.production),
+                "production": acting.production,
+                "configured_production": group.production,
+                "failover": failover_json(group, agents, &acting),
+                "production_reachable": reachable(&acting.production),
                 "direction": direction,
                 "mode": group.mode.as_str(),
                 "config_version": version,
@@ -288,5 +382,128 @@ size = "1GiB"
         assert_eq!(status["servers"][1]["reachable"], false);
         assert_eq!(status["servers"][1]["error"], "connection refused");
         assert_eq!(status["servers"][0]["config_version"], 3);
+    }
+
+    fn three_servers() -> Config {
+        let text = CONFIG
+            .replace(
+                "recovery = [\"dr-b\"]",
+                "recovery = [\"dr-b\", \"dr-c\"]",
+            )
+            .replace(
+                "[[group]]",
+                "[[server]]\nname = \"dr-c\"\naddress = \"127.0.0.1:7413\"\ndata_dir = \"/d/c\"\nnbd_listen = \"127.0.0.1:10811\"\n\n[[group]]",
+            )
+            .replace(
+                "data_dir = \"/d/b\"",
+                "data_dir = \"/d/b\"\nnbd_listen = \"127.0.0.1:10810\"",
+            );
+        redoubt_config::parse("c.toml", &text).expect("valid")
+    }
+
+    fn context(targets: &[&str], kind: &str, state: &str) -> Value {
+        json!({"group": "erp", "acting_production": "dr-b", "old_production": "prod-a",
+               "targets": targets, "point_seq": 322, "state": state, "kind": kind,
+               "since_unix_ms": 1_000})
+    }
+
+    fn promoted_dr_b(context: &Value) -> Result<Value, String> {
+        Ok(json!({"server": "dr-b", "config_version": 3, "groups": [{
+            "name": "erp", "role": "production", "data_path": "loaded",
+            "exports": [{"volume": "lv_data01", "export": "nbd://127.0.0.1:10810/lv_data01"}],
+            "journal_seq": 400,
+            "targets": [{"server": "dr-c", "connected": true, "status_code": 30,
+                         "sent_seq": 400, "applied_seq": 399}],
+            "failover": context}]}))
+    }
+
+    fn follower(server: &str, role: &str, context: &Value) -> Result<Value, String> {
+        Ok(json!({"server": server, "config_version": 3, "groups": [{
+            "name": "erp", "role": role, "data_path": "loaded", "applied_seq": 399,
+            "failover": context}]}))
+    }
+
+    #[test]
+    fn after_an_unplanned_failover_status_names_the_acting_production_and_its_followers() {
+        let config = three_servers();
+        let context = context(&["dr-c"], "unplanned", "committed");
+        let mut agents = AgentStatuses::new();
+        agents.insert("prod-a".into(), Err("connection refused".into()));
+        agents.insert("dr-b".into(), promoted_dr_b(&context));
+        agents.insert("dr-c".into(), follower("dr-c", "recovery1", &context));
+        let status = build(&config, 3, &[], &agents);
+        let group = &status["groups"][0];
+        assert_eq!(group["production"], "dr-b");
+        assert_eq!(group["configured_production"], "prod-a");
+        assert_eq!(group["production_reachable"], true);
+        assert_eq!(group["direction"], "dr-b -> dr-c");
+        assert_eq!(group["data_path"], "loaded");
+        assert_eq!(
+            group["volumes"][0]["export"],
+            "nbd://127.0.0.1:10810/lv_data01"
+        );
+        let targets = group["targets"].as_array().unwrap();
+        assert_eq!(targets.len(), 1, "only the followers: {targets:?}");
+        assert_eq!(targets[0]["server"], "dr-c");
+        assert_eq!(targets[0]["status_code"], 30);
+        assert_eq!(targets[0]["journal_seq"], 400);
+        let failover = &group["failover"];
+        assert_eq!(failover["state"], "committed");
+        assert_eq!(failover["kind"], "unplanned");
+        assert_eq!(failover["point_seq"], 322);
+        assert_eq!(failover["old_production"]["server"], "prod-a");
+        assert_eq!(failover["old_production"]["state"], "unreachable");
+
+        // The old production's agent back, its data path kept down: fenced.
+        agents.insert(
+            "prod-a".into(),
+            Ok(json!({"server": "prod-a", "config_version": 3, "groups": [{
+                "name": "erp", "role": "production", "data_path": "failed",
+                "error": "dr-b acts as production", "failover": null}]})),
+        );
+        let status = build(&config, 3, &[], &agents);
+        assert_eq!(
+            status["groups"][0]["failover"]["old_production"]["state"],
+            "fenced"
+        );
+    }
+
+    #[test]
+    fn after_a_planned_failover_the_old_production_is_shown_following() {
+        let config = three_servers();
+        let context = context(&["dr-c", "prod-a"], "planned", "before_commit");
+        let mut agents = AgentStatuses::new();
+        agents.insert("prod-a".into(), follower("prod-a", "recovery1", &context));
+        agents.insert("dr-b".into(), promoted_dr_b(&context));
+        agents.insert("dr-c".into(), follower("dr-c", "recovery1", &context));
+        let status = build(&config, 3, &[], &agents);
+        let group = &status["groups"][0];
+        assert_eq!(group["production"], "dr-b");
+        assert_eq!(group["direction"], "dr-b -> dr-c, prod-a");
+        assert_eq!(group["failover"]["state"], "before_commit");
+        assert_eq!(group["failover"]["old_production"]["state"], "following");
+        let servers: Vec<&Value> = group["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|target| &target["server"])
+            .collect();
+        assert_eq!(servers, ["dr-c", "prod-a"]);
+    }
+
+    #[test]
+    fn without_a_failover_context_the_configuration_says_who_serves() {
+        let config = three_servers();
+        let mut agents = AgentStatuses::new();
+        agents.insert(
+            "prod-a".into(),
+            follower("prod-a", "production", &Value::Null),
+        );
+        let status = build(&config, 3, &[], &agents);
+        let group = &status["groups"][0];
+        assert_eq!(group["production"], "prod-a");
+        assert_eq!(group["configured_production"], "prod-a");
+        assert_eq!(group["direction"], "prod-a -> dr-b, dr-c");
+        assert_eq!(group["failover"], Value::Null);
     }
 }

@@ -117,6 +117,41 @@ fn confirm(question: &str) -> Result<(), Failure> {
     }
 }
 
+/// `redoubt config plan FILE` with a console: the plan against the configuration in effect,
+/// computed by the console exactly as `config apply` computes it, nothing saved.
+pub async fn plan(
+    client: &ConsoleClient,
+    file: &Path,
+    destroy: bool,
+    format: Format,
+) -> Result<(), Failure> {
+    let toml = read_config(file)?;
+    let planned = client
+        .post(
+            "/v1/config/plan",
+            &json!({"toml": toml, "destroy": destroy}),
+        )
+        .await?;
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&planned["plans"]).unwrap_or_default()
+        ),
+        Format::Text => {
+            match planned["base_version"].as_u64() {
+                Some(0) | None => {
+                    println!("Planned against the console's configuration: none is in effect yet.")
+                }
+                Some(version) => println!(
+                    "Planned against configuration version {version}, in effect on the console."
+                ),
+            }
+            print_plans(&planned["plans"]);
+        }
+    }
+    Ok(())
+}
+
 /// `redoubt config apply FILE`: plan, confirm, save (step 1), then follow the initialization.
 pub async fn apply(
     client: &ConsoleClient,
@@ -271,9 +306,49 @@ pub async fn status(
     Ok(())
 }
 
+/// A field for people: `-` when unknown (null or missing), never `null`.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A status code with what it means (the product's codes: `shared/spec/PRODUCT.md`).
+fn status_code_text(code: &Value) -> String {
+    match code.as_u64() {
+        Some(30) => "30 (replicating)".to_string(),
+        Some(60) => "60 (loaded, apply stopped)".to_string(),
+        Some(100) => "100 (not loaded)".to_string(),
+        Some(other) => other.to_string(),
+        None => "- (unknown: production does not report this server)".to_string(),
+    }
+}
+
 fn status_text(status: &Value) -> String {
     let mut out = String::new();
-    for group in status["groups"].as_array().into_iter().flatten() {
+    let groups = status["groups"].as_array().cloned().unwrap_or_default();
+    if groups.is_empty() {
+        out.push_str("no groups are configured (`redoubt config apply FILE` adds them)\n");
+        for server in status["servers"].as_array().into_iter().flatten() {
+            let state = if server["reachable"] == true {
+                format!(
+                    "reachable, config version {}",
+                    shown(&server["config_version"])
+                )
+            } else {
+                format!("UNREACHABLE: {}", shown(&server["error"]))
+            };
+            out.push_str(&format!(
+                "server {:<10} {:<22} {state}\n",
+                shown(&server["name"]),
+                shown(&server["address"])
+            ));
+        }
+        return out;
+    }
+    for group in &groups {
         out.push_str(&format!(
             "group {}  {}  mode {}  config version {}  initialization {}\n",
             group["name"].as_str().unwrap_or("?"),
@@ -282,34 +357,137 @@ fn status_text(status: &Value) -> String {
             group["config_version"],
             group["initialization"]["state"].as_str().unwrap_or("?"),
         ));
-        for volume in group["volumes"].as_array().into_iter().flatten() {
+        let production = shown(&group["production"]);
+        let reachable = if group["production_reachable"] == false {
+            "  UNREACHABLE"
+        } else {
+            ""
+        };
+        let failover = &group["failover"];
+        if failover.is_object() {
+            let old = &failover["old_production"];
             out.push_str(&format!(
-                "  volume {:<16} {:>12} bytes  {}\n",
+                "  production {production}{reachable}  (configured: {}; {} failover at seq {}, {})\n",
+                shown(&group["configured_production"]),
+                shown(&failover["kind"]),
+                shown(&failover["point_seq"]),
+                match failover["state"].as_str() {
+                    Some("before_commit") => "not committed: `redoubt failover commit|abort`",
+                    Some("committed") => "committed: `redoubt failback` returns",
+                    Some("failing_back") => "failing back",
+                    _ => "state unknown",
+                }
+            ));
+            out.push_str(&format!(
+                "  old production {}: {}\n",
+                shown(&old["server"]),
+                match old["state"].as_str() {
+                    Some("following") => "follows the acting production",
+                    Some("fenced") => "fenced (its data path is down until failback)",
+                    Some("unreachable") => "unreachable",
+                    Some("serving") => "STILL SERVING AS PRODUCTION: fence it",
+                    _ => "state unknown",
+                }
+            ));
+        } else {
+            out.push_str(&format!("  production {production}{reachable}\n"));
+        }
+        for volume in group["volumes"].as_array().into_iter().flatten() {
+            let attached = &volume["attached"];
+            let device = if attached.is_object() {
+                format!(
+                    "  attached {} ({})",
+                    shown(&attached["link"]),
+                    shown(&attached["state"])
+                )
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "  volume {:<16} {:>12} bytes  export {}{device}\n",
                 volume["name"].as_str().unwrap_or(""),
                 volume["size_bytes"],
-                volume["export"].as_str().unwrap_or("-")
+                shown(&volume["export"])
             ));
         }
         for target in group["targets"].as_array().into_iter().flatten() {
             let behind = target["journal_seq"]
                 .as_u64()
                 .zip(target["applied_seq"].as_u64())
-                .map_or(0, |(journal, applied)| journal.saturating_sub(applied));
+                .map_or_else(
+                    || "-".to_string(),
+                    |(journal, applied)| journal.saturating_sub(applied).to_string(),
+                );
+            let percent = |value: &Value| {
+                value
+                    .as_f64()
+                    .map_or_else(|| "-".to_string(), |pct| format!("{pct:.1}%"))
+            };
             out.push_str(&format!(
-                "  target {:<10} status {}  applied seq {} of {} ({behind} behind)  in flight {} bytes  lag {:.1} s  {:.1} MB/s  sync {:.0}%  journals {:.1}%/{:.1}%{}\n",
+                "  target {:<10} status {}  applied seq {} of {} ({behind} behind)  in flight {} bytes  lag {} s  {} MB/s  sync {}  journal use: production {} recovery {}{}\n",
                 target["server"].as_str().unwrap_or(""),
-                target["status_code"],
-                target["applied_seq"],
-                target["journal_seq"],
-                target["backlog_bytes"],
-                target["lag_seconds"].as_f64().unwrap_or(0.0),
-                target["speed_mb_s"].as_f64().unwrap_or(0.0),
-                target["super_transaction_pct"].as_f64().unwrap_or(100.0),
-                target["source_backlog_pct"].as_f64().unwrap_or(0.0),
-                target["target_backlog_pct"].as_f64().unwrap_or(0.0),
+                status_code_text(&target["status_code"]),
+                shown(&target["applied_seq"]),
+                shown(&target["journal_seq"]),
+                shown(&target["backlog_bytes"]),
+                target["lag_seconds"].as_f64().map_or_else(|| "-".to_string(), |lag| format!("{lag:.1}")),
+                target["speed_mb_s"].as_f64().map_or_else(|| "-".to_string(), |speed| format!("{speed:.1}")),
+                target["super_transaction_pct"].as_f64().map_or_else(|| "-".to_string(), |pct| format!("{pct:.0}%")),
+                percent(&target["source_backlog_pct"]),
+                percent(&target["target_backlog_pct"]),
                 if target["needs_resync"] == true { "  NEEDS RESYNC" } else { "" }
             ));
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_status_after_a_failover_names_the_acting_production_and_the_old_one() {
+        let status = json!({"groups": [{
+            "name": "erp", "production": "dr-b", "configured_production": "prod-a",
+            "production_reachable": true, "direction": "dr-b -> dr-c", "mode": "async",
+            "config_version": 3, "initialization": {"state": "idle"},
+            "failover": {"state": "committed", "kind": "unplanned", "point_seq": 322,
+                         "old_production": {"server": "prod-a", "state": "unreachable"}},
+            "volumes": [{"name": "lv_data01", "size_bytes": 1024,
+                         "export": "nbd://127.0.0.1:10810/lv_data01",
+                         "attached": {"link": "/dev/redoubt/erp/lv_data01", "state": "attached"}}],
+            "targets": [{"server": "dr-c", "status_code": null, "applied_seq": 322,
+                         "journal_seq": null}]}]});
+        let text = status_text(&status);
+        assert!(text.contains("group erp  dr-b -> dr-c"), "{text}");
+        assert!(
+            text.contains(
+                "production dr-b  (configured: prod-a; unplanned failover at seq 322, committed"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("old production prod-a: unreachable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("export nbd://127.0.0.1:10810/lv_data01  attached /dev/redoubt/erp/lv_data01 (attached)"),
+            "{text}"
+        );
+        assert!(text.contains("applied seq 322 of - (- behind)"), "{text}");
+        assert!(!text.contains("null"), "no JSON null for people: {text}");
+    }
+
+    #[test]
+    fn text_status_without_groups_shows_the_servers_and_says_so() {
+        let status = json!({"groups": [], "servers": [
+            {"name": "prod-a", "address": "127.0.0.1:7411", "reachable": true, "config_version": 0},
+            {"name": "dr-b", "address": "127.0.0.1:7412", "reachable": false,
+             "error": "connection refused"}]});
+        let text = status_text(&status);
+        assert!(text.starts_with("no groups are configured"), "{text}");
+        assert!(text.contains("server prod-a"), "{text}");
+        assert!(text.contains("UNREACHABLE: connection refused"), "{text}");
+    }
 }

@@ -85,6 +85,32 @@ fn text_element(out: &mut String, indent: &str, name: &str, value: &Value) {
     }
 }
 
+/// `<failover>` while a failover is in effect (the group's `failover` object is not null).
+fn failover_element(out: &mut String, failover: &Value) {
+    let (Some(state), Some(kind), Some(point_seq), Some(old), Some(old_state)) = (
+        failover["state"].as_str(),
+        failover["kind"].as_str(),
+        failover["point_seq"].as_u64(),
+        failover["old_production"]["server"].as_str(),
+        failover["old_production"]["state"].as_str(),
+    ) else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "    <failover state=\"{}\" kind=\"{}\" point_seq=\"{point_seq}\">",
+        escape(state),
+        escape(kind)
+    );
+    let _ = writeln!(
+        out,
+        "      <old_production state=\"{}\">{}</old_production>",
+        escape(old_state),
+        escape(old)
+    );
+    out.push_str("    </failover>\n");
+}
+
 /// Pure: the XML status document of a `GET /v1/status` document.
 pub fn render(status: &Value) -> String {
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -97,6 +123,12 @@ pub fn render(status: &Value) -> String {
         let name = group["name"].as_str().unwrap_or("");
         let _ = writeln!(out, "  <replication_group name=\"{}\">", escape(name));
         text_element(&mut out, "    ", "production", &group["production"]);
+        text_element(
+            &mut out,
+            "    ",
+            "configured_production",
+            &group["configured_production"],
+        );
         text_element(&mut out, "    ", "direction", &group["direction"]);
         text_element(&mut out, "    ", "mode", &group["mode"]);
         let data_path = group["data_path"].as_str().unwrap_or("unknown");
@@ -111,6 +143,7 @@ pub fn render(status: &Value) -> String {
                 .map(|step| format!(" step=\"{step}\""))
                 .unwrap_or_default()
         );
+        failover_element(&mut out, &group["failover"]);
         for volume in group["volumes"].as_array().into_iter().flatten() {
             let _ = write!(
                 out,
@@ -291,5 +324,23 @@ mod tests {
         document["groups"][0]["name"] = json!("a\"<&>\u{1}");
         let xml = render(&document);
         assert!(xml.contains("name=\"a&quot;&lt;&amp;&gt;?\""), "{xml}");
+    }
+
+    #[test]
+    fn a_failover_in_effect_names_the_configured_and_the_old_production() {
+        let mut document = status();
+        document["groups"][0]["production"] = json!("dr-b");
+        document["groups"][0]["configured_production"] = json!("prod-a");
+        document["groups"][0]["failover"] = json!({"state": "committed", "kind": "unplanned",
+            "point_seq": 322, "old_production": {"server": "prod-a", "state": "fenced"}});
+        let xml = render(&document);
+        for expected in [
+            "<production>dr-b</production>\n    <configured_production>prod-a</configured_production>",
+            "<failover state=\"committed\" kind=\"unplanned\" point_seq=\"322\">",
+            "<old_production state=\"fenced\">prod-a</old_production>",
+        ] {
+            assert!(xml.contains(expected), "missing {expected} in\n{xml}");
+        }
+        assert!(!render(&status()).contains("<failover"));
     }
 }

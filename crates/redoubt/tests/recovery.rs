@@ -2,7 +2,9 @@
 //! the CLI only: a marker and a rollback to it, resume; an unplanned failover after kill -9
 //! of production (the promoted server serves every replicated write and takes new ones, the
 //! other recovery server follows it); failback with only the delta sent; then a planned
-//! failover and failback that lose nothing.
+//! failover and failback that lose nothing. At each transition, status (JSON, text, XML valid
+//! against docs/status.xsd) names the acting production, its exports and followers, and what
+//! became of the old production.
 
 use std::path::Path;
 use std::process::Command;
@@ -150,6 +152,78 @@ fn start_agent(dir: &Path, name: &str) -> std::process::Child {
     child
 }
 
+/// The group's entry of `redoubt status --format json`.
+fn group_status(dir: &Path) -> Value {
+    json(redoubt(dir, &["status", "erp", "--format", "json"]))["groups"][0].clone()
+}
+
+/// Waits until status names `production` as the acting production with `followers` as its
+/// targets, every one of them replicating (status 30); returns that group status.
+fn wait_for_status(dir: &Path, production: &str, followers: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let group = group_status(dir);
+        let servers: Vec<&str> = group["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|target| target["server"].as_str())
+            .collect();
+        let replicating = group["targets"]
+            .as_array()
+            .is_some_and(|targets| targets.iter().all(|target| target["status_code"] == 30));
+        if group["production"] == production && servers == followers && replicating {
+            return group;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {production} -> {followers:?} replicating: {group}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Text and XML status agree with the JSON: the acting production, its direction, and an XML
+/// document valid against docs/status.xsd with every follower replicating (status 30).
+fn check_text_and_xml_status(dir: &Path, group: &Value) {
+    let text = ok(redoubt(dir, &["status", "erp"]));
+    let production = group["production"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("  production {production}")),
+        "{text}"
+    );
+    assert!(
+        text.contains(group["direction"].as_str().unwrap()),
+        "{text}"
+    );
+    assert!(!text.contains("null"), "{text}");
+    let xml = ok(redoubt(dir, &["status", "erp", "--format", "xml"]));
+    let xml_path = dir.join("status.xml");
+    std::fs::write(&xml_path, &xml).unwrap();
+    let lint = Command::new("xmllint")
+        .arg("--noout")
+        .arg("--schema")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/status.xsd"))
+        .arg(&xml_path)
+        .output()
+        .expect("run xmllint (libxml2-utils, scripts/deps.sh)");
+    assert!(
+        lint.status.success(),
+        "xmllint: {}\n{xml}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    assert!(
+        xml.contains(&format!("<production>{production}</production>")),
+        "{xml}"
+    );
+    let followers = group["targets"].as_array().unwrap().len();
+    assert_eq!(
+        xml.matches("<status>30</status>").count(),
+        followers,
+        "{xml}"
+    );
+}
+
 #[test]
 fn markers_rollback_failover_and_failback_through_the_cli() {
     let root = tempfile::tempdir().unwrap();
@@ -255,6 +329,12 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
         ],
     ));
     let snapshot_name = test["name"].as_str().unwrap().to_string();
+    let status = group_status(&dir);
+    assert_eq!(
+        status["production"], "prod-a",
+        "a test failover moves nothing: {status}"
+    );
+    assert_eq!(status["failover"], Value::Null, "{status}");
     let export = test["exports"]
         .as_array()
         .unwrap()
@@ -307,6 +387,27 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
         "{failover}"
     );
     assert_eq!(failover["context"]["kind"], "unplanned");
+    // Status follows: dr-b serves, with its exports; dr-c follows it; prod-a is unreachable.
+    let status = wait_for_status(&dir, "dr-b", &["dr-c"]);
+    assert_eq!(status["configured_production"], "prod-a", "{status}");
+    assert_eq!(status["direction"], "dr-b -> dr-c", "{status}");
+    assert_eq!(status["data_path"], "loaded", "{status}");
+    assert_eq!(status["failover"]["state"], "before_commit", "{status}");
+    assert_eq!(status["failover"]["kind"], "unplanned", "{status}");
+    assert_eq!(
+        status["failover"]["old_production"],
+        serde_json::json!({"server": "prod-a", "state": "unreachable"}),
+        "{status}"
+    );
+    let export = status["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|volume| volume["name"] == "lv_data01")
+        .unwrap()["export"]
+        .clone();
+    assert_eq!(export, format!("nbd://{dr_b}/lv_data01"), "{status}");
+    check_text_and_xml_status(&dir, &status);
     assert!(read(&dr_b, 0).iter().all(|b| *b == 0x22));
     assert!(read(&dr_b, MIB).iter().all(|b| *b == 0x12));
     write(&dr_b, 2 * MIB, 0x33);
@@ -316,6 +417,8 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
             .all(|b| *b == 0x33)
     });
     ok(redoubt(&dir, &["failover", "commit", "erp", "--yes"]));
+    let status = wait_for_status(&dir, "dr-b", &["dr-c"]);
+    assert_eq!(status["failover"]["state"], "committed", "{status}");
     // Applications get their block device from the acting production.
     let attached = json(redoubt(
         &dir,
@@ -340,6 +443,11 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
                     && line.contains("dr-b acts as production of group erp")
             })
     });
+    let status = wait_for_status(&dir, "dr-b", &["dr-c"]);
+    assert_eq!(
+        status["failover"]["old_production"]["state"], "fenced",
+        "prod-a is back but keeps its data path down: {status}"
+    );
     let (host, port) = prod_a.rsplit_once(':').unwrap();
     let port: u16 = port.parse().unwrap();
     assert!(
@@ -367,12 +475,24 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
             .all(|b| *b == 0x44)
     });
 
+    // After failback the configuration says it all again.
+    let status = wait_for_status(&dir, "prod-a", &["dr-b", "dr-c"]);
+    assert_eq!(status["failover"], Value::Null, "{status}");
+    assert_eq!(status["direction"], "prod-a -> dr-b, dr-c", "{status}");
+    check_text_and_xml_status(&dir, &status);
+
     // Planned failover and back: nothing is lost either way.
     let planned = json(redoubt(
         &dir,
         &["failover", "erp", "--yes", "--format", "json"],
     ));
     assert_eq!(planned["context"]["kind"], "planned", "{planned}");
+    let status = wait_for_status(&dir, "dr-b", &["dr-c", "prod-a"]);
+    assert_eq!(
+        status["failover"]["old_production"]["state"], "following",
+        "{status}"
+    );
+    check_text_and_xml_status(&dir, &status);
     assert!(read(&dr_b, 3 * MIB).iter().all(|b| *b == 0x44));
     write(&dr_b, 0, 0x55);
     ok(redoubt(&dir, &["failback", "erp", "--yes"]));

@@ -151,6 +151,49 @@ pub fn group_state(group: &Value) -> (&'static str, String) {
     ("idle", "data path not loaded".into())
 }
 
+/// While a failover is in effect: who serves the group, since when, where applications connect
+/// now, and what became of the configured production. Empty otherwise.
+pub fn failover_notice(group: &Value) -> String {
+    let failover = &group["failover"];
+    if !failover.is_object() {
+        return String::new();
+    }
+    let exports: Vec<String> = group["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|volume| volume["export"].as_str())
+        .map(|export| format!("<code>{}</code>", escape(export)))
+        .collect();
+    let old = &failover["old_production"];
+    let old_state = match old["state"].as_str() {
+        Some("following") => "follows it",
+        Some("fenced") => "is fenced until failback",
+        Some("unreachable") => "is unreachable",
+        Some("serving") => "STILL SERVES AS PRODUCTION: fence it",
+        _ => "is in an unknown state",
+    };
+    let state = match failover["state"].as_str() {
+        Some("before_commit") => "not committed yet (commit or abort)",
+        Some("committed") => "committed (failback returns)",
+        Some("failing_back") => "failing back",
+        _ => "state unknown",
+    };
+    format!(
+        "<p class=\"failover state busy\" data-testid=\"failover\">Failed over: <b>{acting}</b> serves the group \
+         since seq {seq} ({kind} failover, {state}); configured production {old} {old_state}.{exports}</p>",
+        acting = text(&group["production"]),
+        seq = text(&failover["point_seq"]),
+        kind = text(&failover["kind"]),
+        old = text(&old["server"]),
+        exports = if exports.is_empty() {
+            " No export is served yet.".to_string()
+        } else {
+            format!(" Applications connect to {}.", exports.join(", "))
+        },
+    )
+}
+
 /// The dashboard's content (refreshed in place by the script).
 pub fn dashboard(status: &Value, history: &History, now_unix_ms: u64) -> String {
     let mut out = String::new();
@@ -165,13 +208,15 @@ pub fn dashboard(status: &Value, history: &History, now_unix_ms: u64) -> String 
             out,
             "<section class=\"group\" data-group=\"{g}\"><h2><a href=\"/ui/groups/{g}\">{g}</a> \
              <span class=\"state {class}\" data-testid=\"group-state\">{state}</span></h2>\
-             <p class=\"facts\">direction <b>{direction}</b> · mode <b>{mode}</b> · configuration version <b>{version}</b></p>",
+             <p class=\"facts\">production <b data-testid=\"production\">{production}</b> · direction <b>{direction}</b> · mode <b>{mode}</b> · configuration version <b>{version}</b></p>",
             g = escape(name),
             state = escape(&state),
+            production = text(&group["production"]),
             direction = text(&group["direction"]),
             mode = text(&group["mode"]),
             version = text(&group["config_version"]),
         );
+        out.push_str(&failover_notice(group));
         out.push_str("<table class=\"targets\"><thead><tr><th>recovery server</th><th>status</th><th>applied / journal seq</th><th>backlog</th><th>RPO (lag)</th><th>speed</th><th>super transaction</th><th>journals src/tgt</th></tr></thead><tbody>");
         for target in group["targets"].as_array().into_iter().flatten() {
             let code = target["status_code"].as_u64();
@@ -703,5 +748,27 @@ mod tests {
         assert_eq!(group_state(&syncing).1, "syncing 42%");
         let running = json!({"initialization": {"state": "running", "step": 11}});
         assert_eq!(group_state(&running).1, "initializing (step 11)");
+    }
+
+    #[test]
+    fn a_failover_in_effect_says_who_serves_and_where_applications_connect() {
+        let group = json!({"production": "dr-b", "configured_production": "prod-a",
+            "failover": {"state": "committed", "kind": "unplanned", "point_seq": 322,
+                         "old_production": {"server": "prod-a", "state": "unreachable"}},
+            "volumes": [{"name": "lv_data01", "export": "nbd://127.0.0.1:10810/lv_data01"}]});
+        let notice = failover_notice(&group);
+        assert!(
+            notice.contains("<b>dr-b</b> serves the group since seq 322"),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("configured production prod-a is unreachable"),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("<code>nbd://127.0.0.1:10810/lv_data01</code>"),
+            "{notice}"
+        );
+        assert_eq!(failover_notice(&json!({"failover": null})), "");
     }
 }
