@@ -1,4 +1,6 @@
-//! `redoubt config …`: the commands that read configuration files and need no console.
+//! `redoubt config …`: the commands that read configuration files (`validate`, `diff`,
+//! `plan --from`) need no console; `plan` without `--from` asks the console for the
+//! configuration in effect when one is given, and the others go to the console.
 
 use std::path::{Path, PathBuf};
 
@@ -50,7 +52,22 @@ pub fn run(
             new,
             destroy,
             format,
-        } => plan_command(from.as_deref(), &new, destroy, format),
+        } => match from {
+            Some(from) => plan_command(Some(&from), &new, destroy, format),
+            // Without --from, the base is what is in effect: the console's, when one is
+            // given. Never an empty base that would call a deletion "no change".
+            None if console_given(console.as_deref()) => {
+                let client = client()?;
+                crate::remote_cmd::runtime()?
+                    .block_on(crate::remote_cmd::plan(&client, &new, destroy, format))
+            }
+            None => {
+                eprintln!(
+                    "note: no console (--console or REDOUBT_CONSOLE): this plan is against an empty configuration, as for a first apply; pass --from FILE to plan against another"
+                );
+                plan_command(None, &new, destroy, format)
+            }
+        },
     }
 }
 
@@ -180,6 +197,12 @@ fn diff(old: &Path, new: &Path, format: Format) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Whether the user named a console (`--console` or `REDOUBT_CONSOLE`).
+fn console_given(console: Option<&str>) -> bool {
+    console.is_some_and(|url| !url.is_empty())
+        || std::env::var("REDOUBT_CONSOLE").is_ok_and(|url| !url.is_empty())
+}
+
 fn plan_command(
     from: Option<&Path>,
     new: &Path,
@@ -202,6 +225,10 @@ fn plan_command(
     })?;
     match format {
         Format::Json => print_json(&report::to_json(&plans))?,
+        Format::Text if plans.is_empty() => match from {
+            Some(from) => println!("No change from {}: nothing to initialize.", from.display()),
+            None => println!("Nothing to initialize: the file configures no replication group."),
+        },
         Format::Text => print!("{}", report::to_text(&plans)),
     }
     Ok(())

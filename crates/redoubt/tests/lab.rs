@@ -62,6 +62,18 @@ fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
         .unwrap());
     let _lab = Lab(&dir);
     assert!(up.contains("The lab is up."), "{up}");
+    // The commands it prints run as shown: `redoubt` is not on this test's PATH, so they name
+    // the binary by its path.
+    let stop = up
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("stop:"))
+        .unwrap_or_else(|| panic!("no stop hint:\n{up}"));
+    let program = stop.split_whitespace().next().unwrap();
+    assert_eq!(
+        std::fs::canonicalize(program).ok().as_deref(),
+        std::fs::canonicalize(binary()).ok().as_deref(),
+        "the stop hint names a command the shell cannot run: {stop}"
+    );
     assert!(
         up.contains("\u{2713} 20. Verify configuration on S"),
         "every step checked off:\n{up}"
@@ -146,10 +158,57 @@ fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
         + "\n[[group.volume]]\nname = \"lv_index\"\nsize = \"32MiB\"\n";
     let changed = dir.join("changed.toml");
     std::fs::write(&changed, config).unwrap();
+    // `config plan` without --from plans against what is in effect on the console, and shows
+    // the plan `config apply` then shows.
+    let planned = ok(redoubt(
+        &dir,
+        &["config", "plan", &changed.display().to_string()],
+    ));
+    let (base, plan_text) = planned.split_once('\n').unwrap();
+    assert_eq!(
+        base, "Planned against configuration version 1, in effect on the console.",
+        "{planned}"
+    );
+    assert!(!plan_text.contains("new group"), "{planned}");
+    // Deleting the group is a deletion, never "no change".
+    let lab_toml = std::fs::read_to_string(dir.join("lab.toml")).unwrap();
+    let without_group = dir.join("without-group.toml");
+    std::fs::write(
+        &without_group,
+        &lab_toml[..lab_toml.find("[[group]]").unwrap()],
+    )
+    .unwrap();
+    let deletion = ok(redoubt(
+        &dir,
+        &["config", "plan", &without_group.display().to_string()],
+    ));
+    assert!(!deletion.contains("No change"), "{deletion}");
+    assert!(deletion.contains("[DELETES DATA]"), "{deletion}");
     let applied = ok(redoubt(
         &dir,
         &["config", "apply", &changed.display().to_string(), "--yes"],
     ));
+    assert!(
+        applied.contains(plan_text),
+        "plan and apply show the same plan:\n{planned}\n---\n{applied}"
+    );
+    // Not a terminal: the plan once, then one line per change of state, rows under steps.
+    assert!(
+        !applied.contains('\u{b7}'),
+        "no line for what has not started (the plan listed it):\n{applied}"
+    );
+    assert!(
+        applied
+            .lines()
+            .any(|line| line.starts_with("        \u{2713} dr-b (recovery1)")),
+        "rows indented under their step:\n{applied}"
+    );
+    assert!(
+        applied
+            .lines()
+            .any(|line| line.starts_with("  \u{2713} 13. Set new logical volume")),
+        "{applied}"
+    );
     assert!(
         applied.contains("13. Set new logical volume X as requiring replication"),
         "{applied}"
