@@ -3,7 +3,8 @@
 // Replication Group wizard to add an LV, watches the checkmarks appear step by step until the
 // initialization is done and the Configuration Summary returns, triggers a snapshot; then makes
 // a step fail (a replica LV removed behind Redoubt's back), sees the failed step with its error
-// and Retry, repairs, retries from the page until done; and fails on any error the page logs.
+// and Retry, repairs, retries from the page until done; fails over to dr-b and back from the
+// dashboard, which must name the acting production; and fails on any error the page logs.
 //
 //   REDOUBT_CONSOLE=https://127.0.0.1:PORT REDOUBT_TOKEN_FILE=DIR/console/token \
 //   REDOUBT_LAB_DIR=DIR NODE_EXTRA_CA_CERTS=DIR/tls/ca.pem \
@@ -228,6 +229,38 @@ test('web console: login, wizard adds an LV with live checkmarks, summary return
   await page.waitForSelector('[data-testid="summary"]', { timeout: INIT_TIMEOUT_MS });
   assert.match(await page.textContent('[data-testid="retention"]'), /^(48h|2d)$/);
   assert.match(await page.textContent('#event-log'), /step 20 on dr-c: done/);
+
+  // A planned failover from the dashboard: afterwards the dashboard names dr-b as production,
+  // says where applications connect now and that prod-a follows; no `undefined` anywhere.
+  await page.goto(CONSOLE + '/ui');
+  const failover = 'form[data-action="failover"][data-group="erp"]';
+  await page.selectOption(failover + ' select[name="server"]', 'dr-b');
+  await page.click(failover + ' button[type="submit"]');
+  await page.waitForSelector('#confirm-dialog[open]');
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => /failover \S+ (done|failed)/.test(document.querySelector('[data-result="erp"]').textContent), null, { timeout: INIT_TIMEOUT_MS });
+  assert.match(await page.textContent('[data-result="erp"]'), /failover \S+ done/);
+  await page.goto(CONSOLE + '/ui');
+  await page.waitForSelector('[data-testid="failover"]', { timeout: STEP_TIMEOUT_MS });
+  const notice = await page.textContent('[data-testid="failover"]');
+  assert.match(notice, /dr-b serves the group since seq \d+ \(planned failover/, notice);
+  assert.match(notice, /configured production prod-a follows it/, notice);
+  assert.match(notice, /Applications connect to nbd:\/\/127\.0\.0\.1:\d+\/lv_data01/, notice);
+  assert.strictEqual(await page.textContent('[data-testid="production"]'), 'dr-b');
+  assert.match(await page.textContent('section.group[data-group="erp"] p.facts'), /direction dr-b -> dr-c, prod-a/);
+  await page.waitForSelector('[data-points="erp"] table');
+  assert.doesNotMatch(await page.textContent('main'), /undefined/);
+  await shot(page, 'dashboard-failed-over');
+  // Failback: the configured production serves again, and the notice is gone.
+  const failback = 'form[data-action="failback"][data-group="erp"]';
+  await page.click(failback + ' button[type="submit"]');
+  await page.waitForSelector('#confirm-dialog[open]');
+  await page.click('#confirm-ok');
+  await page.waitForFunction(() => /failback \S+ (done|failed)/.test(document.querySelector('[data-result="erp"]').textContent), null, { timeout: INIT_TIMEOUT_MS });
+  assert.match(await page.textContent('[data-result="erp"]'), /failback \S+ done/);
+  await page.goto(CONSOLE + '/ui');
+  assert.strictEqual(await page.textContent('[data-testid="production"]'), 'prod-a');
+  assert.strictEqual(await page.$('[data-testid="failover"]'), null);
 
   assert.deepStrictEqual(errors, [], 'the pages logged no error');
 });
