@@ -278,10 +278,27 @@ impl TlsContext {
         .await
         {
             Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(error)) if answered_in_plain_text(&error) => Err(TlsError::PlainTextPeer {
+                peer: peer_name.to_string(),
+            }),
             Ok(Err(error)) => Err(handshake_error(error.to_string())),
             Err(_) => Err(handshake_error("handshake timed out".into())),
         }
     }
+}
+
+/// Whether a failed client handshake read something that is no TLS record at all: the peer
+/// speaks plain text (an agent started without a TLS identity answers HTTP).
+fn answered_in_plain_text(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|error| {
+            matches!(
+                error,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        })
 }
 
 /// Whether the certificate in `path` (PEM, its first certificate) is valid for `name` (a DNS

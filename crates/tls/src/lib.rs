@@ -65,6 +65,8 @@ pub enum TlsError {
     Config(String),
     #[error("TLS handshake with {peer}: {message}")]
     Handshake { peer: String, message: String },
+    #[error("TLS handshake with {peer}: it answered in plain text: {peer} serves no TLS (give its agent a certificate of the cluster CA: `redoubt ca issue {peer}` into its state directory's tls/, then restart it)")]
+    PlainTextPeer { peer: String },
 }
 
 /// The provider every configuration of this crate uses.

@@ -197,3 +197,34 @@ fn extra_names_are_in_the_certificate_and_bad_ones_write_nothing() {
     assert!(!dir.path().join("dr-b.pem").exists());
     assert!(!dir.path().join("dr-b.key").exists());
 }
+
+#[tokio::test]
+async fn a_peer_that_answers_in_plain_text_is_named_as_serving_no_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    cluster(dir.path(), &["console", "db1"]);
+    let console = TlsContext::load(dir.path(), "console").expect("load console");
+    // An agent started without a TLS identity: it answers HTTP to the ClientHello.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address").to_string();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        let mut hello = [0u8; 64];
+        let _ = stream.read(&mut hello).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            .await;
+    });
+    let tcp = TcpStream::connect(&address).await.expect("connect");
+    let error = match console.connect(tcp, "db1").await {
+        Ok(_) => panic!("a plain-text peer passed the handshake"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(error, redoubt_tls::TlsError::PlainTextPeer { ref peer } if peer == "db1"),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("db1 serves no TLS"), "{message}");
+    assert!(message.contains("redoubt ca issue db1"), "{message}");
+    server.await.expect("server task");
+}
