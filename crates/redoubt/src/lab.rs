@@ -340,36 +340,25 @@ fn process_alive(pid: i32) -> bool {
 }
 
 fn down(dir: &Path, purge: bool) -> Result<(), Failure> {
-    let pids_dir = dir.join("pids");
-    let mut stopped = 0;
-    if let Ok(entries) = std::fs::read_dir(&pids_dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(pid) = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|text| text.trim().parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid > 1 && process_alive(pid) {
-                // SAFETY: plain kill(2) of a daemon this lab started.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
-                let deadline = Instant::now() + Duration::from_millis(LAB_STOP_TIMEOUT_MS);
-                while process_alive(pid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                if process_alive(pid) {
-                    // SAFETY: as above.
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                    }
-                }
-                stopped += 1;
-            }
-            let _ = std::fs::remove_file(&path);
-        }
+    // Nothing is stopped while an application uses a device of the lab: pulling the export
+    // from under a mounted file system leaves the host with a hung unmount.
+    let in_use = devices_in_use(dir);
+    if !in_use.is_empty() {
+        return Err(Failure::new(
+            ExitCodeKind::Refused,
+            format!(
+                "the lab in {} has block devices in use, so nothing was stopped:\n{}\nunmount them (or stop their users), then run `lab down` again",
+                dir.display(),
+                in_use.join("\n")
+            ),
+        ));
+    }
+    let stopped = stop_processes(&dir.join("pids"))?;
+    // The agents are gone; their attachments' helpers (nbdfuse, nbdkit), loop devices and
+    // /dev/redoubt links outlive them by design (an agent restart keeps a mount working), so
+    // the lab removes them itself.
+    for line in detach_all(dir) {
+        println!("{line}");
     }
     println!(
         "Stopped {stopped} process(es) of the lab in {}.",
@@ -383,6 +372,154 @@ fn down(dir: &Path, purge: bool) -> Result<(), Failure> {
         println!("Data kept in {} (`--purge` deletes it).", dir.display());
     }
     Ok(())
+}
+
+/// The state directory of each lab agent that recorded attachments.
+fn attachment_registries(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    LAB_SERVERS
+        .iter()
+        .map(|server| (*server, dir.join("agents").join(server)))
+        .filter(|(_, state)| state.join(redoubt_host::REGISTRY_FILE_NAME).exists())
+        .collect()
+}
+
+/// One line per attached device of the lab that something holds (a mount, an exclusive open).
+fn devices_in_use(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (server, state) in attachment_registries(dir) {
+        let host =
+            match redoubt_host::Host::open(&state, Path::new(redoubt_host::LINKS_ROOT_DEFAULT)) {
+                Ok(host) => host,
+                Err(error) => {
+                    lines.push(format!("  {server}: cannot read its attachments: {error}"));
+                    continue;
+                }
+            };
+        for (attachment, _) in host.list() {
+            let key = attachment.key();
+            if !host
+                .probe(&key, true)
+                .is_some_and(|probe| probe.device_busy)
+            {
+                continue;
+            }
+            let mounts = mount_points(&attachment.device);
+            let where_ = if mounts.is_empty() {
+                "open by a program".to_string()
+            } else {
+                format!("mounted on {}", mounts.join(", "))
+            };
+            lines.push(format!(
+                "  {key} on {server}: {} ({}) is {where_}",
+                attachment.link.display(),
+                attachment.device
+            ));
+        }
+    }
+    lines
+}
+
+/// Where `device` is mounted, from /proc/self/mountinfo (the source after the ` - fstype`).
+fn mount_points(device: &str) -> Vec<String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounted_at(&mountinfo, device)
+}
+
+/// Pure: the mount points of `device` in a mountinfo text.
+fn mounted_at(mountinfo: &str, device: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            let source = rest.split_whitespace().nth(1)?;
+            let mount_point = fields.split_whitespace().nth(4)?;
+            (source == device).then(|| mount_point.replace("\\040", " "))
+        })
+        .collect()
+}
+
+/// Detaches every recorded attachment of the lab's agents; one line per attachment.
+fn detach_all(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (server, state) in attachment_registries(dir) {
+        let mut host =
+            match redoubt_host::Host::open(&state, Path::new(redoubt_host::LINKS_ROOT_DEFAULT)) {
+                Ok(host) => host,
+                Err(error) => {
+                    lines.push(format!(
+                        "warning: {server}: cannot read its attachments: {error}"
+                    ));
+                    continue;
+                }
+            };
+        let keys: Vec<String> = host
+            .list()
+            .iter()
+            .map(|(attachment, _)| attachment.key())
+            .collect();
+        for key in keys {
+            match host.detach(&key) {
+                Ok(attachment) => lines.push(format!(
+                    "Detached {key} on {server}: removed {} and {}.",
+                    attachment.link.display(),
+                    attachment.device
+                )),
+                Err(error) => lines.push(format!("warning: detach {key} on {server}: {error}")),
+            }
+        }
+    }
+    lines
+}
+
+/// Stops the lab's daemons at once (SIGTERM to all, then one shared deadline, then SIGKILL
+/// to what is left); returns how many ran.
+fn stop_processes(pids_dir: &Path) -> Result<usize, Failure> {
+    let mut running = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(pids_dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok());
+            let name = path
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if let Some(pid) = pid.filter(|pid| *pid > 1 && process_alive(*pid)) {
+                // SAFETY: plain kill(2) of a daemon this lab started.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+                running.push((name, pid));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    if running.is_empty() {
+        return Ok(0);
+    }
+    let mut names: Vec<&str> = running.iter().map(|(name, _)| name.as_str()).collect();
+    names.sort_unstable();
+    println!("Stopping {} …", names.join(", "));
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(LAB_STOP_TIMEOUT_MS);
+    while running.iter().any(|(_, pid)| process_alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (name, pid) in &running {
+        if process_alive(*pid) {
+            println!(
+                "{name} did not stop within {} s: killed",
+                LAB_STOP_TIMEOUT_MS / 1000
+            );
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+    }
+    println!("Stopped in {:.1} s.", started.elapsed().as_secs_f64());
+    Ok(running.len())
 }
 
 /// `lab up` returns once every recovery server holds a consistent replica (the initial sync
@@ -421,6 +558,17 @@ fn wait_for_initial_sync(client: &ConsoleClient) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_of_a_device_are_read_from_mountinfo() {
+        let mountinfo = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+97 22 7:0 / /tmp/lab\\040x/mnt rw,relatime shared:50 - ext4 /dev/loop0 rw
+98 22 7:1 / /srv rw,relatime shared:51 - ext4 /dev/loop1 rw
+";
+        assert_eq!(mounted_at(mountinfo, "/dev/loop0"), ["/tmp/lab x/mnt"]);
+        assert!(mounted_at(mountinfo, "/dev/loop7").is_empty());
+    }
 
     #[test]
     fn a_binary_under_the_working_directory_is_named_relative_to_it() {

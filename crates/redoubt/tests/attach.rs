@@ -2,8 +2,10 @@
 //! `/dev/redoubt/GROUP/LV`, owned by the production agent. Attach twice is refused (exit 3),
 //! detach of a mounted device is refused (exit 3), a mounted ext4 keeps working across a
 //! SIGKILL and restart of the agent (the agent finds its attachment again and reports it), and
-//! detach leaves no link, loop device or helper behind. The kernel NBD path has its own test
-//! that runs where the `nbd` module is loaded. Needs root (CI runs as root).
+//! detach leaves no link, loop device or helper behind; `lab down` refuses while a device is
+//! mounted and otherwise removes devices, helpers and links with the daemons. The kernel NBD
+//! path has its own test that runs where the `nbd` module is loaded. Needs root (CI runs as
+//! root).
 
 mod common;
 
@@ -200,4 +202,63 @@ fn removing_an_attached_lv_from_the_group_detaches_it_and_refuses_while_mounted(
     let registry = std::fs::read_to_string(lab.path().join("agents/prod-a/attachments.json"))
         .unwrap_or_default();
     assert!(!registry.contains("lv_logs"), "{registry}");
+}
+
+#[test]
+fn lab_down_refuses_while_a_device_is_mounted_and_then_removes_every_trace() {
+    let _devices = one_at_a_time();
+    let mut lab = Lab::up();
+    let mount = lab.path().join("mnt");
+    std::fs::create_dir_all(&mount).unwrap();
+    lab.ok(&["attach", "erp", "lv_logs"]);
+    let device = link_target(LINK);
+    run("mkfs.ext4", &["-q", LINK]);
+    run("mount", &[LINK, &mount.display().to_string()]);
+    lab.mounts.push(mount.clone());
+    let lab_dir = lab.path().display().to_string();
+
+    // Mounted: refused (exit 3), naming the device and where it is mounted; nothing stopped.
+    let refused = lab.redoubt(&["lab", "down", "--dir", &lab_dir]);
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    let said = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(said.contains(LINK), "{said}");
+    assert!(
+        said.contains(&format!("mounted on {}", mount.display())),
+        "{said}"
+    );
+    assert!(said.contains("nothing was stopped"), "{said}");
+    lab.ok(&["status"]);
+    write_durably(&mount.join("still"), b"the file system still works");
+
+    // Unmounted: the processes stop, and the device, its helper and its link go with them.
+    run("umount", &[&mount.display().to_string()]);
+    lab.mounts.clear();
+    let down = lab.ok(&["lab", "down", "--dir", &lab_dir]);
+    assert!(
+        down.contains(&format!(
+            "Detached erp/lv_logs on prod-a: removed {LINK} and {device}"
+        )),
+        "{down}"
+    );
+    assert!(down.contains("Stopped 4 process(es)"), "{down}");
+    assert!(
+        Path::new(LINK).symlink_metadata().is_err(),
+        "no dangling link"
+    );
+    let loop_name = device.trim_start_matches("/dev/");
+    assert!(
+        !Path::new("/sys/block")
+            .join(loop_name)
+            .join("loop")
+            .exists(),
+        "{device} is released"
+    );
+    let helpers = run("ps", &["-eo", "args"]);
+    assert!(
+        !helpers
+            .lines()
+            .any(|line| (line.contains("nbdfuse") || line.contains("nbdkit"))
+                && line.contains(&lab_dir)),
+        "no helper of this lab is left:\n{helpers}"
+    );
 }
