@@ -3,6 +3,13 @@
 //! PATH. A page marked `<!-- guide-test: pending: CMD… -->` waits for commands that do not
 //! exist yet: the test checks that each is indeed still missing (and fails once it exists, so
 //! the marker goes and the page runs). Needs root (attach, mkfs, mount); CI runs as root.
+//!
+//! The pages see `REDOUBT_ETC`: the source tree's `packaging/etc/redoubt`, where the package's
+//! settings files (`/etc/redoubt/*.env` once installed) are. Some pages leave files the test
+//! then checks (`PAGE_CHECKS`): the install page's cluster (CA, a certificate in each agent's
+//! `tls` directory, agents and console started as the systemd units start them, `config apply`
+//! over mutual TLS) must end with every server reachable, and its agent started without a
+//! certificate must make `config apply` say that server serves no TLS.
 
 mod common;
 
@@ -16,8 +23,80 @@ use common::lab::{binary, clean_attachments};
 const PAGE_TIMEOUT_MS: u64 = 600_000;
 const PENDING_MARKER: &str = "<!-- guide-test: pending:";
 
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
 fn guide_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/guide")
+    workspace().join("docs/guide")
+}
+
+/// Checks of what a page left in its directory (and printed), after it ran and before its
+/// daemons and files go.
+type PageCheck = fn(dir: &Path, output: &str);
+
+/// The pages whose results are checked; each must run (no `pending` marker, `sh` blocks).
+const PAGE_CHECKS: &[(&str, PageCheck)] = &[("install.md", check_install)];
+
+/// The install page: its cluster ran with mutual TLS and the first configuration reached
+/// every server; an agent without a certificate was named as serving no TLS.
+fn check_install(dir: &Path, output: &str) {
+    let read = |path: &str| {
+        std::fs::read_to_string(dir.join(path))
+            .unwrap_or_else(|error| panic!("install.md leaves {path}: {error}\n{output}"))
+    };
+    let status: serde_json::Value = serde_json::from_str(&read("status.json"))
+        .unwrap_or_else(|error| panic!("install.md: status.json is no JSON: {error}"));
+    let servers = status["servers"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = servers
+        .iter()
+        .filter_map(|server| server["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["db1", "dr1"],
+        "install.md: the servers of status.json"
+    );
+    for server in &servers {
+        assert_eq!(
+            server["reachable"], true,
+            "install.md: a server of the first configuration is not reachable: {server}"
+        );
+        assert_eq!(server["config_version"], 1, "install.md: {server}");
+    }
+    let group = &status["groups"][0];
+    assert_eq!(group["name"], "erp", "install.md: {status}");
+    assert_eq!(group["initialization"]["state"], "idle", "{group}");
+    assert_eq!(group["production_reachable"], true, "{group}");
+    for target in group["targets"].as_array().cloned().unwrap_or_default() {
+        assert_eq!(target["reachable"], true, "install.md: {target}");
+    }
+    // The daemons ran with their certificates: TLS on, the console's API HTTPS.
+    for agent in ["db1", "dr1", "dr2"] {
+        let log = read(&format!("{agent}/agent.log"));
+        assert!(
+            log.lines().any(|line| line.starts_with("ready 127.0.0.1:")),
+            "install.md: {agent}'s agent did not start:\n{log}"
+        );
+        assert!(
+            !log.contains("TLS is off"),
+            "install.md: {agent}'s agent ran without TLS:\n{log}"
+        );
+    }
+    let console = read("console/console.log");
+    assert!(
+        console.contains("ready https://127.0.0.1:"),
+        "install.md: the console's API is not HTTPS:\n{console}"
+    );
+    // dr2's agent without a certificate: config apply named it and the fix.
+    let refused = read("apply-dr2.log");
+    for expected in ["dr2 serves no TLS", "redoubt ca issue dr2", "failed"] {
+        assert!(
+            refused.contains(expected),
+            "install.md: config apply with an agent without a certificate does not say \
+             {expected:?}:\n{refused}"
+        );
+    }
 }
 
 /// The ` ```sh ` blocks of a page, in order.
@@ -81,7 +160,7 @@ impl Drop for PageCleanup<'_> {
     }
 }
 
-fn run_page(name: &str, blocks: &[String]) {
+fn run_page(name: &str, blocks: &[String], check: Option<PageCheck>) {
     let dir = tempfile::tempdir().unwrap();
     let _cleanup = PageCleanup { dir: dir.path() };
     let script = format!("set -euo pipefail\nset -x\n{}", blocks.join("\n"));
@@ -98,6 +177,7 @@ fn run_page(name: &str, blocks: &[String]) {
         .arg("page.sh")
         .current_dir(dir.path())
         .env("PATH", path)
+        .env("REDOUBT_ETC", workspace().join("packaging/etc/redoubt"))
         .env_remove("REDOUBT_CONSOLE")
         .env_remove("REDOUBT_TOKEN_FILE")
         .env_remove("REDOUBT_CA_FILE")
@@ -126,6 +206,9 @@ fn run_page(name: &str, blocks: &[String]) {
         status.success(),
         "docs/guide/{name}: a command failed ({status}); the page's run (set -x):\n{output}"
     );
+    if let Some(check) = check {
+        check(dir.path(), &output);
+    }
     eprintln!("docs/guide/{name}: {} blocks ran", blocks.len());
 }
 
@@ -137,7 +220,7 @@ fn every_walkthrough_of_the_user_guide_runs() {
         .filter(|path| path.extension().is_some_and(|ext| ext == "md"))
         .collect();
     pages.sort();
-    let mut ran = 0;
+    let mut ran = Vec::new();
     for page in &pages {
         let name = page.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(page).unwrap();
@@ -168,10 +251,86 @@ fn every_walkthrough_of_the_user_guide_runs() {
         if blocks.is_empty() {
             continue;
         }
-        run_page(&name, &blocks);
-        ran += 1;
+        let check = PAGE_CHECKS
+            .iter()
+            .find(|(page, _)| *page == name)
+            .map(|(_, check)| *check);
+        run_page(&name, &blocks, check);
+        ran.push(name);
     }
-    assert!(ran >= 2, "the guide's walkthroughs ran: {ran} pages");
+    assert!(ran.len() >= 2, "the guide's walkthroughs ran: {ran:?}");
+    for (page, _) in PAGE_CHECKS {
+        assert!(
+            ran.iter().any(|name| name == page),
+            "docs/guide/{page} did not run (its results are checked): ran {ran:?}"
+        );
+    }
+}
+
+/// The `KEY=value` keys of a settings file.
+fn settings_keys(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('=').map(|(key, _)| key.trim()))
+        .collect()
+}
+
+/// The install page starts its agents and console on one machine with the settings file and
+/// the `ExecStart` of the systemd unit (only the state directory differs), so what the doc
+/// test runs is what the services run; the units' variables are keys of their settings files.
+#[test]
+fn the_install_page_starts_the_daemons_as_the_systemd_units_do() {
+    let page = std::fs::read_to_string(guide_dir().join("install.md")).unwrap();
+    let run = sh_blocks(&page).join("\n");
+    for unit in ["redoubt-agent.service", "redoubt-console.service"] {
+        let text =
+            std::fs::read_to_string(workspace().join("packaging/systemd").join(unit)).unwrap();
+        let field = |key: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{unit} has no {key}"))
+                .trim()
+                .to_string()
+        };
+        let exec_start = field("ExecStart=");
+        let (command, state_dir) = exec_start.rsplit_once(' ').unwrap();
+        assert!(
+            command.ends_with(" --state-dir"),
+            "{unit}: ExecStart ends with --state-dir DIR: {exec_start}"
+        );
+        let command = command
+            .strip_prefix("/usr/bin/")
+            .unwrap_or_else(|| panic!("{unit}: ExecStart runs /usr/bin/redoubt: {exec_start}"));
+        assert!(
+            run.contains(&format!("exec {command} ")),
+            "docs/guide/install.md starts {unit}'s daemon otherwise than `{command} DIR` \
+             (its ExecStart): update the page's runnable equivalent"
+        );
+        assert!(
+            page.contains(state_dir),
+            "docs/guide/install.md does not name {unit}'s state directory {state_dir}"
+        );
+        let settings = field("EnvironmentFile=");
+        let settings_name = Path::new(&settings).file_name().unwrap().to_string_lossy();
+        assert!(
+            run.contains(&format!("\"$etc/{settings_name}\"")),
+            "docs/guide/install.md does not start {unit}'s daemon with {settings}"
+        );
+        let packaged = std::fs::read_to_string(
+            workspace()
+                .join("packaging/etc/redoubt")
+                .join(settings_name.as_ref()),
+        )
+        .unwrap();
+        let keys = settings_keys(&packaged);
+        for variable in command.split("${").skip(1) {
+            let variable = variable.split('}').next().unwrap();
+            assert!(
+                keys.contains(&variable),
+                "{unit} uses ${{{variable}}}, which {settings} does not set"
+            );
+        }
+    }
 }
 
 #[test]
