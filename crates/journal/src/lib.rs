@@ -56,7 +56,7 @@ pub use journal::{
     SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT,
     WRITE_BUFFER_BYTES_MAX,
 };
-pub use reader::{read_directory, JournalReader};
+pub use reader::{read_directory, JournalReader, ReadPosition};
 pub use record::{
     decode, decode_header, encode, encode_header, encoded_size_bytes, lv_id_for_name, DecodeError,
     InvalidRecord, OwnedRecord, Record, RecordHeader, RecordKind, MARKER_NAME_BYTES_MAX,

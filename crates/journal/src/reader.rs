@@ -117,6 +117,19 @@ struct Cursor<File> {
     seq_expected: u64,
 }
 
+/// Where a reader stopped in a segment: a later reader of the same directory starts there
+/// instead of scanning the segment from its first record ([`JournalReader::resume_at`]). The
+/// send process reads the journal's tail again and again; without it, each read costs the
+/// whole segment written so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadPosition {
+    /// The segment (its first seq).
+    pub segment_first_seq: u64,
+    /// The byte offset of the record `seq_next` in that segment.
+    pub offset_bytes: u64,
+    pub seq_next: u64,
+}
+
 /// Iterates records `seq_from..=seq_last` in sequence order across segments, where
 /// `seq_last` is the durable seq when the reader was created. Independent of the writer
 /// (`Send`, owns its handles), so it can run on another thread. Fused after the first error.
@@ -131,6 +144,8 @@ pub struct JournalReader<F: JournalFs> {
     seq_last: u64,
     scratch: Vec<u8>,
     failed: bool,
+    /// Where to start in the segment it names instead of at its first record.
+    resume: Option<ReadPosition>,
 }
 
 impl<F: JournalFs> JournalReader<F> {
@@ -157,7 +172,34 @@ impl<F: JournalFs> JournalReader<F> {
             seq_last,
             scratch: Vec::new(),
             failed: false,
+            resume: None,
         }
+    }
+
+    /// Starts at `position` (from [`JournalReader::position`] of an earlier reader of this
+    /// directory) when it lies in the segment holding the first record to read, at or before
+    /// it; otherwise reads as without it. A stale position cannot pass for a good one: the
+    /// record found there must carry the seq the position names, and its CRC must hold.
+    pub fn resume_at(mut self, position: ReadPosition) -> JournalReader<F> {
+        if position.seq_next <= self.seq_next
+            && position.seq_next >= position.segment_first_seq
+            && position.offset_bytes >= SEGMENT_HEADER_SIZE_BYTES as u64
+        {
+            self.resume = Some(position);
+        }
+        self
+    }
+
+    /// Where this reader stands: the next record's segment and offset, once it has read a
+    /// record and while its segment goes on.
+    pub fn position(&self) -> Option<ReadPosition> {
+        let cursor = self.cursor.as_ref()?;
+        let segment = self.segments.get(self.segment_index)?;
+        Some(ReadPosition {
+            segment_first_seq: segment.first_seq,
+            offset_bytes: cursor.offset_bytes,
+            seq_next: cursor.seq_expected,
+        })
     }
 
     /// The seq the next call to `next` yields, if any remain.
@@ -200,7 +242,16 @@ impl<F: JournalFs> JournalReader<F> {
                         seq_last: self.seq_last,
                     });
                 };
-                self.cursor = Some(self.open_segment(segment)?);
+                let mut cursor = self.open_segment(segment)?;
+                if let Some(resume) = self
+                    .resume
+                    .take()
+                    .filter(|resume| resume.segment_first_seq == segment.first_seq)
+                {
+                    cursor.offset_bytes = resume.offset_bytes;
+                    cursor.seq_expected = resume.seq_next;
+                }
+                self.cursor = Some(cursor);
                 continue;
             };
             let file_size_bytes = cursor

@@ -83,3 +83,59 @@ fn reopen_on_real_files_truncates_a_torn_tail() {
     );
     assert_eq!(names.len(), sealed + 1);
 }
+
+/// The send process's tail reads: each read resumes where the previous stopped, across a seal
+/// of the open segment, and yields what a read from the segment's start yields; a position
+/// that does not fit the read is ignored.
+#[test]
+fn a_reader_resumes_where_the_last_read_stopped() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("rg");
+    let config = JournalConfig {
+        segment_size_bytes: 64 << 10,
+        ..JournalConfig::new(GroupId([3; 16]), 1 << 30)
+    };
+    let mut journal = Journal::open(StdFs, &dir, config).unwrap();
+    let payload = |seq: u64| vec![seq as u8; 1000 + (seq as usize % 7) * 100];
+    let read = |from: u64, to: u64, resume: Option<redoubt_journal::ReadPosition>| {
+        let mut reader =
+            redoubt_journal::read_directory(StdFs, &dir, GroupId([3; 16]), from, to).unwrap();
+        if let Some(resume) = resume {
+            reader = reader.resume_at(resume);
+        }
+        let mut seqs = Vec::new();
+        for record in reader.by_ref() {
+            let record = record.unwrap();
+            assert_eq!(record.payload, payload(record.header.seq));
+            seqs.push(record.header.seq);
+        }
+        (seqs, reader.position())
+    };
+    let mut position = None;
+    let mut next = 1u64;
+    for seq in 1..=300u64 {
+        journal
+            .append(&Entry::write(1, seq * 4096, &payload(seq), seq))
+            .unwrap();
+        if seq % 10 == 0 {
+            let durable = journal.sync().unwrap();
+            let (seqs, after) = read(next, durable, position);
+            assert_eq!(seqs, (next..=durable).collect::<Vec<_>>());
+            next = durable + 1;
+            position = after;
+        }
+    }
+    assert!(
+        journal.sealed_segments().len() > 2,
+        "the reads crossed seals"
+    );
+
+    // A position from further on, or of another segment, is not used: the read is whole.
+    let (_, far) = read(200, 250, None);
+    let far = far.unwrap();
+    let (seqs, _) = read(100, 120, Some(far));
+    assert_eq!(seqs, (100..=120).collect::<Vec<_>>());
+    let (_, early) = read(1, 5, None);
+    let (seqs, _) = read(290, 300, early);
+    assert_eq!(seqs, (290..=300).collect::<Vec<_>>());
+}

@@ -5,6 +5,10 @@
 //!     throttle ──Records──▶ ABA            ◀──Ack{durable_seq}── (shipped watermark, pruning)
 //! ```
 //!
+//! Each read of the journal resumes where the previous one stopped (`ReadPosition`): a read of
+//! the tail costs the new records, not the whole segment written so far (which made every
+//! sync-mode write wait milliseconds on a busy segment).
+//!
 //! It reconnects forever with a capped backoff and always resumes after the target's durable
 //! seq (never from zero, never skipping). The datatap prunes its journal only up to the lowest
 //! seq every target holds durably (`Watermarks::shipped_seq`).
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redoubt_datatap::{JournalLocation, Watermarks};
-use redoubt_journal::{read_directory, StdFs};
+use redoubt_journal::{read_directory, ReadPosition, StdFs};
 use redoubt_wire::{
     BatchPush, Frame, Heartbeat, JournalPosition, RecordsBatch, RecordsBatchBuilder, SenderConfig,
     SenderSession, Start, IN_FLIGHT_BYTES_MAX_DEFAULT,
@@ -392,6 +396,8 @@ async fn send_records(
         window_start: Instant::now(),
         window_bytes: 0,
     };
+    // Where the last read stopped: the next one starts there, not at the segment's start.
+    let mut position: Option<ReadPosition> = None;
     loop {
         let durable_changed = watermarks.durable_changed.notified();
         tokio::pin!(durable_changed);
@@ -410,11 +416,19 @@ async fn send_records(
             continue;
         }
         let location = config.journal.clone();
-        let batches = tokio::task::spawn_blocking(move || {
-            read_batches(&location, next_seq, durable_seq, config_batch_bytes())
+        let resume = position.take();
+        let (batches, after) = tokio::task::spawn_blocking(move || {
+            read_batches(
+                &location,
+                next_seq,
+                durable_seq,
+                config_batch_bytes(),
+                resume,
+            )
         })
         .await
         .map_err(|error| ReplicationError::Config(error.to_string()))??;
+        position = after;
         for builder in batches {
             let batch: RecordsBatch = builder.finish(config.compression_level)?;
             let bytes = batch.len_bytes();
@@ -459,19 +473,46 @@ fn config_batch_bytes() -> u32 {
     BATCH_BYTES_DEFAULT
 }
 
-/// Reads `from..=to` from the journal directory into batches of at most `batch_bytes`.
+/// Reads `from..=to` from the journal directory into batches of at most `batch_bytes`,
+/// starting at `resume` (where the previous read stopped) when it fits; returns the batches
+/// and where this read stopped. A position that turns out stale (the record there is not the
+/// one it names) costs one read from the segment's start, never a wrong record.
 fn read_batches(
     location: &JournalLocation,
     from: u64,
     to: u64,
     batch_bytes: u32,
-) -> Result<Vec<RecordsBatchBuilder>, ReplicationError> {
-    let reader = read_directory(StdFs, &location.dir, location.group_id, from, to)?;
+    resume: Option<ReadPosition>,
+) -> Result<(Vec<RecordsBatchBuilder>, Option<ReadPosition>), ReplicationError> {
+    match read_batches_at(location, from, to, batch_bytes, resume) {
+        Err(error) if resume.is_some() => {
+            tracing::debug!(%error, "read from the last position failed: reading from the segment's start");
+            read_batches_at(location, from, to, batch_bytes, None)
+        }
+        result => result,
+    }
+}
+
+fn read_batches_at(
+    location: &JournalLocation,
+    from: u64,
+    to: u64,
+    batch_bytes: u32,
+    resume: Option<ReadPosition>,
+) -> Result<(Vec<RecordsBatchBuilder>, Option<ReadPosition>), ReplicationError> {
+    let mut reader = read_directory(StdFs, &location.dir, location.group_id, from, to)?;
+    if let Some(resume) = resume {
+        reader = reader.resume_at(resume);
+    }
     let mut batches = Vec::new();
     let mut builder = RecordsBatchBuilder::new(batch_bytes);
     // Bound the memory one read holds: a few batches, the rest on the next pass.
     let batches_per_read_max = 8;
-    for record in reader {
+    loop {
+        let before = reader.position();
+        let Some(record) = reader.next() else {
+            break;
+        };
         let record = record?;
         if builder.push_owned(&record)? == BatchPush::Full {
             batches.push(std::mem::replace(
@@ -479,7 +520,8 @@ fn read_batches(
                 RecordsBatchBuilder::new(batch_bytes),
             ));
             if batches.len() >= batches_per_read_max {
-                return Ok(batches);
+                // This record goes in the next read, which starts at it.
+                return Ok((batches, before));
             }
             if builder.push_owned(&record)? != BatchPush::Added {
                 return Err(ReplicationError::Config(format!(
@@ -492,7 +534,7 @@ fn read_batches(
     if !builder.is_empty() {
         batches.push(builder);
     }
-    Ok(batches)
+    Ok((batches, reader.position()))
 }
 
 #[cfg(test)]
