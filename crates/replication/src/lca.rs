@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use redoubt_datatap::{JournalLocation, Watermarks};
 use redoubt_journal::{read_directory, ReadPosition, StdFs};
 use redoubt_wire::{
-    BatchPush, Frame, Heartbeat, JournalPosition, RecordsBatch, RecordsBatchBuilder, SenderConfig,
-    SenderSession, Start, IN_FLIGHT_BYTES_MAX_DEFAULT,
+    BatchCompressor, BatchPush, Frame, Heartbeat, JournalPosition, RecordsBatch,
+    RecordsBatchBuilder, SenderConfig, SenderSession, Start, IN_FLIGHT_BYTES_MAX_DEFAULT,
 };
 use tokio::sync::{watch, Notify};
 
@@ -398,6 +398,10 @@ async fn send_records(
     };
     // Where the last read stopped: the next one starts there, not at the segment's start.
     let mut position: Option<ReadPosition> = None;
+    let mut compressor = config
+        .compression_level
+        .map(BatchCompressor::new)
+        .transpose()?;
     loop {
         let durable_changed = watermarks.durable_changed.notified();
         tokio::pin!(durable_changed);
@@ -417,20 +421,26 @@ async fn send_records(
         }
         let location = config.journal.clone();
         let resume = position.take();
-        let (batches, after) = tokio::task::spawn_blocking(move || {
-            read_batches(
+        let mut batch_compressor = compressor.take();
+        // Reading and compressing are CPU and disk work: off the runtime, so the connections'
+        // tasks and the acknowledgements that sync-mode writes wait for are never held up.
+        let (read, batch_compressor) = tokio::task::spawn_blocking(move || {
+            let read = read_batches(
                 &location,
                 next_seq,
                 durable_seq,
                 config_batch_bytes(),
                 resume,
-            )
+                batch_compressor.as_mut(),
+            );
+            (read, batch_compressor)
         })
         .await
-        .map_err(|error| ReplicationError::Config(error.to_string()))??;
+        .map_err(|error| ReplicationError::Config(error.to_string()))?;
+        compressor = batch_compressor;
+        let (batches, after) = read?;
         position = after;
-        for builder in batches {
-            let batch: RecordsBatch = builder.finish(config.compression_level)?;
+        for batch in batches {
             let bytes = batch.len_bytes();
             loop {
                 let acked = status.acked.notified();
@@ -446,7 +456,12 @@ async fn send_records(
                 acked.await;
             }
             throttle.take(bytes).await;
-            writer.send(&Frame::Records(batch.clone())).await?;
+            // Framed as it is, not copied: a batch is up to 4 MiB.
+            let frame = Frame::Records(batch);
+            writer.send(&frame).await?;
+            let Frame::Records(batch) = frame else {
+                return Err(ReplicationError::Unexpected("a Records frame changed kind"));
+            };
             sender
                 .lock()
                 .map_err(|_| ReplicationError::Config("sender lock poisoned".into()))?
@@ -483,14 +498,20 @@ fn read_batches(
     to: u64,
     batch_bytes: u32,
     resume: Option<ReadPosition>,
-) -> Result<(Vec<RecordsBatchBuilder>, Option<ReadPosition>), ReplicationError> {
-    match read_batches_at(location, from, to, batch_bytes, resume) {
+    mut compressor: Option<&mut BatchCompressor>,
+) -> Result<(Vec<RecordsBatch>, Option<ReadPosition>), ReplicationError> {
+    let (builders, after) = match read_batches_at(location, from, to, batch_bytes, resume) {
         Err(error) if resume.is_some() => {
             tracing::debug!(%error, "read from the last position failed: reading from the segment's start");
-            read_batches_at(location, from, to, batch_bytes, None)
+            read_batches_at(location, from, to, batch_bytes, None)?
         }
-        result => result,
-    }
+        result => result?,
+    };
+    let batches = builders
+        .into_iter()
+        .map(|builder| builder.finish_with(compressor.as_deref_mut()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((batches, after))
 }
 
 fn read_batches_at(

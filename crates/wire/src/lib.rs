@@ -134,7 +134,10 @@ pub use frame::{
     MESSAGE_BYTES_MAX, NAME_BYTES_MAX, PROTOCOL_VERSION_CURRENT, PROTOCOL_VERSION_MIN,
     WELCOME_FLAG_NEEDS_FULL_RESYNC,
 };
-pub use records::{BatchPush, RecordsBatch, RecordsBatchBuilder, RECORDS_PREFIX_BYTES};
+pub use records::{
+    BatchCompressor, BatchPush, RecordsBatch, RecordsBatchBuilder, COMPRESSION_SAMPLE_BYTES,
+    RECORDS_PREFIX_BYTES,
+};
 pub use session::{
     Backlog, HelloReply, ReceiverConfig, ReceiverSession, SenderConfig, SenderSession, Start,
     IN_FLIGHT_BYTES_MAX_DEFAULT,

@@ -222,6 +222,43 @@ fn validate_records(first_seq: u64, record_count: u32, records: &[u8]) -> Result
     Ok(())
 }
 
+/// Bytes of a batch's start that are compressed first to judge the whole: a batch whose
+/// sample does not shrink by 1/8 is sent plain without spending zstd on the rest (already
+/// compressed or encrypted data, random test data).
+pub const COMPRESSION_SAMPLE_BYTES: usize = 64 << 10;
+
+/// zstd at one level, with one context reused for every batch.
+pub struct BatchCompressor {
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl BatchCompressor {
+    pub fn new(level: i32) -> Result<BatchCompressor, WireError> {
+        let compressor =
+            zstd::bulk::Compressor::new(level).map_err(|error| WireError::Compression {
+                reason: error.to_string(),
+            })?;
+        Ok(BatchCompressor { compressor })
+    }
+
+    /// `body` compressed, when that saves at least 1/8 of its bytes; `None` to send it plain.
+    fn compress_if_it_pays(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, WireError> {
+        let saves_enough = |compressed: usize, plain: usize| compressed * 8 <= plain * 7;
+        let failed = |error: std::io::Error| WireError::Compression {
+            reason: error.to_string(),
+        };
+        if body.len() > 2 * COMPRESSION_SAMPLE_BYTES {
+            let sample = &body[..COMPRESSION_SAMPLE_BYTES];
+            let compressed = self.compressor.compress(sample).map_err(failed)?;
+            if !saves_enough(compressed.len(), sample.len()) {
+                return Ok(None);
+            }
+        }
+        let compressed = self.compressor.compress(body).map_err(failed)?;
+        Ok(saves_enough(compressed.len(), body.len()).then_some(compressed))
+    }
+}
+
 /// Whether [`RecordsBatchBuilder::push`] took the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
@@ -315,20 +352,23 @@ impl RecordsBatchBuilder {
     /// The batch; compressed with zstd at `compression_level` when that saves at least 1/8
     /// of the bytes (otherwise sent plain).
     pub fn finish(self, compression_level: Option<i32>) -> Result<RecordsBatch, WireError> {
+        match compression_level {
+            Some(level) => self.finish_with(Some(&mut BatchCompressor::new(level)?)),
+            None => self.finish_with(None),
+        }
+    }
+
+    /// [`RecordsBatchBuilder::finish`] with a compressor kept across batches (a zstd context
+    /// costs more to make than a small batch costs to compress).
+    pub fn finish_with(
+        self,
+        compressor: Option<&mut BatchCompressor>,
+    ) -> Result<RecordsBatch, WireError> {
         if self.is_empty() {
             return Err(WireError::BatchEmpty);
         }
-        let compressed = match compression_level {
-            Some(level) => {
-                let body = zstd::bulk::compress(&self.records, level).map_err(|error| {
-                    WireError::Compression {
-                        reason: error.to_string(),
-                    }
-                })?;
-                // Worth the receiver's CPU only if it saves at least 1/8 of the bytes.
-                let saves_enough = (body.len() as u64) * 8 <= self.len_bytes() * 7;
-                saves_enough.then_some(body)
-            }
+        let compressed = match compressor {
+            Some(compressor) => compressor.compress_if_it_pays(&self.records)?,
             None => None,
         };
         Ok(RecordsBatch {

@@ -150,6 +150,49 @@ fn incompressible_batch_is_sent_plain() {
     assert_eq!(encoded(&Frame::Records(built), 1)[7], 0);
 }
 
+/// One compressor for many batches, as the send process keeps it: compressible batches
+/// shrink and round-trip; a large batch whose first 64 KiB do not shrink is sent plain even
+/// though its tail would (the sample decides, so random data costs no zstd pass).
+#[test]
+fn a_kept_compressor_judges_large_batches_by_their_start() {
+    let mut compressor = BatchCompressor::new(3).unwrap();
+    let noise = |length: usize, seed: u32| {
+        let mut state = seed;
+        (0..length)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    for first_seq in [1u64, 100, 200] {
+        let mut builder = RecordsBatchBuilder::new(BATCH_BYTES_MAX);
+        for seq in first_seq..first_seq + 50 {
+            let pushed = builder
+                .push_owned(&write_record(seq, 4096, seq as u8))
+                .unwrap();
+            assert_eq!(pushed, BatchPush::Added);
+        }
+        let built = builder.finish_with(Some(&mut compressor)).unwrap();
+        assert!(built.is_compressed());
+        let round_trip = encoded(&Frame::Records(built.clone()), 1);
+        assert!(round_trip.len() < built.len_bytes() as usize / 8);
+        assert_eq!(built, batch(first_seq, 50, 4096, None));
+    }
+    let mut builder = RecordsBatchBuilder::new(BATCH_BYTES_MAX);
+    let mut record = write_record(1, 2 * COMPRESSION_SAMPLE_BYTES, 0);
+    record.payload = noise(2 * COMPRESSION_SAMPLE_BYTES, 7);
+    assert_eq!(builder.push_owned(&record).unwrap(), BatchPush::Added);
+    assert_eq!(
+        builder.push_owned(&write_record(2, 1 << 20, 0)).unwrap(),
+        BatchPush::Added
+    );
+    let built = builder.finish_with(Some(&mut compressor)).unwrap();
+    assert!(!built.is_compressed(), "the incompressible start decides");
+}
+
 /// A compressed Records frame declaring `records_bytes` around an arbitrary zstd body.
 fn compressed_frame(first_seq: u64, count: u32, records_bytes: u32, body: &[u8]) -> Vec<u8> {
     let mut bytes = vec![0u8; FRAME_HEADER_SIZE_BYTES];
