@@ -185,9 +185,11 @@ async fn dry_run(
     State(shared): State<Arc<Shared>>,
     Json(body): Json<ConfigBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let (current, _, plans) = validate_and_plan(&shared, &body)?;
+    let (current, new, plans) = validate_and_plan(&shared, &body)?;
+    let changed = current.as_ref().is_none_or(|(_, old)| *old != new);
     Ok(Json(json!({
         "base_version": current.map(|(version, _)| version.version).unwrap_or(0),
+        "changed": changed,
         "plans": plans_json(&plans),
     })))
 }
@@ -219,9 +221,32 @@ async fn apply(
     let (current, new, plans) = validate_and_plan(&shared, &body)?;
     let current_version = current.as_ref().map(|(version, _)| version.version);
     if plans.is_empty() {
-        return Ok(
-            Json(json!({"version": current_version.unwrap_or(0), "plans": []})).into_response(),
+        if current.as_ref().is_some_and(|(_, old)| *old == new) {
+            return Ok(
+                Json(json!({"version": current_version.unwrap_or(0), "plans": []})).into_response(),
+            );
+        }
+        // A change no group sees (servers only, a server no group uses yet): a new version
+        // in effect, nothing to initialize.
+        let version = current_version.unwrap_or(0).saturating_add(1);
+        let saved = ConfigVersion {
+            version,
+            toml: body.toml.clone(),
+            saved_unix_ms: now_unix_ms(),
+            groups: Vec::new(),
+        };
+        shared.store.save_version(&saved, &[])?;
+        tracing::info!(
+            version,
+            "configuration saved; no group changed, nothing to initialize"
         );
+        return Ok((
+            crate::audit::note(format!(
+                "applied configuration version {version}; no group changed"
+            )),
+            Json(json!({"version": version, "plans": []})),
+        )
+            .into_response());
     }
     for plan in &plans {
         if let Some(record) = shared.store.init(&plan.group)? {

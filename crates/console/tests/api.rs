@@ -389,6 +389,38 @@ async fn apply_runs_exactly_the_plan_in_catalog_order() {
     let (_, shown) = console.get("/v1/config").await;
     assert_eq!(shown, json!({"version": 1, "toml": TWO}));
 
+    // A server no group uses yet: no plan, but a change: saved as version 2, nothing runs.
+    let with_spare = format!(
+        "{TWO}\n[[server]]\nname = \"spare\"\naddress = \"spare.test:7413\"\ndata_dir = \"/var/lib/redoubt/spare\"\n"
+    );
+    let calls_before = agent.calls().len();
+    let (status, dry) = console
+        .post("/v1/config/plan", json!({"toml": with_spare}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(dry["plans"], json!([]));
+    assert_eq!(dry["changed"], true, "{dry}");
+    let (status, saved) = console.apply(&with_spare).await;
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved, json!({"version": 2, "plans": []}));
+    assert_eq!(
+        console.get("/v1/config").await.1["toml"],
+        with_spare.as_str()
+    );
+    assert_eq!(
+        agent.calls().len(),
+        calls_before,
+        "nothing ran on any server"
+    );
+    let (_, dry) = console
+        .post("/v1/config/plan", json!({"toml": with_spare}))
+        .await;
+    assert_eq!(dry["changed"], false, "{dry}");
+    let (status, _) = console.apply(TWO).await;
+    assert_eq!(status, 200);
+    let (_, history) = console.get("/v1/config/history").await;
+    assert_eq!(history.as_array().unwrap().len(), 3);
+
     // Status folds the agents' answers; an unreachable agent is not an error.
     let (status, overview) = console.get("/v1/status").await;
     assert_eq!(status, 200);

@@ -146,7 +146,12 @@ pub async fn plan(
                     "Planned against configuration version {version}, in effect on the console."
                 ),
             }
-            print_plans(&planned["plans"]);
+            let no_plan = planned["plans"].as_array().is_none_or(Vec::is_empty);
+            if no_plan && planned["changed"] == true {
+                println!("No group changes, so nothing to initialize; `config apply` saves it as a new version.");
+            } else {
+                print_plans(&planned["plans"]);
+            }
         }
     }
     Ok(())
@@ -164,13 +169,23 @@ pub async fn apply(
     let mut body = json!({"toml": toml, "destroy": destroy});
     let planned = client.post("/v1/config/plan", &body).await?;
     let plans = planned["plans"].clone();
-    print_plans(&plans);
     let groups: Vec<String> = plans
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|plan| plan["group"].as_str().map(str::to_string))
         .collect();
+    if groups.is_empty() && planned["changed"] == true {
+        // Saved as a new version; no group changes, so nothing runs on any server.
+        body["confirm"] = json!(true);
+        let applied = client.post("/v1/config", &body).await?;
+        println!(
+            "No group changes, so nothing to initialize. Saved configuration version {}.",
+            applied["version"]
+        );
+        return Ok(());
+    }
+    print_plans(&plans);
     if groups.is_empty() {
         return Ok(());
     }
