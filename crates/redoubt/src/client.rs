@@ -167,7 +167,9 @@ impl ConsoleClient {
             }
             _ => ExitCodeKind::Failed,
         };
-        Err(Failure::new(code, format!("{path}: {message}")))
+        // The console's message says what and where; the API path means nothing to a person.
+        tracing::debug!(%path, %status, "the console refused the request");
+        Err(Failure::new(code, message))
     }
 }
 

@@ -7,11 +7,17 @@
 //! redoubt completion fish > ~/.config/fish/completions/redoubt.fish
 //! ```
 
+use std::io::Write;
+
 use clap::CommandFactory;
 
 use crate::cli::Cli;
 
 pub fn run(shell: clap_complete::Shell) {
     let mut command = Cli::command();
-    clap_complete::generate(shell, &mut command, "redoubt", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "redoubt", &mut script);
+    // A reader that stops early (`| head`) is no failure: the rest is not wanted.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(&script).and_then(|()| stdout.flush());
 }

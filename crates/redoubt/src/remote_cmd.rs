@@ -217,7 +217,39 @@ pub async fn apply(
     for group in &groups {
         watch(client, group).await?;
     }
+    // The initialization is done, but a full sync it started (new LV, new recovery server)
+    // goes on: say so, and how to follow it, rather than let "done" read as "in sync".
+    if let Ok(status) = client.get("/v1/status").await {
+        for group in &groups {
+            if let Some(line) = sync_going_on(&status, group) {
+                println!("{line}");
+            }
+        }
+    }
     Ok(())
+}
+
+/// Pure: a line saying that `group`'s full sync goes on after its initialization, if it does.
+fn sync_going_on(status: &Value, group: &str) -> Option<String> {
+    let entry = status["groups"]
+        .as_array()?
+        .iter()
+        .find(|entry| entry["name"].as_str() == Some(group))?;
+    let syncing: Vec<String> = entry["targets"]
+        .as_array()?
+        .iter()
+        .filter_map(|target| {
+            let pct = target["super_transaction_pct"].as_f64()?;
+            (pct < 100.0).then(|| format!("{} {pct:.0}%", target["server"].as_str().unwrap_or("?")))
+        })
+        .collect();
+    if syncing.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "The initialization of {group} is done; its full sync goes on in the background ({}): follow it with `redoubt status {group} --wait-sync`.",
+        syncing.join(", ")
+    ))
 }
 
 /// Follows one group's initialization until it is done or failed. Ctrl-C detaches only.
@@ -262,10 +294,32 @@ pub async fn show(client: &ConsoleClient, format: Format) -> Result<(), Failure>
         ),
         Format::Text => {
             println!("# configuration version {}", current["version"]);
-            print!("{}", current["toml"].as_str().unwrap_or(""));
+            print!(
+                "{}",
+                without_version_header(current["toml"].as_str().unwrap_or(""))
+            );
         }
     }
     Ok(())
+}
+
+/// The TOML without the `# configuration version N` lines a `config show` put at its top: a
+/// file saved from `config show` and applied again would otherwise stack them.
+fn without_version_header(toml: &str) -> &str {
+    let mut rest = toml;
+    while let Some(line_end) = rest.find('\n') {
+        let line = &rest[..line_end];
+        let is_header = line
+            .strip_prefix("# configuration version ")
+            .is_some_and(|number| {
+                !number.is_empty() && number.trim().bytes().all(|b| b.is_ascii_digit())
+            });
+        if !is_header {
+            break;
+        }
+        rest = &rest[line_end + 1..];
+    }
+    rest
 }
 
 pub async fn history(client: &ConsoleClient, format: Format) -> Result<(), Failure> {
@@ -277,10 +331,13 @@ pub async fn history(client: &ConsoleClient, format: Format) -> Result<(), Failu
         ),
         Format::Text => {
             for version in history.as_array().into_iter().flatten() {
+                let saved = version["saved_unix_ms"].as_u64().map_or_else(
+                    || "at an unknown time".to_string(),
+                    |ms| redoubt_points::format_time(ms.saturating_mul(1_000_000)),
+                );
                 println!(
-                    "version {}  saved {} ms  groups: {}",
+                    "version {}  saved {saved}  groups: {}",
                     version["version"],
-                    version["saved_unix_ms"],
                     version["groups"]
                         .as_array()
                         .map(|g| g
@@ -492,6 +549,27 @@ mod tests {
         );
         assert!(text.contains("applied seq 322 of - (- behind)"), "{text}");
         assert!(!text.contains("null"), "no JSON null for people: {text}");
+    }
+
+    #[test]
+    fn a_full_sync_that_goes_on_after_the_initialization_is_announced() {
+        let status = json!({"groups": [{"name": "erp", "targets": [
+            {"server": "dr-b", "super_transaction_pct": 56.4},
+            {"server": "dr-c", "super_transaction_pct": 100.0}]}]});
+        let line = sync_going_on(&status, "erp").unwrap();
+        assert!(line.contains("(dr-b 56%)"), "{line}");
+        assert!(line.contains("redoubt status erp --wait-sync"), "{line}");
+        let synced = json!({"groups": [{"name": "erp", "targets": [
+            {"server": "dr-b", "super_transaction_pct": 100.0}]}]});
+        assert_eq!(sync_going_on(&synced, "erp"), None);
+    }
+
+    #[test]
+    fn config_show_does_not_stack_version_headers() {
+        let saved = "# configuration version 9\n# configuration version 1\n[[server]]\n";
+        assert_eq!(without_version_header(saved), "[[server]]\n");
+        let mine = "# my own comment\n# configuration version 3\n";
+        assert_eq!(without_version_header(mine), mine);
     }
 
     #[test]

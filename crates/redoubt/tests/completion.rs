@@ -65,3 +65,19 @@ _redoubt redoubt "" --format; echo "formats: ${{COMPREPLY[*]}}""#,
         "an unknown shell is a usage error"
     );
 }
+
+/// `redoubt completion bash | head -1`: a reader that stops early is no failure, no panic.
+#[test]
+fn a_reader_that_stops_early_gets_no_panic() {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; RUST_BACKTRACE=1 '{}' completion bash | head -c 10 >/dev/null",
+            binary().display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(output.status.success(), "{stderr}");
+}
