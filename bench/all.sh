@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark in one run: the datatap vs qemu-nbd and nbdkit, replication vs loopback TCP
 # and the disk (with lag at 50% and 90% of the write rate), the initial sync vs nbdcopy, and
-# online verify and rollback vs reading the data once.
+# online verify and rollback vs reading the data once, and sync mode vs async mode on the lab.
 # Writes bench/results/all-latest.md (the three reports one after the other). Pass --quick
 # for a smoke run.
 set -euo pipefail
@@ -18,10 +18,11 @@ else
 fi
 bash bench/verify.sh "${quick[@]}"
 bash bench/rollback.sh "${quick[@]}"
+bash bench/sync.sh "${quick[@]}"
 {
   echo "# All benchmarks ($(date -u '+%Y-%m-%d %H:%M UTC'))"
   echo
-  for report in nbd replication initial-sync verify rollback; do
+  for report in nbd replication initial-sync verify rollback sync; do
     sed 's/^# /## /' "bench/results/${report}-latest.md"
     echo
   done

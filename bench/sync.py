@@ -128,7 +128,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--dir", default=None, help="lab directory (default: a temporary one)")
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s (a smoke run)")
     args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 1, 3
     for tool in ("fio",):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is missing: bash scripts/deps.sh")
@@ -167,16 +170,18 @@ def main():
     def median(mode, name, key):
         return statistics.median(r[key] for r in results[(mode, name)])
 
-    print(f"\nSync vs async on the lab (medians of {args.rounds} interleaved rounds, "
-          f"{args.seconds} s each; production and two recovery servers on loopback)\n")
-    print("| workload | async | sync | sync / async | p99 async | p99 sync |")
-    print("|---|---:|---:|---:|---:|---:|")
+    out = []
+    out.append(f"Sync vs async on the lab (medians of {args.rounds} interleaved rounds, "
+               f"{args.seconds} s each; production and two recovery servers on loopback)")
+    out.append("")
+    out.append("| workload | async | sync | sync / async | p99 async | p99 sync |")
+    out.append("|---|---:|---:|---:|---:|---:|")
     for name, label, _, _, _, _, metric in WORKLOADS:
         a, s = median("async", name, metric), median("sync", name, metric)
         unit = {"lat": "ms", "iops": "IOPS", "bw": "MiB/s"}[metric]
         fmt = "{:.3f} " + unit if metric == "lat" else "{:.0f} " + unit
-        print(f"| {label} | {fmt.format(a)} | {fmt.format(s)} | {s / a:.2f}x | "
-              f"{median('async', name, 'p99'):.2f} ms | {median('sync', name, 'p99'):.2f} ms |")
+        out.append(f"| {label} | {fmt.format(a)} | {fmt.format(s)} | {s / a:.2f}x | "
+                   f"{median('async', name, 'p99'):.2f} ms | {median('sync', name, 'p99'):.2f} ms |")
     commit = median("async", "qd1flush", "lat")
     qd1 = median("sync", "qd1", "lat")
     goals = [
@@ -189,9 +194,15 @@ def main():
          median("sync", "seq", "bw") >= 0.8 * median("async", "seq", "bw"),
          f"{median('sync', 'seq', 'bw') / median('async', 'seq', 'bw'):.2f}x"),
     ]
-    print()
+    out.append("")
     for goal, met, figure in goals:
-        print(f"- {'MET' if met else 'NOT MET'}: {goal} ({figure})")
+        out.append(f"- {'MET' if met else 'NOT MET'}: {goal} ({figure})")
+    report = "\n".join(out).strip() + "\n"
+    print("\n" + report)
+    results_dir = os.path.join(BENCH_DIR, "results")
+    os.makedirs(results_dir, exist_ok=True)
+    with open(os.path.join(results_dir, "sync-latest.md"), "w") as handle:
+        handle.write("# " + report)
 
 
 if __name__ == "__main__":
