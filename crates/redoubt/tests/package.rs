@@ -1,7 +1,8 @@
 //! The .deb: `packaging/build-deb.sh --no-build` packages the release binary this test run
 //! built (cargo-deb), and the package is installed into a scratch root with `dpkg --root`:
 //! binary, systemd units, default settings (as conffiles), man pages and guide are where a
-//! user expects them, the binary runs, the units parse (`systemd-analyze verify`), and remove
+//! user expects them, every relative link of the installed documentation leads to a file the
+//! package installs, the binary runs, the units parse (`systemd-analyze verify`), and remove
 //! keeps the settings while purge deletes them. Run with `cargo test --release` (the package
 //! holds target/release/redoubt).
 
@@ -29,6 +30,66 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
+/// The relative links (`[text](target)`) of every Markdown page under `dir` whose target does
+/// not exist: `PAGE: target`. Web links and anchors within a page are not followed; code
+/// blocks and code spans are skipped.
+fn broken_links(dir: &Path) -> Vec<String> {
+    let mut pages = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(current) = dirs.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "md") {
+                pages.push(path);
+            }
+        }
+    }
+    assert!(
+        !pages.is_empty(),
+        "no Markdown page under {}",
+        dir.display()
+    );
+    let mut broken = Vec::new();
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        let mut in_code_block = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code_block = !in_code_block;
+                continue;
+            }
+            if in_code_block {
+                continue;
+            }
+            // Outside code spans: every other piece between backticks.
+            for prose in line.split('`').step_by(2) {
+                for (start, _) in prose.match_indices("](") {
+                    let rest = &prose[start + 2..];
+                    let Some(end) = rest.find(')') else {
+                        continue;
+                    };
+                    let target = rest[..end].split('#').next().unwrap_or_default();
+                    if target.is_empty() || target.contains("://") || target.starts_with("mailto:")
+                    {
+                        continue;
+                    }
+                    if !page.parent().unwrap().join(target).exists() {
+                        broken.push(format!(
+                            "{}: {}",
+                            page.strip_prefix(dir).unwrap_or(&page).display(),
+                            &rest[..end]
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    broken.sort();
+    broken
+}
+
 #[test]
 fn the_deb_installs_binary_units_settings_man_pages_and_guide() {
     let binary = Path::new(env!("CARGO_BIN_EXE_redoubt"));
@@ -54,6 +115,9 @@ fn the_deb_installs_binary_units_settings_man_pages_and_guide() {
         "./usr/share/man/man1/redoubt-config-apply.1.gz",
         "./usr/share/doc/redoubt/guide/README.md",
         "./usr/share/doc/redoubt/examples/redoubt.toml",
+        "./usr/share/doc/redoubt/overview.md",
+        "./usr/share/doc/redoubt/configuration.md",
+        "./usr/share/doc/redoubt/glossary.md",
     ] {
         assert!(
             contents.lines().any(|line| line.ends_with(expected)),
@@ -109,6 +173,13 @@ fn the_deb_installs_binary_units_settings_man_pages_and_guide() {
     assert!(
         listed.contains("/lib/systemd/system/redoubt-agent.service"),
         "{listed}"
+    );
+    let broken = broken_links(&root.path().join("usr/share/doc/redoubt"));
+    assert!(
+        broken.is_empty(),
+        "links of the installed documentation that lead nowhere in the package (ship the page \
+         in [package.metadata.deb] assets, or fix the link):\n{}",
+        broken.join("\n")
     );
 
     let agent_unit = root.path().join("lib/systemd/system/redoubt-agent.service");
