@@ -381,6 +381,11 @@ impl DataPath {
                     "replica_consistent".into(),
                     json!(status.replica_synced.load(Ordering::Acquire)),
                 );
+                // A rollback paused apply: records are stored, not applied, until resume.
+                fields.insert(
+                    "apply_paused".into(),
+                    json!(status.paused.load(Ordering::Acquire)),
+                );
                 // The target backlog: how full its journal copy is.
                 fields.insert(
                     "journal_usage_pct".into(),

@@ -247,11 +247,11 @@ async fn run_rollback(
             outcome = &mut rollback => {
                 let result = outcome?;
                 let message = format!(
-                    "{} is production as of seq {} ({} undone, {} redone); apply paused until resume",
-                    target.name,
+                    "the replica on {server} now holds production's data as of seq {} ({} undone, {} redone); its apply is PAUSED until `redoubt resume {group} -s {server}`",
                     result["to_seq"],
                     result["undone_records"],
                     result["redone_records"],
+                    server = target.name,
                 );
                 return Ok((message, result));
             }

@@ -281,6 +281,7 @@ pub fn build(config: &Config, version: u64, inits: &[InitRecord], agents: &Agent
                         ]),
                         "data_path": field(from_recovery, "data_path"),
                         "replica_consistent": field(from_recovery, "replica_consistent"),
+                        "apply_paused": field(from_recovery, "apply_paused"),
                         "pre_resync": field(from_recovery, "pre_resync"),
                     })
                 })

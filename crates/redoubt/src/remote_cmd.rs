@@ -509,6 +509,13 @@ fn status_text(status: &Value) -> String {
                 percent(&target["target_backlog_pct"]),
                 if target["needs_resync"] == true { "  NEEDS RESYNC" } else { "" }
             ));
+            if target["apply_paused"] == true {
+                out.push_str(&format!(
+                    "    apply PAUSED by a rollback: records are received, not applied, until `redoubt resume {} -s {}`\n",
+                    group["name"].as_str().unwrap_or("GROUP"),
+                    target["server"].as_str().unwrap_or("SERVER")
+                ));
+            }
         }
     }
     out

@@ -314,6 +314,11 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
     assert!(replica(&dir, "dr-b")[..MIB].iter().all(|b| *b == 0x11));
     let points = json(redoubt(&dir, &["points", "erp", "--format", "json"]));
     assert_eq!(server_points(&points, "dr-b")["paused"], true);
+    let text = ok(redoubt(&dir, &["status", "erp"]));
+    assert!(
+        text.contains("apply PAUSED by a rollback") && text.contains("redoubt resume erp -s dr-b"),
+        "status shows the pause: {text}"
+    );
     assert_eq!(server_points(&points, "dr-b")["applied_seq"], marker_seq);
     ok(redoubt(&dir, &["resume", "erp", "-s", "dr-b"]));
     wait_until("dr-b applies again", || {
