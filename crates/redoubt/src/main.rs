@@ -31,6 +31,19 @@ use crate::exit::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let daemon = matches!(
+        cli.command,
+        Command::Agent(_) | Command::Console(_) | Command::Datatap(_) | Command::Apply(_)
+    );
+    if !daemon {
+        // A command whose output goes to a reader that stops early (`| head`) ends quietly, as
+        // Unix tools do, instead of panicking on the broken pipe. Daemons keep Rust's default
+        // (SIGPIPE ignored, EPIPE as an error): a closed peer must never kill them.
+        // SAFETY: signal(2) only resets this process's SIGPIPE disposition, before any thread.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REDOUBT_LOG")
