@@ -94,29 +94,18 @@ pub fn load(data_dir: &Path, group: &str) -> Result<Option<FailoverContext>, Str
 pub fn save(data_dir: &Path, group: &str, context: Option<&FailoverContext>) -> Result<(), String> {
     let path = context_path(data_dir, group)?;
     let Some(context) = context else {
-        return match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("delete failover context {}: {e}", path.display())),
-        };
+        // Durably gone: a context that came back after a power cut would keep a healthy
+        // production down.
+        return redoubt_durable::remove(&path)
+            .map(|_| ())
+            .map_err(|e| format!("delete failover context {}: {e}", path.display()));
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
     let text = serde_json::to_vec_pretty(context).map_err(|e| e.to_string())?;
-    let temporary = path.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, &path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| format!("write failover context {}: {e}", path.display()))
+    redoubt_durable::replace(&path, &text)
+        .map_err(|e| format!("write failover context {}: {e}", path.display()))
 }
 
 /// The acting spec of `server` under a failover context: the acting production serves the
@@ -546,7 +535,7 @@ async fn promote(
             redoubt_replication::rollback::ROLLFORWARD_FILE_NAME,
             "aba.json",
         ] {
-            let _ = std::fs::remove_file(group_dir.join(file));
+            let _ = redoubt_durable::remove(&group_dir.join(file));
         }
         let mut state = redoubt_datatap::state::GroupState::new(group_id);
         state.checkpoint_seq = point_seq;
@@ -937,7 +926,7 @@ async fn follow(
         redoubt_replication::rollback::ROLLFORWARD_FILE_NAME,
         redoubt_datatap::state::STATE_FILE_NAME,
     ] {
-        let _ = std::fs::remove_file(group_dir.join(file));
+        let _ = redoubt_durable::remove(&group_dir.join(file));
     }
     if let Err(reason) = redoubt_replication::aba::write_follower_state(
         &group_dir,

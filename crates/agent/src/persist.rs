@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use redoubt_config::Config;
@@ -57,24 +56,11 @@ pub struct GroupRecord {
 
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AgentError> {
     let path = dir.join(name);
-    let temporary = dir.join(format!(".{name}.tmp"));
-    let io = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| AgentError::Io {
-            action,
-            path,
-            source,
-        }
-    };
-    let mut file = fs::File::create(&temporary).map_err(io("create", &temporary))?;
-    file.write_all(bytes).map_err(io("write", &temporary))?;
-    file.sync_all().map_err(io("sync", &temporary))?;
-    drop(file);
-    fs::rename(&temporary, &path).map_err(io("rename into place", &path))?;
-    fs::File::open(dir)
-        .and_then(|directory| directory.sync_all())
-        .map_err(io("sync directory", dir))?;
-    Ok(())
+    redoubt_durable::replace(&path, bytes).map_err(|source| AgentError::Io {
+        action: "replace durably",
+        path,
+        source,
+    })
 }
 
 pub fn load_state(state_dir: &Path) -> Result<AgentState, AgentError> {

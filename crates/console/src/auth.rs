@@ -10,8 +10,6 @@
 //! [`authorize`] is the one role check: the API middleware ([`require_role`]) and any other
 //! front door (the web console's sessions) call it.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -117,26 +115,11 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
-/// Writes `token` to `dir/file` atomically: a 0600 temporary file, fsync, rename, fsync dir.
+/// Writes `token` to `dir/file` durably and privately (0600, also while temporary).
 fn write_token(dir: &Path, file: &str, token: &str) -> Result<(), AuthError> {
     let path = dir.join(file);
-    let temporary = dir.join(format!(".{file}.new"));
-    let _ = std::fs::remove_file(&temporary);
-    let mut handle = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(io("create", &temporary))?;
-    handle
-        .write_all(format!("{token}\n").as_bytes())
-        .map_err(io("write", &temporary))?;
-    handle.sync_all().map_err(io("sync", &temporary))?;
-    std::fs::rename(&temporary, &path).map_err(io("rename into place", &path))?;
-    std::fs::File::open(dir)
-        .and_then(|directory| directory.sync_all())
-        .map_err(io("sync", dir))?;
-    Ok(())
+    redoubt_durable::replace_private(&path, format!("{token}\n").as_bytes())
+        .map_err(io("replace durably", &path))
 }
 
 fn read_token(path: &Path) -> Result<String, AuthError> {

@@ -16,7 +16,6 @@
 //! Timing: lease TTL 6 s, renewed every second; a leader acts at most 3 s past its last
 //! answered renewal; a killed leader is replaced within TTL + one renewal (≈ 7 s).
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -220,16 +219,7 @@ fn write_token(path: &std::path::Path, token: &str) -> std::io::Result<()> {
     if std::fs::read_to_string(path).is_ok_and(|text| text.trim() == token) {
         return Ok(());
     }
-    let temporary = path.with_extension("new");
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)?;
-    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    redoubt_durable::replace_private(path, format!("{token}\n").as_bytes())
 }
 
 /// Campaigns for the leader key forever; leads while the lease holds.

@@ -481,6 +481,7 @@ fn make_link(link: &Path, device: &Path) -> Result<(), HostError> {
     let temporary = parent.join(format!(".{file_name}.new"));
     let _ = std::fs::remove_file(&temporary);
     std::os::unix::fs::symlink(device, &temporary).map_err(io("create link", &temporary))?;
+    // Not state: /dev is a tmpfs, and the agent makes its links again after every start.
     std::fs::rename(&temporary, link).map_err(io("put link in place", link))
 }
 

@@ -2,7 +2,7 @@
 //! (temporary file, fsync, rename, fsync directory).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -78,7 +78,6 @@ impl Registry {
             message: format!("encode: {error}"),
         })?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let temporary = dir.join(".attachments.json.tmp");
         let io = |action: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| HostError::Io {
@@ -88,14 +87,7 @@ impl Registry {
             }
         };
         std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        let mut file = std::fs::File::create(&temporary).map_err(io("create", &temporary))?;
-        file.write_all(&bytes).map_err(io("write", &temporary))?;
-        file.sync_all().map_err(io("sync", &temporary))?;
-        drop(file);
-        std::fs::rename(&temporary, &self.path).map_err(io("rename into place", &self.path))?;
-        std::fs::File::open(dir)
-            .and_then(|directory| directory.sync_all())
-            .map_err(io("sync directory", dir))
+        redoubt_durable::replace(&self.path, &bytes).map_err(io("replace durably", &self.path))
     }
 }
 

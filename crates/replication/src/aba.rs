@@ -201,19 +201,13 @@ fn load_state(dir: &Path) -> Result<AbaState, ReplicationError> {
 }
 
 fn save_state(dir: &Path, state: &AbaState) -> Result<(), ReplicationError> {
-    use std::io::Write;
     let path = dir.join(STATE_FILE_NAME);
-    let temporary = dir.join(".aba.json.tmp");
     let text = serde_json::to_vec_pretty(state).map_err(|error| ReplicationError::State {
         action: "encode",
         path: path.clone(),
         reason: error.to_string(),
     })?;
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    redoubt_durable::replace(&path, &text)?;
     Ok(())
 }
 

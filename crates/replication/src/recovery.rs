@@ -56,17 +56,14 @@ pub fn load_markers(group_dir: &Path) -> Result<Vec<Marker>, ReplicationError> {
 }
 
 pub fn save_markers(group_dir: &Path, markers: &[Marker]) -> Result<(), ReplicationError> {
-    use std::io::Write;
     let path = group_dir.join(MARKERS_FILE_NAME);
-    let temporary = group_dir.join(".markers.json.tmp");
     let text = serde_json::to_vec(markers).map_err(|error| ReplicationError::State {
         action: "encode",
         path: path.clone(),
         reason: error.to_string(),
     })?;
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&text)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
+    // Durable with its directory entry: a marker list that came back older after a power cut
+    // would drop markers `points` already listed.
+    redoubt_durable::replace(&path, &text)?;
     Ok(())
 }

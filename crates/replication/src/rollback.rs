@@ -169,10 +169,7 @@ impl Rollforward {
 
     pub fn remove(self) -> Result<(), ReplicationError> {
         drop(self.file);
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        redoubt_durable::remove(&self.path)?;
+        Ok(())
     }
 }

@@ -67,7 +67,6 @@ const ZERO_CHUNK_BYTES: u64 = 1 << 20;
 /// Directory of the snapshots inside the snapshot container (a dot: no LV name collides).
 pub const VIEWS_DIR_NAME: &str = ".views";
 const META_FILE_NAME: &str = "snapshot.json";
-const META_TEMPORARY_NAME: &str = ".snapshot.json.tmp";
 const PREIMAGES_FILE_NAME: &str = "preimages.log";
 
 const LINUX_ENOSPC: i32 = 28;
@@ -178,20 +177,12 @@ struct Meta {
 }
 
 fn save_meta(dir: &Path, meta: &Meta) -> Result<(), SnapshotError> {
-    use std::io::Write;
     let text = serde_json::to_vec_pretty(meta).map_err(|error| SnapshotError::State {
         action: "encode snapshot metadata",
         reason: error.to_string(),
     })?;
-    let temporary = dir.join(META_TEMPORARY_NAME);
-    let write = || -> io::Result<()> {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(&text)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, dir.join(META_FILE_NAME))?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(SnapshotError::io("write snapshot metadata"))
+    redoubt_durable::replace(&dir.join(META_FILE_NAME), &text)
+        .map_err(SnapshotError::io("write snapshot metadata"))
 }
 
 fn load_meta(dir: &Path) -> Result<Meta, SnapshotError> {
