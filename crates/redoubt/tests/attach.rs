@@ -41,6 +41,31 @@ fn attachment_state(lab: &Lab) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// Nothing of the attachment is left: no link, the loop device released, no helper of this lab.
+fn assert_no_trace_of(device: &str, lab_dir: &Path) {
+    assert!(
+        Path::new(LINK).symlink_metadata().is_err(),
+        "no dangling link {LINK}"
+    );
+    let loop_name = device.trim_start_matches("/dev/");
+    assert!(
+        !Path::new("/sys/block")
+            .join(loop_name)
+            .join("loop")
+            .exists(),
+        "{device} is released"
+    );
+    let lab_dir = lab_dir.display().to_string();
+    let helpers = run("ps", &["-eo", "args"]);
+    assert!(
+        !helpers
+            .lines()
+            .any(|line| (line.contains("nbdfuse") || line.contains("nbdkit"))
+                && line.contains(&lab_dir)),
+        "no helper of this lab is left:\n{helpers}"
+    );
+}
+
 #[test]
 fn attach_gives_a_device_that_survives_an_agent_restart_and_detach_removes_it() {
     let _devices = one_at_a_time();
@@ -93,26 +118,8 @@ fn attach_gives_a_device_that_survives_an_agent_restart_and_detach_removes_it() 
     lab.mounts.clear();
     let out = lab.ok(&["detach", "erp", "lv_logs"]);
     assert!(out.contains(LINK), "{out}");
-    assert!(
-        Path::new(LINK).symlink_metadata().is_err(),
-        "the link is gone"
-    );
-    let loop_name = device.trim_start_matches("/dev/");
-    assert!(
-        !Path::new("/sys/block")
-            .join(loop_name)
-            .join("loop")
-            .exists(),
-        "{device} is detached"
-    );
+    assert_no_trace_of(&device, lab.path());
     assert_eq!(attachment_state(&lab), serde_json::Value::Null);
-    let helpers = run("ps", &["-eo", "args"]);
-    assert!(
-        !helpers.lines().any(
-            |line| line.contains("nbdfuse") && line.contains(&lab.path().display().to_string())
-        ),
-        "no nbdfuse helper of this lab is left"
-    );
 
     // Detach again: not attached (exit 1), and invalid names are refused before any work.
     let missing = lab.redoubt(&["detach", "erp", "lv_logs"]);
@@ -241,24 +248,5 @@ fn lab_down_refuses_while_a_device_is_mounted_and_then_removes_every_trace() {
         "{down}"
     );
     assert!(down.contains("Stopped 4 process(es)"), "{down}");
-    assert!(
-        Path::new(LINK).symlink_metadata().is_err(),
-        "no dangling link"
-    );
-    let loop_name = device.trim_start_matches("/dev/");
-    assert!(
-        !Path::new("/sys/block")
-            .join(loop_name)
-            .join("loop")
-            .exists(),
-        "{device} is released"
-    );
-    let helpers = run("ps", &["-eo", "args"]);
-    assert!(
-        !helpers
-            .lines()
-            .any(|line| (line.contains("nbdfuse") || line.contains("nbdkit"))
-                && line.contains(&lab_dir)),
-        "no helper of this lab is left:\n{helpers}"
-    );
+    assert_no_trace_of(&device, lab.path());
 }
