@@ -44,15 +44,25 @@ fn ca_file() -> Option<PathBuf> {
     })
 }
 
+/// `--console`, else `REDOUBT_CONSOLE`; an empty value names no console.
+fn console_url(console: Option<String>) -> Option<String> {
+    console
+        .or_else(|| std::env::var("REDOUBT_CONSOLE").ok())
+        .filter(|url| !url.is_empty())
+}
+
 impl ConsoleClient {
+    /// Whether the user named a console, as [`ConsoleClient::from_options`] looks for it.
+    pub fn named(console: Option<&str>) -> bool {
+        console_url(console.map(str::to_string)).is_some()
+    }
+
     /// From `--console`/`REDOUBT_CONSOLE` and `--token-file`/`REDOUBT_TOKEN_FILE`.
     pub fn from_options(
         console: Option<String>,
         token_file: Option<PathBuf>,
     ) -> Result<ConsoleClient, Failure> {
-        let base = console
-            .or_else(|| std::env::var("REDOUBT_CONSOLE").ok())
-            .ok_or_else(|| {
+        let base = console_url(console).ok_or_else(|| {
                 Failure::new(
                     ExitCodeKind::Invalid,
                     "no console: pass --console URL or set REDOUBT_CONSOLE (`redoubt lab up` writes both into DIR/lab.env)",

@@ -56,7 +56,7 @@ pub fn run(
             Some(from) => plan_command(Some(&from), &new, destroy, format),
             // Without --from, the base is what is in effect: the console's, when one is
             // given. Never an empty base that would call a deletion "no change".
-            None if console_given(console.as_deref()) => {
+            None if crate::client::ConsoleClient::named(console.as_deref()) => {
                 let client = client()?;
                 crate::remote_cmd::runtime()?
                     .block_on(crate::remote_cmd::plan(&client, &new, destroy, format))
@@ -195,12 +195,6 @@ fn diff(old: &Path, new: &Path, format: Format) -> Result<(), Failure> {
         }
     }
     Ok(())
-}
-
-/// Whether the user named a console (`--console` or `REDOUBT_CONSOLE`).
-fn console_given(console: Option<&str>) -> bool {
-    console.is_some_and(|url| !url.is_empty())
-        || std::env::var("REDOUBT_CONSOLE").is_ok_and(|url| !url.is_empty())
 }
 
 fn plan_command(

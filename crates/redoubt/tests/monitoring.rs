@@ -5,6 +5,8 @@
 //! follows the initial sync to its end; `redoubt operations ID
 //! --watch` follows a real operation (an online verify) to its end with the progress helper.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,10 +15,6 @@ use serde_json::Value;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_redoubt"))
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 fn console_url(dir: &Path) -> String {
@@ -169,20 +167,7 @@ fn xml_status_metrics_and_operations_against_a_lab() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let xml = loop {
         let xml = stdout_ok(redoubt(&dir, &["status", "--format", "xml"]));
-        let xml_path = root.path().join("status.xml");
-        std::fs::write(&xml_path, &xml).unwrap();
-        let lint = Command::new("xmllint")
-            .arg("--noout")
-            .arg("--schema")
-            .arg(repo().join("docs/status.xsd"))
-            .arg(&xml_path)
-            .output()
-            .expect("run xmllint (libxml2-utils, scripts/deps.sh)");
-        assert!(
-            lint.status.success(),
-            "xmllint: {}\n{xml}",
-            String::from_utf8_lossy(&lint.stderr)
-        );
+        common::status_xml::assert_valid(&xml, root.path());
         let missing: Vec<&str> = expected_elements
             .iter()
             .copied()

@@ -6,6 +6,8 @@
 //! against docs/status.xsd) names the acting production, its exports and followers, and what
 //! became of the old production.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -198,20 +200,7 @@ fn check_text_and_xml_status(dir: &Path, group: &Value) {
     );
     assert!(!text.contains("null"), "{text}");
     let xml = ok(redoubt(dir, &["status", "erp", "--format", "xml"]));
-    let xml_path = dir.join("status.xml");
-    std::fs::write(&xml_path, &xml).unwrap();
-    let lint = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--schema")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/status.xsd"))
-        .arg(&xml_path)
-        .output()
-        .expect("run xmllint (libxml2-utils, scripts/deps.sh)");
-    assert!(
-        lint.status.success(),
-        "xmllint: {}\n{xml}",
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    common::status_xml::assert_valid(&xml, dir);
     assert!(
         xml.contains(&format!("<production>{production}</production>")),
         "{xml}"
