@@ -48,7 +48,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redoubt_journal::{
-    Entry, GroupId, Journal, JournalConfig, JournalError, JournalFs, OwnedRecord, RecordKind, StdFs,
+    Entry, GroupId, Journal, JournalConfig, JournalError, JournalFs, OwnedRecord, PreparedSync,
+    RecordKind, StdFs,
 };
 use redoubt_volume::{CreateLvOptions, GroupStore, IoMode, VolumeSpec};
 
@@ -71,12 +72,9 @@ pub const CHECKPOINT_INTERVAL_BYTES_DEFAULT: u64 = 256 << 20;
 pub const CHECKPOINT_IDLE_MS_DEFAULT: u64 = 2000;
 /// Acknowledged writes become durable (and reach the LVs and the send process) within this.
 pub const SYNC_INTERVAL_MS_DEFAULT: u64 = 20;
-/// Acknowledged data held in memory waiting for its sync and apply; beyond it, sync now.
-pub const UNAPPLIED_BYTES_MAX: u64 = 64 << 20;
-/// Most large non-overlapping writes applied to the LVs together.
-pub const APPLY_RUN_OPS_MAX: usize = 64;
-/// Most of those writes in flight at once.
-pub const APPLY_THREADS_MAX: usize = 4;
+/// Acknowledged data held in memory waiting for its fdatasync; beyond it, sync now.
+pub const UNSYNCED_BYTES_MAX: u64 = 64 << 20;
+pub use crate::applier::{APPLY_BACKLOG_BYTES_MAX, APPLY_RUN_OPS_MAX, APPLY_THREADS_MAX};
 /// A sync-mode write waits this long for the recovery servers; then the group turns async,
 /// loudly, rather than hang its clients (status: `sync_degraded`).
 pub const SYNC_TARGET_TIMEOUT_MS_DEFAULT: u64 = 5_000;
@@ -160,7 +158,7 @@ pub enum Op {
 }
 
 impl Op {
-    fn payload_bytes(&self) -> u64 {
+    pub(crate) fn payload_bytes(&self) -> u64 {
         match self {
             Op::Write { data, .. } => data.len() as u64,
             _ => 0,
@@ -202,6 +200,9 @@ pub struct Watermarks {
     pub durable_changed: tokio::sync::Notify,
     /// Woken whenever `shipped_seq` moves (a target acknowledged), for sync mode.
     pub shipped_changed: tokio::sync::Notify,
+    /// Woken whenever `applied_seq` moves or the engine stops: reads of blocks whose write is
+    /// acknowledged but not yet in the LV wait on it.
+    pub applied_changed: tokio::sync::Notify,
     /// Sync mode gave up waiting for a target and the group runs async until the targets
     /// catch up again.
     pub sync_degraded: AtomicBool,
@@ -210,18 +211,46 @@ pub struct Watermarks {
     pub write_gate: crate::gate::WriteGate,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     group: String,
     volumes: BTreeMap<u32, Arc<dyn BlockVolume>>,
-    watermarks: Arc<Watermarks>,
+    pub(crate) watermarks: Arc<Watermarks>,
     failure: Mutex<Option<String>>,
     /// (lv_id, block index) → seq of the last acknowledged write not yet applied to the LV.
-    pending: Mutex<HashMap<(u32, u64), u64>>,
+    pub(crate) pending: Mutex<HashMap<(u32, u64), u64>>,
     journal: JournalLocation,
     sync_replication: bool,
     sync_target_timeout_ms: u64,
     /// Online verify's copy-before-write hashing seam (`verify.rs`).
-    verify: Arc<crate::verify::VerifyHook>,
+    pub(crate) verify: Arc<crate::verify::VerifyHook>,
+}
+
+impl Shared {
+    pub(crate) fn failed(&self) -> bool {
+        self.failure
+            .lock()
+            .map_or(true, |failure| failure.is_some())
+    }
+
+    pub(crate) fn failure_reason(&self) -> String {
+        self.failure
+            .lock()
+            .ok()
+            .and_then(|failure| failure.clone())
+            .unwrap_or_else(|| "stopped".into())
+    }
+
+    /// Stops the group's data path for good; the first reason wins. Logged once, here.
+    pub(crate) fn fail(&self, reason: String) {
+        if let Ok(mut failure) = self.failure.lock() {
+            if failure.is_none() {
+                tracing::error!(group = %self.group, %reason, "datatap stopped");
+                *failure = Some(reason);
+            }
+        }
+        // Readers waiting for an apply that will never come must see the failure.
+        self.watermarks.applied_changed.notify_waiters();
+    }
 }
 
 /// A handle on a group's engine; cheap to clone, one per connection.
@@ -367,8 +396,45 @@ impl Engine {
             )),
         });
         let (sender, receiver) = flume::bounded(QUEUE_DEPTH_MAX);
-        let committer = Committer {
+        // Unbounded in count, bounded in bytes by the backlog; at most one drain or
+        // checkpoint request waits at a time, and notices come one per checkpoint.
+        let (work_sender, work_receiver) = flume::unbounded();
+        let (notice_sender, notice_receiver) = flume::unbounded();
+        let backlog = Arc::new(crate::applier::Backlog::default());
+        let applier = crate::applier::Applier {
+            volumes: volumes.clone(),
+            shared: shared.clone(),
+            work: work_receiver,
+            notices: notice_sender,
+            backlog: backlog.clone(),
             applied_seq: journal.durable_seq(),
+            synced_seq: journal.durable_seq(),
+            bytes_since_checkpoint: 0,
+            checkpoint_interval_bytes: config.checkpoint_interval_bytes,
+            checkpoint_idle_ms: config.checkpoint_idle_ms,
+        };
+        let applier_thread = std::thread::Builder::new()
+            .name(format!("apply-{}", shared.group))
+            .spawn(move || applier.run())
+            .map_err(|source| DatatapError::io("spawn apply thread", group_dir, source))?;
+        let (sync_sender, sync_receiver) = flume::bounded::<PreparedSync<F>>(1);
+        let (synced_sender, synced_receiver) = flume::bounded(1);
+        let syncer_thread = std::thread::Builder::new()
+            .name(format!("sync-{}", shared.group))
+            .spawn(move || {
+                while let Ok(prepared) = sync_receiver.recv() {
+                    if synced_sender.send(prepared.run()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|source| DatatapError::io("spawn sync thread", group_dir, source))?;
+        let committer = Committer {
+            syncer: Some(sync_sender),
+            syncer_thread: Some(syncer_thread),
+            synced: synced_receiver,
+            sync_in_flight: None,
+            durable_waiters: VecDeque::new(),
             fs,
             journal,
             volumes,
@@ -376,10 +442,13 @@ impl Engine {
             group_dir: group_dir.to_path_buf(),
             queue: receiver,
             shared: shared.clone(),
-            unapplied: VecDeque::new(),
-            unapplied_bytes: 0,
+            unsynced: Vec::new(),
+            unsynced_bytes: 0,
             unsynced_since: None,
-            bytes_since_checkpoint: 0,
+            applier: Some(work_sender),
+            applier_thread: Some(applier_thread),
+            notices: notice_receiver,
+            backlog,
             overflow_unsynced: false,
             overflowed_in_batch: false,
             resync_blocked_until: None,
@@ -484,22 +553,59 @@ impl Engine {
     }
 
     /// Whether a read of `[offset, offset + length)` of `lv_id` overlaps an acknowledged write
-    /// that is not in the LV yet; if so, the reader submits a [`Op::Flush`] first.
+    /// that is not in the LV yet; [`Engine::wait_readable`] waits for those.
     pub fn must_settle_before_read(
         &self,
         lv_id: u32,
         offset_bytes: u64,
         length_bytes: u64,
     ) -> bool {
+        self.pending_seq(lv_id, offset_bytes, length_bytes)
+            .is_some()
+    }
+
+    /// The newest seq among acknowledged writes to these blocks not yet applied to the LV.
+    fn pending_seq(&self, lv_id: u32, offset_bytes: u64, length_bytes: u64) -> Option<u64> {
         let Ok(pending) = self.shared.pending.lock() else {
-            return true;
+            // Poisoned: a thread panicked while it held the map; wait for everything.
+            return Some(self.shared.watermarks.appended_seq.load(Ordering::Acquire));
         };
         if pending.is_empty() {
-            return false;
+            return None;
         }
-        let first = offset_bytes / PENDING_BLOCK_BYTES;
-        let last = (offset_bytes + length_bytes.max(1) - 1) / PENDING_BLOCK_BYTES;
-        (first..=last).any(|block| pending.contains_key(&(lv_id, block)))
+        crate::applier::pending_blocks(offset_bytes, length_bytes)
+            .filter_map(|block| pending.get(&(lv_id, block)).copied())
+            .max()
+    }
+
+    /// Returns once a read of these blocks sees every write acknowledged before the call:
+    /// at once when none is pending; otherwise after the commit thread made the pending
+    /// records durable (a FLUSH is submitted if they are not) and the applier wrote them.
+    pub async fn wait_readable(
+        &self,
+        lv_id: u32,
+        offset_bytes: u64,
+        length_bytes: u64,
+    ) -> Result<(), OpError> {
+        let Some(seq) = self.pending_seq(lv_id, offset_bytes, length_bytes) else {
+            return Ok(());
+        };
+        let watermarks = &self.shared.watermarks;
+        if watermarks.durable_seq.load(Ordering::Acquire) < seq {
+            self.submit(Op::Flush).await?;
+        }
+        loop {
+            let applied_changed = watermarks.applied_changed.notified();
+            tokio::pin!(applied_changed);
+            applied_changed.as_mut().enable();
+            if watermarks.applied_seq.load(Ordering::Acquire) >= seq {
+                return Ok(());
+            }
+            if let Some(reason) = self.failure() {
+                return Err(OpError::Stopped(reason));
+            }
+            applied_changed.await;
+        }
     }
 
     /// A closed write gate refuses writes: the production fence is lost.
@@ -610,14 +716,26 @@ struct Committer<F: JournalFs> {
     group_dir: PathBuf,
     queue: flume::Receiver<Pending>,
     shared: Arc<Shared>,
-    /// Last seq written to the LVs.
-    applied_seq: u64,
-    /// Acknowledged ops in the journal but not yet in the LVs, in seq order.
-    unapplied: VecDeque<(u64, Op)>,
-    unapplied_bytes: u64,
+    /// Acknowledged ops in the journal but not yet fdatasync'ed (so not yet with the
+    /// applier), in seq order.
+    unsynced: Vec<(u64, Op)>,
+    unsynced_bytes: u64,
     /// When the oldest record not yet fdatasync'ed was appended.
     unsynced_since: Option<Instant>,
-    bytes_since_checkpoint: u64,
+    /// The sync thread runs each group commit's fdatasync while this thread appends.
+    syncer: Option<flume::Sender<PreparedSync<F>>>,
+    syncer_thread: Option<std::thread::JoinHandle<()>>,
+    synced: flume::Receiver<Result<u64, JournalError>>,
+    /// The last seq the running fdatasync covers.
+    sync_in_flight: Option<u64>,
+    /// FUA writes, markers and FLUSHes, each with the seq that must be durable first, in
+    /// that order.
+    durable_waiters: VecDeque<(u64, Reply, DurableWaiter)>,
+    /// The next stage; `None` once the commit thread is stopping.
+    applier: Option<flume::Sender<crate::applier::Work>>,
+    applier_thread: Option<std::thread::JoinHandle<()>>,
+    notices: flume::Receiver<crate::applier::Notice>,
+    backlog: Arc<crate::applier::Backlog>,
     /// Writes went to the LVs without the journal since the last LV sync.
     overflow_unsynced: bool,
     /// The journal was full during the current batch: no resync pass now.
@@ -643,20 +761,35 @@ enum Logged {
 
 type Reply = oneshot::Sender<Result<u64, OpError>>;
 
+/// What wakes the commit thread.
+enum Event {
+    Op(Result<Pending, flume::RecvError>),
+    Synced(Result<Result<u64, JournalError>, flume::RecvError>),
+    Notice(Result<crate::applier::Notice, flume::RecvError>),
+    Timeout,
+}
+
 /// A reply held until the journal is synced and the LVs are applied.
 enum Waiter {
     /// Marks the LVs' regions for the resync once what came before is settled.
     FullSync(Vec<u32>),
     /// Marks these regions for the resync once what came before is settled.
     ResyncRegions(Vec<(u32, u64)>),
-    /// A FUA write or a marker: answered with its seq once durable.
-    Durable(u64),
-    Flush,
+    /// A FUA write, a marker or a FLUSH: answered once durable.
+    Durable(DurableWaiter),
     Checkpoint,
 }
 
+/// A reply that waits only for the journal's fdatasync.
+enum DurableWaiter {
+    /// A FUA write or a marker: answered with its seq.
+    Seq(u64),
+    /// Answered with the durable seq, once writes that bypassed the journal are synced too.
+    Flush,
+}
+
 /// The LV range an op writes, if any.
-fn op_range(op: &Op) -> Option<(u32, u64, u64)> {
+pub(crate) fn op_range(op: &Op) -> Option<(u32, u64, u64)> {
     match op {
         Op::Write {
             lv_id,
@@ -685,22 +818,40 @@ fn op_range(op: &Op) -> Option<(u32, u64, u64)> {
 
 impl<F: JournalFs> Committer<F> {
     fn run(mut self) {
-        let idle = Duration::from_millis(self.config.checkpoint_idle_ms);
         let sync_interval = Duration::from_millis(self.config.sync_interval_ms);
-        let mut last_activity = Instant::now();
+        let idle = Duration::from_millis(self.config.checkpoint_idle_ms);
         loop {
-            let timeout = match self.unsynced_since {
-                Some(since) => sync_interval.saturating_sub(since.elapsed()),
+            if self.failure().is_some() {
+                self.answer_waiters_stopped();
+            }
+            let timeout = match (self.sync_in_flight, self.unsynced_since) {
+                // Its completion wakes this thread.
+                (Some(_), _) => idle,
+                (None, Some(since)) => sync_interval.saturating_sub(since.elapsed()),
                 // A pending resync goes on between client requests.
-                None if self.resync_pending() => {
+                (None, None) if self.resync_pending() => {
                     self.resync_blocked_until.map_or(Duration::ZERO, |until| {
                         until.saturating_duration_since(Instant::now())
                     })
                 }
-                None => idle,
+                (None, None) => idle,
             };
-            match self.queue.recv_timeout(timeout) {
-                Ok(first) => {
+            // Backpressure: with this much not yet durable, wait for the running sync first.
+            let take_ops =
+                self.sync_in_flight.is_none() || self.unsynced_bytes < UNSYNCED_BYTES_MAX * 2;
+            let selector = flume::Selector::new();
+            let selector = if take_ops {
+                selector.recv(&self.queue, Event::Op)
+            } else {
+                selector
+            };
+            let event = selector
+                .recv(&self.synced, Event::Synced)
+                .recv(&self.notices, Event::Notice)
+                .wait_timeout(timeout)
+                .unwrap_or(Event::Timeout);
+            match event {
+                Event::Op(Ok(first)) => {
                     let mut batch = vec![first];
                     let mut bytes = batch[0].op.payload_bytes();
                     while batch.len() < BATCH_OPS_MAX && bytes < BATCH_BYTES_MAX {
@@ -717,24 +868,67 @@ impl<F: JournalFs> Committer<F> {
                     if !self.overflowed_in_batch {
                         self.resync_pass_or_fail();
                     }
-                    last_activity = Instant::now();
                 }
-                Err(flume::RecvTimeoutError::Timeout) => {
+                Event::Synced(Ok(outcome)) => {
+                    if let Err(error) = self.finish_sync(outcome) {
+                        self.fail(format!("sync the journal: {error}"));
+                    }
+                    self.start_sync_if_wanted();
+                }
+                Event::Notice(Ok(crate::applier::Notice::Checkpointed(seq))) => {
+                    if let Err(error) = self.record_checkpoint(seq) {
+                        self.fail(format!("checkpoint: {error}"));
+                    }
+                }
+                Event::Timeout => {
                     if self.resync_pending() {
                         self.resync_pass_or_fail();
-                    } else if self.unsynced_since.is_some() {
-                        self.settle_or_fail();
-                    } else if self.bytes_since_checkpoint > 0 && last_activity.elapsed() >= idle {
-                        self.checkpoint_or_fail();
+                    } else {
+                        self.start_sync_if_wanted();
                     }
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => {
-                    self.settle_or_fail();
-                    if self.bytes_since_checkpoint > 0 || self.overflow_unsynced {
-                        self.checkpoint_or_fail();
-                    }
+                // A stage is gone (they only stop when told to, or by a panic).
+                Event::Notice(Err(_)) | Event::Synced(Err(_)) => {
+                    self.fail("a thread of the data path has exited".into());
+                    self.answer_waiters_stopped();
+                    self.stop();
                     return;
                 }
+                Event::Op(Err(_)) => {
+                    self.settle_or_fail();
+                    if self.failure().is_none()
+                        && (self.shared.watermarks.applied_seq.load(Ordering::Acquire)
+                            > self.state.checkpoint_seq
+                            || self.overflow_unsynced)
+                    {
+                        self.checkpoint_or_fail();
+                    }
+                    self.answer_waiters_stopped();
+                    self.stop();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn answer_waiters_stopped(&mut self) {
+        for (_, reply, _) in std::mem::take(&mut self.durable_waiters) {
+            let _ = reply.send(Err(self.stopped()));
+        }
+    }
+
+    /// Lets the sync thread and the applier finish what they have and waits for them.
+    fn stop(&mut self) {
+        self.syncer = None;
+        if let Some(thread) = self.syncer_thread.take() {
+            if thread.join().is_err() {
+                self.fail("the sync thread panicked".into());
+            }
+        }
+        self.applier = None;
+        if let Some(thread) = self.applier_thread.take() {
+            if thread.join().is_err() {
+                self.fail("the apply thread panicked".into());
             }
         }
     }
@@ -748,10 +942,7 @@ impl<F: JournalFs> Committer<F> {
     }
 
     fn fail(&self, reason: String) {
-        tracing::error!(group = %self.shared.group, %reason, "datatap stopped");
-        if let Ok(mut failure) = self.shared.failure.lock() {
-            failure.get_or_insert(reason);
-        }
+        self.shared.fail(reason);
     }
 
     fn stopped(&self) -> OpError {
@@ -775,9 +966,9 @@ impl<F: JournalFs> Committer<F> {
                             | Op::WriteZeroes { fua: true, .. }
                             | Op::Marker { .. }
                     );
-                    self.track_unapplied(seq, op);
+                    self.track_unsynced(seq, op);
                     if needs_durability {
-                        waiting.push((reply, Waiter::Durable(seq)));
+                        waiting.push((reply, Waiter::Durable(DurableWaiter::Seq(seq))));
                     } else {
                         acknowledged.push((reply, seq));
                     }
@@ -794,7 +985,7 @@ impl<F: JournalFs> Committer<F> {
                         Op::Checkpoint => Waiter::Checkpoint,
                         Op::FullSync { lv_ids } => Waiter::FullSync(lv_ids),
                         Op::ResyncRegions { regions } => Waiter::ResyncRegions(regions),
-                        _ => Waiter::Flush,
+                        _ => Waiter::Durable(DurableWaiter::Flush),
                     };
                     waiting.push((reply, waiter));
                 }
@@ -822,32 +1013,51 @@ impl<F: JournalFs> Committer<F> {
             };
             let _ = reply.send(outcome);
         }
-        if !waiting.is_empty() || self.unapplied_bytes >= UNAPPLIED_BYTES_MAX {
-            self.settle_or_fail();
-        }
+        // FLUSH, FUA and markers wait for a group commit on the sync thread; the rest needs
+        // the LVs current, now.
+        let written_seq = self.journal.written_seq();
+        let mut needs_lvs = Vec::new();
         for (reply, waiter) in waiting {
+            match waiter {
+                Waiter::Durable(waiter) => {
+                    let seq = match waiter {
+                        DurableWaiter::Seq(seq) => seq,
+                        DurableWaiter::Flush => written_seq,
+                    };
+                    debug_assert!(self
+                        .durable_waiters
+                        .back()
+                        .is_none_or(|(last, _, _)| *last <= seq));
+                    self.durable_waiters.push_back((seq, reply, waiter));
+                }
+                other => needs_lvs.push((reply, other)),
+            }
+        }
+        if needs_lvs.is_empty() {
+            self.answer_durable_waiters();
+            self.start_sync_if_wanted();
+            return;
+        }
+        self.settle_or_fail();
+        for (reply, waiter) in needs_lvs {
             let outcome = if self.failure().is_some() {
                 Err(self.stopped())
             } else {
                 match waiter {
-                    Waiter::Durable(seq) => Ok(seq),
                     Waiter::FullSync(lv_ids) => match self.mark_full_sync(&lv_ids) {
-                        Ok(()) => Ok(self.applied_seq),
+                        Ok(()) => Ok(self.applied_seq()),
                         Err(error) => {
                             self.fail(format!("start a full sync: {error}"));
                             Err(self.stopped())
                         }
                     },
                     Waiter::ResyncRegions(regions) => match self.mark_regions(&regions) {
-                        Ok(()) => Ok(self.applied_seq),
+                        Ok(()) => Ok(self.applied_seq()),
                         Err(error) => {
                             self.fail(format!("start a checksum resync: {error}"));
                             Err(self.stopped())
                         }
                     },
-                    Waiter::Flush => self
-                        .sync_direct_writes()
-                        .map(|()| self.journal.durable_seq()),
                     Waiter::Checkpoint => match self.checkpoint() {
                         Ok(()) => Ok(self.state.checkpoint_seq),
                         Err(error) => {
@@ -855,30 +1065,52 @@ impl<F: JournalFs> Committer<F> {
                             Err(self.stopped())
                         }
                     },
+                    Waiter::Durable(_) => unreachable!("durable waiters were queued above"),
                 }
             };
             let _ = reply.send(outcome);
         }
-        if self.bytes_since_checkpoint >= self.config.checkpoint_interval_bytes {
-            self.checkpoint_or_fail();
+    }
+
+    /// Answers the FUA writes, markers and FLUSHes whose seq is durable, in order. A FLUSH
+    /// reply never precedes the fdatasync that covers every write before it.
+    fn answer_durable_waiters(&mut self) {
+        let durable_seq = self.journal.durable_seq();
+        while self
+            .durable_waiters
+            .front()
+            .is_some_and(|(seq, _, _)| *seq <= durable_seq)
+        {
+            let Some((seq, reply, waiter)) = self.durable_waiters.pop_front() else {
+                break;
+            };
+            assert!(
+                seq <= durable_seq,
+                "a durable reply waits for its fdatasync"
+            );
+            let outcome = if self.failure().is_some() {
+                Err(self.stopped())
+            } else {
+                match waiter {
+                    DurableWaiter::Seq(seq) => Ok(seq),
+                    DurableWaiter::Flush => self.sync_direct_writes().map(|()| durable_seq),
+                }
+            };
+            let _ = reply.send(outcome);
         }
     }
 
-    /// Remembers an acknowledged op until it is applied, and marks its blocks so that reads
-    /// of them settle first.
-    fn track_unapplied(&mut self, seq: u64, op: Op) {
-        if let Some((lv_id, offset_bytes, length_bytes)) = op_range(&op) {
-            if let Ok(mut pending) = self.shared.pending.lock() {
-                let first = offset_bytes / PENDING_BLOCK_BYTES;
-                let last = (offset_bytes + length_bytes.max(1) - 1) / PENDING_BLOCK_BYTES;
-                for block in first..=last {
-                    pending.insert((lv_id, block), seq);
-                }
-            }
-        }
-        self.unapplied_bytes += op.payload_bytes();
-        debug_assert!(self.unapplied.back().is_none_or(|(last, _)| *last < seq));
-        self.unapplied.push_back((seq, op));
+    fn applied_seq(&self) -> u64 {
+        self.shared.watermarks.applied_seq.load(Ordering::Acquire)
+    }
+
+    /// Remembers an acknowledged op until it is durable and handed to the applier, and marks
+    /// its blocks so that reads of them wait for the apply.
+    fn track_unsynced(&mut self, seq: u64, op: Op) {
+        crate::applier::remember_pending(&self.shared.pending, seq, &op);
+        self.unsynced_bytes += op.payload_bytes();
+        debug_assert!(self.unsynced.last().is_none_or(|(last, _)| *last < seq));
+        self.unsynced.push((seq, op));
     }
 
     /// Appends the op's record; on a full journal, checkpoints and prunes once, then falls
@@ -1130,8 +1362,8 @@ impl<F: JournalFs> Committer<F> {
                     // The LV already holds this data (it was just read from it, after
                     // everything before was applied): the record is for the replicas only,
                     // so it passes through the LV side as a no-op, in its place in the order.
-                    debug_assert!(self.unapplied.back().is_none_or(|(last, _)| *last < seq));
-                    self.unapplied.push_back((seq, Op::Flush));
+                    debug_assert!(self.unsynced.last().is_none_or(|(last, _)| *last < seq));
+                    self.unsynced.push((seq, Op::Flush));
                 }
                 // Still full (a target is behind): the rest waits for space; checkpoint so that
                 // whatever the targets hold can be pruned meanwhile.
@@ -1186,8 +1418,8 @@ impl<F: JournalFs> Committer<F> {
         match self.journal.append(&Entry::marker(name, now_ns())) {
             Ok(seq) => {
                 self.unsynced_since.get_or_insert_with(Instant::now);
-                debug_assert!(self.unapplied.back().is_none_or(|(last, _)| *last < seq));
-                self.unapplied.push_back((seq, Op::Flush));
+                debug_assert!(self.unsynced.last().is_none_or(|(last, _)| *last < seq));
+                self.unsynced.push((seq, Op::Flush));
                 Ok(Some(seq))
             }
             Err(JournalError::JournalFull { .. }) => {
@@ -1201,45 +1433,105 @@ impl<F: JournalFs> Committer<F> {
         }
     }
 
-    /// Makes every appended record durable, then applies all of them to the LVs in seq order.
-    fn settle(&mut self) -> Result<(), DatatapError> {
-        if self.unsynced_since.is_none() && self.unapplied.is_empty() {
-            return Ok(());
+    /// Whether a group commit is due: a reply waits for one, too much is not durable, or the
+    /// oldest record not covered by one has waited `sync_interval_ms`.
+    fn sync_wanted(&self) -> bool {
+        let durable_seq = self.journal.durable_seq();
+        self.durable_waiters
+            .front()
+            .is_some_and(|(seq, _, _)| *seq > durable_seq)
+            || self.unsynced_bytes >= UNSYNCED_BYTES_MAX
+            || self.unsynced_since.is_some_and(|since| {
+                since.elapsed() >= Duration::from_millis(self.config.sync_interval_ms)
+            })
+    }
+
+    fn start_sync_if_wanted(&mut self) {
+        if self.failure().is_some() || self.sync_in_flight.is_some() || !self.sync_wanted() {
+            return;
         }
-        let durable_seq = self.journal.sync()?;
+        if let Err(error) = self.start_sync() {
+            self.fail(format!("sync the journal: {error}"));
+        }
+    }
+
+    /// Hands the group commit's fdatasync to the sync thread; this thread goes on appending.
+    fn start_sync(&mut self) -> Result<(), DatatapError> {
+        assert!(self.sync_in_flight.is_none(), "one group commit at a time");
+        match self.journal.prepare_sync()? {
+            // A segment seal already made everything durable.
+            None => {
+                self.unsynced_since = None;
+                self.on_durable()
+            }
+            Some(prepared) => {
+                self.sync_in_flight = Some(prepared.seq());
+                self.unsynced_since = None;
+                self.syncer
+                    .as_ref()
+                    .ok_or_else(|| self.applier_gone())?
+                    .send(prepared)
+                    .map_err(|_| self.applier_gone())
+            }
+        }
+    }
+
+    fn finish_sync(&mut self, outcome: Result<u64, JournalError>) -> Result<(), DatatapError> {
+        assert!(
+            self.sync_in_flight.take().is_some(),
+            "a sync outcome without a sync"
+        );
+        self.journal.complete_sync(outcome)?;
+        self.on_durable()
+    }
+
+    /// Makes every appended record durable, on this thread (after the running group commit,
+    /// if any), and hands the records to the applier.
+    fn sync(&mut self) -> Result<(), DatatapError> {
+        if self.sync_in_flight.is_some() {
+            let outcome = self.synced.recv().map_err(|_| self.applier_gone())?;
+            self.finish_sync(outcome)?;
+        }
+        self.journal.sync()?;
         self.unsynced_since = None;
+        self.on_durable()
+    }
+
+    /// The journal's durable seq moved (or may have): publish it, hand the durable records to
+    /// the applier in seq order, and answer the replies that waited for it.
+    fn on_durable(&mut self) -> Result<(), DatatapError> {
+        let durable_seq = self.journal.durable_seq();
         self.shared
             .watermarks
             .durable_seq
             .store(durable_seq, Ordering::Release);
         self.shared.watermarks.durable_changed.notify_waiters();
-        while !self.unapplied.is_empty() {
-            let run = self.take_parallel_run();
-            if let [(seq, op)] = run.as_slice() {
-                let seq = *seq;
-                assert!(seq <= durable_seq, "only durable records reach the LVs");
-                assert!(seq > self.applied_seq, "records reach the LVs in seq order");
-                let verify = &self.shared.verify;
-                verify
-                    .around_apply(Some(seq), op_range(op), || self.apply_op(op))
-                    .map_err(|error| DatatapError::Failed {
-                        group: self.shared.group.clone(),
-                        reason: format!("apply seq {seq} to its volume: {error}"),
-                    })?;
-                self.applied_seq = seq;
-                self.bytes_since_checkpoint += op.payload_bytes().max(1);
-                continue;
-            }
-            self.apply_parallel_run(&run, durable_seq)?;
+        let durable_count = self
+            .unsynced
+            .partition_point(|(seq, _)| *seq <= durable_seq);
+        if durable_count > 0 {
+            let records: Vec<(u64, Op)> = self.unsynced.drain(..durable_count).collect();
+            let payload_bytes: u64 = records.iter().map(|(_, op)| op.payload_bytes()).sum();
+            self.unsynced_bytes -= payload_bytes;
+            let applier_thread = &self.applier_thread;
+            self.backlog
+                .reserve(payload_bytes, || {
+                    applier_thread
+                        .as_ref()
+                        .is_some_and(|thread| !thread.is_finished())
+                })
+                .map_err(|()| self.applier_gone())?;
+            self.applier
+                .as_ref()
+                .ok_or_else(|| self.applier_gone())?
+                .send(crate::applier::Work::Records {
+                    records,
+                    durable_seq,
+                    payload_bytes,
+                })
+                .map_err(|_| self.applier_gone())?;
         }
-        self.unapplied_bytes = 0;
-        if let Ok(mut pending) = self.shared.pending.lock() {
-            pending.clear();
-        }
-        self.shared
-            .watermarks
-            .applied_seq
-            .store(self.applied_seq, Ordering::Release);
+        self.answer_durable_waiters();
         self.shared
             .watermarks
             .journal_bytes
@@ -1247,100 +1539,35 @@ impl<F: JournalFs> Committer<F> {
         Ok(())
     }
 
-    /// The next records to apply: one, or a run of large writes that touch no byte in
-    /// common (at most [`APPLY_RUN_OPS_MAX`]), which [`Committer::apply_parallel_run`] writes
-    /// with several in flight. Overlapping writes never share a run, so the LVs keep the order
-    /// of the journal wherever it matters.
-    fn take_parallel_run(&mut self) -> Vec<(u64, Op)> {
-        let large = |op: &Op| matches!(op, Op::Write { data, .. } if data.len() >= redoubt_volume::HYBRID_DIRECT_WRITE_BYTES_MIN);
-        let mut run: Vec<(u64, Op)> = Vec::new();
-        let mut ranges: Vec<(u32, u64, u64)> = Vec::new();
-        while let Some((_, op)) = self.unapplied.front() {
-            if !run.is_empty() {
-                let fits = large(op)
-                    && run.len() < APPLY_RUN_OPS_MAX
-                    && op_range(op).is_some_and(|(lv_id, start, length)| {
-                        ranges.iter().all(|(other_lv, other_start, other_length)| {
-                            *other_lv != lv_id
-                                || start + length <= *other_start
-                                || other_start + other_length <= start
-                        })
-                    });
-                if !fits {
-                    break;
-                }
-            }
-            let Some((seq, op)) = self.unapplied.pop_front() else {
-                break;
-            };
-            let first_is_small = run.is_empty() && !large(&op);
-            if let Some(range) = op_range(&op) {
-                ranges.push(range);
-            }
-            run.push((seq, op));
-            if first_is_small {
-                break;
-            }
+    fn applier_gone(&self) -> DatatapError {
+        DatatapError::Failed {
+            group: self.shared.group.clone(),
+            reason: "the apply thread has exited".into(),
         }
-        run
     }
 
-    /// Writes a run from [`Committer::take_parallel_run`] with up to
-    /// [`APPLY_THREADS_MAX`] writes in flight (direct writes wait for the disk: one at a time
-    /// leaves it idle between them).
-    fn apply_parallel_run(
-        &mut self,
-        run: &[(u64, Op)],
-        durable_seq: u64,
-    ) -> Result<(), DatatapError> {
-        let first = run.first().map_or(0, |(seq, _)| *seq);
-        let last = run.last().map_or(0, |(seq, _)| *seq);
-        assert!(last <= durable_seq, "only durable records reach the LVs");
-        assert!(
-            first > self.applied_seq,
-            "records reach the LVs in seq order"
-        );
-        let ranges: Vec<(u64, Option<crate::verify::LvRange>)> =
-            run.iter().map(|(seq, op)| (*seq, op_range(op))).collect();
-        let threads = run.len().min(APPLY_THREADS_MAX);
-        let chunk_len = run.len().div_ceil(threads);
-        let volumes = &self.volumes;
-        self.shared
-            .verify
-            .around_apply_run(&ranges, || {
-                std::thread::scope(|scope| {
-                    let writers: Vec<_> = run
-                        .chunks(chunk_len)
-                        .map(|chunk| {
-                            scope.spawn(move || {
-                                for (_, op) in chunk {
-                                    apply_to_volumes(volumes, op)?;
-                                }
-                                Ok::<(), std::io::Error>(())
-                            })
-                        })
-                        .collect();
-                    let mut outcome = Ok(());
-                    for writer in writers {
-                        let result = writer.join().unwrap_or_else(|_| {
-                            Err(std::io::Error::other("an apply thread panicked"))
-                        });
-                        if outcome.is_ok() {
-                            outcome = result;
-                        }
-                    }
-                    outcome
-                })
-            })
-            .map_err(|error| DatatapError::Failed {
+    /// [`Committer::sync`], then waits until the applier has written everything to the LVs:
+    /// for what reads the LVs or writes them directly.
+    fn settle(&mut self) -> Result<(), DatatapError> {
+        self.sync()?;
+        let (reply, answer) = flume::bounded(1);
+        self.applier
+            .as_ref()
+            .ok_or_else(|| self.applier_gone())?
+            .send(crate::applier::Work::Drain(reply))
+            .map_err(|_| self.applier_gone())?;
+        let applied_seq = answer.recv().map_err(|_| self.applier_gone())?;
+        if let Some(reason) = self.failure() {
+            return Err(DatatapError::Failed {
                 group: self.shared.group.clone(),
-                reason: format!("apply seq {first}..={last} to the volumes: {error}"),
-            })?;
-        self.applied_seq = last;
-        self.bytes_since_checkpoint += run
-            .iter()
-            .map(|(_, op)| op.payload_bytes().max(1))
-            .sum::<u64>();
+                reason,
+            });
+        }
+        assert_eq!(
+            applied_seq,
+            self.journal.durable_seq(),
+            "a drained applier holds every durable record"
+        );
         Ok(())
     }
 
@@ -1354,7 +1581,7 @@ impl<F: JournalFs> Committer<F> {
     }
 
     fn apply_op(&self, op: &Op) -> std::io::Result<()> {
-        apply_to_volumes(&self.volumes, op)
+        crate::applier::apply_to_volumes(&self.volumes, op)
     }
 
     /// Journal overflow: the op goes to the LV only (FUA syncs it there).
@@ -1381,7 +1608,7 @@ impl<F: JournalFs> Committer<F> {
         match result {
             Ok(()) => {
                 self.overflow_unsynced = true;
-                Ok(self.applied_seq)
+                Ok(self.applied_seq())
             }
             Err(error) => {
                 self.fail(format!("write to a volume: {error}"));
@@ -1425,14 +1652,38 @@ impl<F: JournalFs> Committer<F> {
         }
     }
 
-    /// Syncs the LVs, records that every applied record is in them, and prunes the journal
-    /// up to what is both checkpointed and shipped.
+    /// Checkpoints now: every acknowledged record reaches the LVs, the applier syncs them,
+    /// and the state file records it; then the journal is pruned.
     fn checkpoint(&mut self) -> Result<(), DatatapError> {
-        self.sync_volumes()?;
+        self.settle()?;
+        let (reply, answer) = flume::bounded(1);
+        self.applier
+            .as_ref()
+            .ok_or_else(|| self.applier_gone())?
+            .send(crate::applier::Work::Checkpoint(reply))
+            .map_err(|_| self.applier_gone())?;
+        let seq = answer
+            .recv()
+            .map_err(|_| self.applier_gone())?
+            .map_err(|reason| DatatapError::Failed {
+                group: self.shared.group.clone(),
+                reason,
+            })?;
+        // The applier synced the LVs: direct writes of an overflow are durable too.
         self.overflow_unsynced = false;
-        assert!(self.applied_seq <= self.journal.durable_seq());
-        if self.applied_seq > self.state.checkpoint_seq {
-            self.state.checkpoint_seq = self.applied_seq;
+        self.record_checkpoint(seq)
+    }
+
+    /// The applier synced the LVs holding every record up to `seq`: the state file says so,
+    /// and the journal is pruned up to what is both checkpointed and shipped.
+    fn record_checkpoint(&mut self, seq: u64) -> Result<(), DatatapError> {
+        assert!(
+            seq <= self.applied_seq(),
+            "a checkpoint never passes the applier"
+        );
+        assert!(seq <= self.journal.durable_seq());
+        if seq > self.state.checkpoint_seq {
+            self.state.checkpoint_seq = seq;
             self.state.save(&self.fs, &self.group_dir)?;
         }
         let watermarks = &self.shared.watermarks;
@@ -1440,43 +1691,25 @@ impl<F: JournalFs> Committer<F> {
             .checkpoint_seq
             .store(self.state.checkpoint_seq, Ordering::Release);
         let shipped_seq = watermarks.shipped_seq.load(Ordering::Acquire);
-        self.journal
-            .prune_through(self.state.checkpoint_seq.min(shipped_seq))?;
+        if let Some(prune) = self
+            .journal
+            .prepare_prune(self.state.checkpoint_seq.min(shipped_seq))?
+        {
+            // Removing a large file can take tens of milliseconds: not on this thread.
+            self.applier
+                .as_ref()
+                .ok_or_else(|| self.applier_gone())?
+                .send(crate::applier::Work::Run(Box::new(move || {
+                    prune
+                        .run()
+                        .map(|_| ())
+                        .map_err(|error| format!("prune the journal: {error}"))
+                })))
+                .map_err(|_| self.applier_gone())?;
+        }
         watermarks
             .journal_bytes
             .store(self.journal.size_bytes(), Ordering::Relaxed);
-        self.bytes_since_checkpoint = 0;
         Ok(())
-    }
-}
-
-/// Writes `op` to its LV (nothing for ops that write no LV).
-fn apply_to_volumes(volumes: &BTreeMap<u32, Arc<dyn BlockVolume>>, op: &Op) -> std::io::Result<()> {
-    let Some((lv_id, _, _)) = op_range(op) else {
-        return Ok(());
-    };
-    let Some(volume) = volumes.get(&lv_id) else {
-        // Validated by the server before the op was submitted.
-        return Ok(());
-    };
-    match op {
-        Op::Write {
-            offset_bytes, data, ..
-        } => volume.write_at(data.as_slice(), *offset_bytes),
-        Op::WriteZeroes {
-            offset_bytes,
-            length_bytes,
-            ..
-        } => volume.write_zeroes(*offset_bytes, u64::from(*length_bytes)),
-        Op::Trim {
-            offset_bytes,
-            length_bytes,
-            ..
-        } => volume.trim(*offset_bytes, u64::from(*length_bytes)),
-        Op::Flush
-        | Op::Marker { .. }
-        | Op::Checkpoint
-        | Op::FullSync { .. }
-        | Op::ResyncRegions { .. } => Ok(()),
     }
 }

@@ -11,6 +11,7 @@
 //! produces the journal. The NBD wire format lives in `redoubt-nbd-proto`, the journal format in
 //! `redoubt-journal`, the LV files in `redoubt-volume`.
 
+mod applier;
 pub mod block;
 pub mod engine;
 pub mod error;

@@ -654,23 +654,21 @@ async fn execute(
     let mut reply = Vec::new();
     let result: Result<(), (NbdErrno, String)> = match header.command {
         Command::Read => {
-            if export.engine.must_settle_before_read(
-                lv_id,
-                header.offset_bytes,
-                u64::from(header.length_bytes),
-            ) {
-                // An acknowledged write to these blocks is not in the LV yet.
-                if let Err(error) = export.engine.submit(Op::Flush).await {
-                    let mut reply = Vec::new();
-                    encode_error(
-                        &mut reply,
-                        &header,
-                        op_errno(&error),
-                        &error.to_string(),
-                        structured,
-                    );
-                    return reply;
-                }
+            // An acknowledged write to these blocks may not be in the LV yet.
+            if let Err(error) = export
+                .engine
+                .wait_readable(lv_id, header.offset_bytes, u64::from(header.length_bytes))
+                .await
+            {
+                let mut reply = Vec::new();
+                encode_error(
+                    &mut reply,
+                    &header,
+                    op_errno(&error),
+                    &error.to_string(),
+                    structured,
+                );
+                return reply;
             }
             let volume = export.volume.clone();
             let length = header.length_bytes as usize;

@@ -182,7 +182,8 @@ fn reads_see_acknowledged_writes_before_they_reach_the_lv() {
         !engine.must_settle_before_read(lv_ids[1], 4096, 4096),
         "other LV"
     );
-    engine.submit_blocking(Op::Flush).unwrap();
+    // A checkpoint waits for the applier: nothing is pending after it.
+    engine.submit_blocking(Op::Checkpoint).unwrap();
     assert!(!engine.must_settle_before_read(lv_ids[0], 0, 1 << 20));
     let mut bytes = vec![0u8; 8192];
     volumes[0].read_at(&mut bytes, 4096).unwrap();

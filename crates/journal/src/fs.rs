@@ -41,6 +41,11 @@ pub trait SegmentFile: Send + 'static {
     fn write_all_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
     /// Make the file's data durable (fdatasync).
     fn sync_data(&mut self) -> io::Result<()>;
+    /// A second handle on the same open file (`dup`), so another thread can sync it while
+    /// this one goes on writing.
+    fn try_clone(&self) -> io::Result<Self>
+    where
+        Self: Sized;
     /// Truncate or extend to `len` bytes. Not durable until `sync_data`.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// A hint: start writing `len` bytes at `offset` back to the disk, without waiting. It
@@ -140,6 +145,12 @@ impl SegmentFile for StdFile {
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn try_clone(&self) -> io::Result<StdFile> {
+        Ok(StdFile {
+            file: self.file.try_clone()?,
+        })
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {

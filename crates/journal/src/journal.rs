@@ -174,6 +174,64 @@ impl<'a> Entry<'a> {
     }
 }
 
+/// The fdatasync of a group commit, prepared by [`Journal::prepare_sync`] and run on any
+/// thread; its outcome goes back through [`Journal::complete_sync`].
+pub struct PreparedSync<F: JournalFs> {
+    fs: F,
+    dir: PathBuf,
+    path: PathBuf,
+    file: F::File,
+    /// A segment was created since the last directory fsync.
+    sync_dir: bool,
+    seq: u64,
+}
+
+impl<F: JournalFs> PreparedSync<F> {
+    /// The last seq this sync makes durable.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// fdatasync (and the directory fsync, if a segment was created); returns the seq now
+    /// durable.
+    pub fn run(mut self) -> Result<u64, JournalError> {
+        self.file
+            .sync_data()
+            .map_err(JournalError::io("sync journal segment", &self.path))?;
+        if self.sync_dir {
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(JournalError::io("sync journal directory", &self.dir))?;
+        }
+        Ok(self.seq)
+    }
+}
+
+/// Whole sealed segments already out of the journal, to remove from the disk
+/// ([`Journal::prepare_prune`]).
+pub struct PreparedPrune<F: JournalFs> {
+    fs: F,
+    dir: PathBuf,
+    /// Oldest first.
+    paths: Vec<PathBuf>,
+}
+
+impl<F: JournalFs> PreparedPrune<F> {
+    /// Removes the files, oldest first, with a directory fsync after each, so a crash
+    /// midway never leaves a hole in the middle of the journal. Returns how many.
+    pub fn run(self) -> Result<u64, JournalError> {
+        for path in &self.paths {
+            self.fs
+                .remove(path)
+                .map_err(JournalError::io("remove journal segment", path))?;
+            self.fs
+                .sync_dir(&self.dir)
+                .map_err(JournalError::io("sync journal directory", &self.dir))?;
+        }
+        Ok(self.paths.len() as u64)
+    }
+}
+
 /// A sealed segment: immutable, fully durable, `first_seq..=last_seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SealedSegment {
@@ -210,6 +268,8 @@ pub struct Journal<F: JournalFs = StdFs> {
     dir: PathBuf,
     config: JournalConfig,
     sealed: VecDeque<SealedSegment>,
+    /// Sum of the sealed segments' sizes, kept so the capacity check on each append is O(1).
+    sealed_bytes: u64,
     open: OpenSegment<F::File>,
     buffer: Vec<u8>,
     appended_seq: u64,
@@ -296,6 +356,7 @@ impl<F: JournalFs> Journal<F> {
             fs,
             dir,
             config,
+            sealed_bytes: sealed.iter().map(|segment| segment.size_bytes).sum(),
             sealed,
             open,
             buffer: Vec::new(),
@@ -424,6 +485,61 @@ impl<F: JournalFs> Journal<F> {
         Ok(self.durable_seq)
     }
 
+    /// The group commit split in two, so the fdatasync can run on another thread while this
+    /// one goes on appending: hands every appended record to the OS and returns what makes
+    /// them durable, or `None` when they already are. Until [`Journal::complete_sync`] takes
+    /// the outcome, `durable_seq` does not move (readers see nothing new).
+    pub fn prepare_sync(&mut self) -> Result<Option<PreparedSync<F>>, JournalError> {
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        self.poisoned = true;
+        self.write_buffer()?;
+        let prepared = if self.durable_seq == self.written_seq && !self.dir_sync_pending {
+            None
+        } else {
+            let file = self.open.file.try_clone().map_err(JournalError::io(
+                "open journal segment again",
+                &self.open.path,
+            ))?;
+            let sync_dir = std::mem::take(&mut self.dir_sync_pending);
+            Some(PreparedSync {
+                fs: self.fs.clone(),
+                dir: self.dir.clone(),
+                path: self.open.path.clone(),
+                file,
+                sync_dir,
+                seq: self.written_seq,
+            })
+        };
+        self.poisoned = false;
+        self.assert_invariants();
+        Ok(prepared)
+    }
+
+    /// Takes the outcome of a [`PreparedSync`] and returns the durable seq. A failed sync
+    /// poisons the journal: the kernel may have dropped the pages it could not write.
+    pub fn complete_sync(
+        &mut self,
+        outcome: Result<u64, JournalError>,
+    ) -> Result<u64, JournalError> {
+        match outcome {
+            Ok(seq) => {
+                assert!(
+                    seq <= self.written_seq,
+                    "a sync covers only records handed to the OS before it"
+                );
+                self.durable_seq = self.durable_seq.max(seq);
+                self.assert_invariants();
+                Ok(self.durable_seq)
+            }
+            Err(error) => {
+                self.poisoned = true;
+                Err(error)
+            }
+        }
+    }
+
     /// Hand every appended record to the OS (`write`, no fsync) and return the written seq.
     /// A process crash then loses none of them; a power cut still may, until [`Journal::sync`].
     pub fn write_out(&mut self) -> Result<u64, JournalError> {
@@ -476,11 +592,40 @@ impl<F: JournalFs> Journal<F> {
                 .map_err(JournalError::io("sync journal directory", &self.dir))?;
             self.poisoned = false;
             self.sealed.pop_front();
+            self.sealed_bytes -= oldest.size_bytes;
             report.segments_removed += 1;
             report.bytes_removed += oldest.size_bytes;
         }
         self.assert_invariants();
         Ok(report)
+    }
+
+    /// [`Journal::prune_through`] split in two, so the removals (tens of milliseconds for a
+    /// large file on ext4) can run on another thread: the segments leave the journal now, and
+    /// the returned prune removes their files, oldest first. A crash before it ran leaves
+    /// them on disk, where the next open finds them whole and in sequence.
+    pub fn prepare_prune(&mut self, seq: u64) -> Result<Option<PreparedPrune<F>>, JournalError> {
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        let mut paths = Vec::new();
+        while let Some(&oldest) = self.sealed.front() {
+            if oldest.last_seq > seq {
+                break;
+            }
+            paths.push(join(&self.dir, &segment_file_name(oldest.first_seq, false)));
+            self.sealed.pop_front();
+            self.sealed_bytes -= oldest.size_bytes;
+        }
+        self.assert_invariants();
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(PreparedPrune {
+            fs: self.fs.clone(),
+            dir: self.dir.clone(),
+            paths,
+        }))
     }
 
     /// Iterate durable records from `seq_from` on (up to the durable seq at this call).
@@ -557,8 +702,7 @@ impl<F: JournalFs> Journal<F> {
 
     /// Bytes the journal occupies, counting buffered bytes: the backlog/usage figure.
     pub fn size_bytes(&self) -> u64 {
-        let sealed_bytes: u64 = self.sealed.iter().map(|s| s.size_bytes).sum();
-        sealed_bytes + self.open.written_bytes + self.buffer.len() as u64
+        self.sealed_bytes + self.open.written_bytes + self.buffer.len() as u64
     }
 
     pub fn capacity_bytes(&self) -> u64 {
@@ -662,6 +806,7 @@ impl<F: JournalFs> Journal<F> {
             last_seq: self.appended_seq,
             size_bytes: self.open.written_bytes,
         });
+        self.sealed_bytes += self.open.written_bytes;
         self.open = create_partial(
             &self.fs,
             &self.dir,
@@ -689,6 +834,10 @@ impl<F: JournalFs> Journal<F> {
             .iter()
             .zip(self.sealed.iter().skip(1))
             .all(|(a, b)| a.last_seq + 1 == b.first_seq));
+        debug_assert_eq!(
+            self.sealed_bytes,
+            self.sealed.iter().map(|s| s.size_bytes).sum::<u64>()
+        );
     }
 }
 

@@ -52,9 +52,9 @@ mod sim;
 pub use error::JournalError;
 pub use fs::{JournalFs, SegmentFile, StdFile, StdFs};
 pub use journal::{
-    Entry, Journal, JournalConfig, PruneReport, SealedSegment, SEGMENT_SIZE_BYTES_DEFAULT,
-    SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN, WRITE_BUFFER_BYTES_DEFAULT,
-    WRITE_BUFFER_BYTES_MAX,
+    Entry, Journal, JournalConfig, PreparedPrune, PreparedSync, PruneReport, SealedSegment,
+    SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN,
+    WRITE_BUFFER_BYTES_DEFAULT, WRITE_BUFFER_BYTES_MAX,
 };
 pub use reader::{read_directory, JournalReader, ReadPosition};
 pub use record::{

@@ -339,6 +339,14 @@ impl SegmentFile for SimFile {
         })?
     }
 
+    fn try_clone(&self) -> io::Result<SimFile> {
+        Ok(SimFile {
+            state: self.state.clone(),
+            file_id: self.file_id,
+            generation: self.generation,
+        })
+    }
+
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         let len = usize::try_from(len).map_err(io::Error::other)?;
         self.with_data(true, |data, _| data.current.resize(len, 0))
