@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use common::GatedVolume;
+use common::MemoryVolume;
 use redoubt_datatap::{BlockVolume, Engine, EngineConfig, FsVolume, Op, Payload};
 use redoubt_journal::{PowerCut, SimFs, StdFs};
 
@@ -164,5 +164,64 @@ fn a_flush_reply_never_precedes_the_fdatasync_that_covers_it() {
         }
         drop(engine);
         thread.join().unwrap();
+    }
+}
+
+/// An in-memory LV whose writes wait while its gate is closed: a slow applier, on demand.
+pub struct GatedVolume {
+    pub memory: MemoryVolume,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Writes that have started and are waiting at the closed gate.
+    pub waiting: std::sync::atomic::AtomicU64,
+}
+
+impl GatedVolume {
+    pub fn closed(size_bytes: u64) -> GatedVolume {
+        GatedVolume {
+            memory: MemoryVolume::zeroed(size_bytes, std::time::Duration::ZERO),
+            open: std::sync::Mutex::new(false),
+            opened: std::sync::Condvar::new(),
+            waiting: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_open(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.opened.notify_all();
+    }
+
+    fn pass_gate(&self) {
+        let mut open = self.open.lock().unwrap();
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl BlockVolume for GatedVolume {
+    fn size_bytes(&self) -> u64 {
+        self.memory.size_bytes()
+    }
+    fn read_at(&self, buffer: &mut [u8], offset_bytes: u64) -> std::io::Result<()> {
+        self.memory.read_at(buffer, offset_bytes)
+    }
+    fn write_at(&self, bytes: &[u8], offset_bytes: u64) -> std::io::Result<()> {
+        self.pass_gate();
+        self.memory.write_at(bytes, offset_bytes)
+    }
+    fn write_zeroes(&self, offset_bytes: u64, length_bytes: u64) -> std::io::Result<()> {
+        self.pass_gate();
+        self.memory.write_zeroes(offset_bytes, length_bytes)
+    }
+    fn trim(&self, offset_bytes: u64, length_bytes: u64) -> std::io::Result<()> {
+        self.write_zeroes(offset_bytes, length_bytes)
+    }
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
     }
 }
