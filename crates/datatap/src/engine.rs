@@ -761,6 +761,14 @@ enum Logged {
 
 type Reply = oneshot::Sender<Result<u64, OpError>>;
 
+/// Where a checkpoint's journal prune runs.
+enum Prune {
+    /// Before the checkpoint returns: an explicit checkpoint, or one that makes room.
+    Now,
+    /// On the applier's thread, behind the commit thread: the periodic checkpoints.
+    OnApplier,
+}
+
 /// What wakes the commit thread.
 enum Event {
     Op(Result<Pending, flume::RecvError>),
@@ -876,7 +884,7 @@ impl<F: JournalFs> Committer<F> {
                     self.start_sync_if_wanted();
                 }
                 Event::Notice(Ok(crate::applier::Notice::Checkpointed(seq))) => {
-                    if let Err(error) = self.record_checkpoint(seq) {
+                    if let Err(error) = self.record_checkpoint(seq, Prune::OnApplier) {
                         self.fail(format!("checkpoint: {error}"));
                     }
                 }
@@ -1671,12 +1679,12 @@ impl<F: JournalFs> Committer<F> {
             })?;
         // The applier synced the LVs: direct writes of an overflow are durable too.
         self.overflow_unsynced = false;
-        self.record_checkpoint(seq)
+        self.record_checkpoint(seq, Prune::Now)
     }
 
     /// The applier synced the LVs holding every record up to `seq`: the state file says so,
     /// and the journal is pruned up to what is both checkpointed and shipped.
-    fn record_checkpoint(&mut self, seq: u64) -> Result<(), DatatapError> {
+    fn record_checkpoint(&mut self, seq: u64, prune: Prune) -> Result<(), DatatapError> {
         assert!(
             seq <= self.applied_seq(),
             "a checkpoint never passes the applier"
@@ -1691,16 +1699,23 @@ impl<F: JournalFs> Committer<F> {
             .checkpoint_seq
             .store(self.state.checkpoint_seq, Ordering::Release);
         let shipped_seq = watermarks.shipped_seq.load(Ordering::Acquire);
-        if let Some(prune) = self
+        if let Some(prune_now) = self
             .journal
             .prepare_prune(self.state.checkpoint_seq.min(shipped_seq))?
         {
+            if matches!(prune, Prune::Now) {
+                prune_now.run()?;
+                watermarks
+                    .journal_bytes
+                    .store(self.journal.size_bytes(), Ordering::Relaxed);
+                return Ok(());
+            }
             // Removing a large file can take tens of milliseconds: not on this thread.
             self.applier
                 .as_ref()
                 .ok_or_else(|| self.applier_gone())?
                 .send(crate::applier::Work::Run(Box::new(move || {
-                    prune
+                    prune_now
                         .run()
                         .map(|_| ())
                         .map_err(|error| format!("prune the journal: {error}"))

@@ -684,8 +684,8 @@ fn a_full_sync_brings_data_written_before_a_recovery_server_joined() {
             .all(|entry| !entry
                 .file_name()
                 .to_string_lossy()
-                .starts_with("0000000000000001.")),
-        "the journal's first segment was pruned"
+                .starts_with("0000000000000001.seg")),
+        "the journal's first segment was pruned (kept as a spare at most)"
     );
 
     // A recovery server joins; the full sync (steps 12/13) sends every region in order.
