@@ -17,13 +17,14 @@
 //! - a checkpoint syncs the LVs and reports the applied seq they hold: it never passes the
 //!   applier, and the commit thread records it in the state file only after that sync.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::block::BlockVolume;
-use crate::engine::{op_range, Op, Shared, PENDING_BLOCK_BYTES};
+use crate::engine::{op_range, Op, Shared};
+use crate::pending::PendingWrites;
 
 /// Most large non-overlapping writes applied to the LVs together.
 pub const APPLY_RUN_OPS_MAX: usize = 64;
@@ -224,19 +225,15 @@ impl Applier {
         Ok(())
     }
 
-    /// The blocks of applied records no longer make reads wait, unless a later write to
-    /// them is still on its way.
+    /// Applied records no longer make reads wait, unless a later write to the same range
+    /// is still on its way.
     fn forget_pending(&self, run: &[(u64, Op)]) {
         let Ok(mut pending) = self.shared.pending.lock() else {
             return;
         };
         for (seq, op) in run {
             if let Some((lv_id, offset_bytes, length_bytes)) = op_range(op) {
-                for block in pending_blocks(offset_bytes, length_bytes) {
-                    if pending.get(&(lv_id, block)) == Some(seq) {
-                        pending.remove(&(lv_id, block));
-                    }
-                }
+                pending.remove_applied(lv_id, offset_bytes, length_bytes, *seq);
             }
         }
     }
@@ -277,23 +274,11 @@ impl Applier {
     }
 }
 
-/// The 4 KiB blocks a range touches (an empty range still touches its first block).
-pub(crate) fn pending_blocks(
-    offset_bytes: u64,
-    length_bytes: u64,
-) -> std::ops::RangeInclusive<u64> {
-    let first = offset_bytes / PENDING_BLOCK_BYTES;
-    let last = (offset_bytes + length_bytes.max(1) - 1) / PENDING_BLOCK_BYTES;
-    first..=last
-}
-
-/// Marks the blocks of an acknowledged, not yet applied record, so reads of them wait.
-pub(crate) fn remember_pending(pending: &Mutex<HashMap<(u32, u64), u64>>, seq: u64, op: &Op) {
+/// Marks the range of an acknowledged, not yet applied record, so reads of it wait.
+pub(crate) fn remember_pending(pending: &Mutex<PendingWrites>, seq: u64, op: &Op) {
     if let Some((lv_id, offset_bytes, length_bytes)) = op_range(op) {
         if let Ok(mut pending) = pending.lock() {
-            for block in pending_blocks(offset_bytes, length_bytes) {
-                pending.insert((lv_id, block), seq);
-            }
+            pending.insert(lv_id, offset_bytes, length_bytes, seq);
         }
     }
 }

@@ -41,7 +41,7 @@
 //! needing a resync, persisted before the first such write. Client writes never fail or
 //! block because a recovery server is away.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,8 +78,6 @@ pub use crate::applier::{APPLY_BACKLOG_BYTES_MAX, APPLY_RUN_OPS_MAX, APPLY_THREA
 /// A sync-mode write waits this long for the recovery servers; then the group turns async,
 /// loudly, rather than hang its clients (status: `sync_degraded`).
 pub const SYNC_TARGET_TIMEOUT_MS_DEFAULT: u64 = 5_000;
-/// Granularity of the "written but not yet in the LV" map that reads consult.
-pub const PENDING_BLOCK_BYTES: u64 = 4096;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -216,8 +214,8 @@ pub(crate) struct Shared {
     volumes: BTreeMap<u32, Arc<dyn BlockVolume>>,
     pub(crate) watermarks: Arc<Watermarks>,
     failure: Mutex<Option<String>>,
-    /// (lv_id, block index) → seq of the last acknowledged write not yet applied to the LV.
-    pub(crate) pending: Mutex<HashMap<(u32, u64), u64>>,
+    /// Acknowledged writes not yet applied to their LV.
+    pub(crate) pending: Mutex<crate::pending::PendingWrites>,
     journal: JournalLocation,
     sync_replication: bool,
     sync_target_timeout_ms: u64,
@@ -376,7 +374,7 @@ impl Engine {
             volumes: volumes.clone(),
             watermarks: watermarks.clone(),
             failure: Mutex::new(None),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(crate::pending::PendingWrites::default()),
             journal: JournalLocation {
                 dir: journal_dir.to_path_buf(),
                 group_id: GroupId(group_id),
@@ -570,12 +568,7 @@ impl Engine {
             // Poisoned: a thread panicked while it held the map; wait for everything.
             return Some(self.shared.watermarks.appended_seq.load(Ordering::Acquire));
         };
-        if pending.is_empty() {
-            return None;
-        }
-        crate::applier::pending_blocks(offset_bytes, length_bytes)
-            .filter_map(|block| pending.get(&(lv_id, block)).copied())
-            .max()
+        pending.newest_overlapping(lv_id, offset_bytes, length_bytes)
     }
 
     /// Returns once a read of these blocks sees every write acknowledged before the call:

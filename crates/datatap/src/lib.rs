@@ -18,6 +18,7 @@ pub mod error;
 pub mod gate;
 pub mod listen;
 pub mod payload;
+mod pending;
 pub mod server;
 pub mod state;
 pub mod verify;
