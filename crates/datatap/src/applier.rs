@@ -30,6 +30,9 @@ use crate::pending::PendingWrites;
 pub const APPLY_RUN_OPS_MAX: usize = 64;
 /// Most of those writes in flight at once.
 pub const APPLY_THREADS_MAX: usize = 4;
+/// The applier publishes its progress (and frees reads) at least every this many bytes
+/// applied, and at the end of every batch.
+pub const APPLIED_PUBLISH_BYTES: u64 = 4 << 20;
 /// Durable records handed to the applier and not yet written to the LVs; the commit thread
 /// waits beyond it (backpressure) rather than hold more payloads in memory.
 pub const APPLY_BACKLOG_BYTES_MAX: u64 = 64 << 20;
@@ -188,6 +191,8 @@ impl Applier {
     /// Writes `records` to the LVs in seq order.
     fn apply(&mut self, records: Vec<(u64, Op)>, durable_seq: u64) -> Result<(), String> {
         let mut queue: VecDeque<(u64, Op)> = records.into();
+        let mut unpublished: Vec<(u64, Op)> = Vec::new();
+        let mut unpublished_bytes = 0u64;
         while !queue.is_empty() {
             let run = take_parallel_run(&mut queue);
             let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) else {
@@ -211,18 +216,36 @@ impl Applier {
                 })?;
             }
             self.applied_seq = last;
-            self.bytes_since_checkpoint += run
+            let run_bytes = run
                 .iter()
                 .map(|(_, op)| op.payload_bytes().max(1))
                 .sum::<u64>();
-            self.forget_pending(&run);
-            self.shared
-                .watermarks
-                .applied_seq
-                .store(last, Ordering::Release);
-            self.shared.watermarks.applied_changed.notify_waiters();
+            self.bytes_since_checkpoint += run_bytes;
+            unpublished_bytes += run_bytes;
+            unpublished.extend(run);
+            if unpublished_bytes >= APPLIED_PUBLISH_BYTES {
+                self.publish_applied(&mut unpublished);
+                unpublished_bytes = 0;
+            }
         }
+        self.publish_applied(&mut unpublished);
         Ok(())
+    }
+
+    /// Publishes `applied_seq` and lets reads of the applied records go, once per batch (or
+    /// [`APPLIED_PUBLISH_BYTES`]) rather than per record: a lock and a wake-up per 4 KiB
+    /// write was a good part of this thread's time.
+    fn publish_applied(&self, applied: &mut Vec<(u64, Op)>) {
+        if applied.is_empty() {
+            return;
+        }
+        self.forget_pending(applied);
+        applied.clear();
+        self.shared
+            .watermarks
+            .applied_seq
+            .store(self.applied_seq, Ordering::Release);
+        self.shared.watermarks.applied_changed.notify_waiters();
     }
 
     /// Applied records no longer make reads wait, unless a later write to the same range
