@@ -41,7 +41,7 @@ REDOUBT_COLUMNS = ("redoubt", "redoubt+repl")      # the columns the latency goa
 BASELINE = "qemu-nbd"
 REPL_GROUP = "erp"        # as in bench/replication.py
 RECOVERY_NAME = "dr-b"
-REPL_JOURNAL = "4GiB"     # redoubt+repl datatap --journal-capacity, as in bench/replication.py
+REPL_JOURNAL = "12GiB"    # redoubt+repl datatap --journal-capacity: a row of 10 s at ~550 MiB/s must fit while the recovery applies behind
 DRAIN_STALL = 30.0        # redoubt+repl: recovery applied_seq not moving this long = stalled
 DRAIN_MAX = 600.0         # redoubt+repl: longest wait for the recovery to catch up after a row
 
