@@ -29,6 +29,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import replication  # noqa: E402  (start_ready)
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
 EXPORT = "bench"
@@ -164,34 +167,7 @@ def tail(path, n=5):
 
 def start_ready(cmd, logpath, what):
     """Start a redoubt process, wait for its `ready ...` stdout line; returns (p, line)."""
-    lf = open(logpath, "w")
-    p = spawn(cmd, subprocess.PIPE, lf)
-    lf.close()
-    got = {}
-    ready = threading.Event()
-
-    def reader():
-        # keep draining stdout for the process's whole life so it never blocks
-        with open(logpath + ".stdout", "w") as out:
-            for raw in p.stdout:
-                line = raw.decode(errors="replace")
-                out.write(line)
-                out.flush()
-                if line.startswith("ready") and not ready.is_set():
-                    got["line"] = line.strip()
-                    ready.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    deadline = time.monotonic() + READY_TIMEOUT
-    while not ready.is_set():
-        if p.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {p.returncode} before printing `ready`; "
-                               f"stderr: {tail(logpath)}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: no `ready` line on stdout within {READY_TIMEOUT:.0f}s; "
-                               f"stderr: {tail(logpath)}")
-        ready.wait(0.1)
-    return p, got["line"]
+    return replication.start_ready(cmd, logpath, what=what, spawn_fn=spawn)
 
 
 def read_json(path):
@@ -657,12 +633,7 @@ def sh(cmd):
         return ""
 
 
-def loadavg():
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[0:3])
-    except OSError:
-        return "?"
+loadavg = replication.loadavg
 
 
 def machine_info(testdir):

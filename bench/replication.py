@@ -104,10 +104,14 @@ def tail(path, n=5):
         return "(no log)"
 
 
-def start_ready(cmd, logpath):
-    """Start a redoubt process, wait for its `ready ...` stdout line; returns (p, line)."""
+def start_ready(cmd, logpath, what=None, spawn_fn=None):
+    """Start a redoubt process, wait for its `ready ...` stdout line; returns (p, line).
+
+    `what` names it in errors (default: its subcommand); `spawn_fn` lets another script
+    track the process with its own children (default: this module's `spawn`)."""
+    what = what or f"`{cmd[1]}`"
     lf = open(logpath, "w")
-    p = spawn(cmd, subprocess.PIPE, lf)
+    p = (spawn_fn or spawn)(cmd, subprocess.PIPE, lf)
     lf.close()
     got = {}
     ready = threading.Event()
@@ -127,10 +131,10 @@ def start_ready(cmd, logpath):
     deadline = time.monotonic() + READY_TIMEOUT
     while not ready.is_set():
         if p.poll() is not None:
-            raise RuntimeError(f"`{cmd[1]}` exited with status {p.returncode} before printing `ready`; "
+            raise RuntimeError(f"{what} exited with status {p.returncode} before printing `ready`; "
                                f"stderr: {tail(logpath)}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"`{cmd[1]}`: no `ready` line within {READY_TIMEOUT:.0f}s; stderr: {tail(logpath)}")
+            raise RuntimeError(f"{what}: no `ready` line within {READY_TIMEOUT:.0f}s; stderr: {tail(logpath)}")
         ready.wait(0.1)
     return p, got["line"]
 

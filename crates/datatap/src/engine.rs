@@ -1547,17 +1547,26 @@ impl<F: JournalFs> Committer<F> {
         }
     }
 
-    /// [`Committer::sync`], then waits until the applier has written everything to the LVs:
-    /// for what reads the LVs or writes them directly.
-    fn settle(&mut self) -> Result<(), DatatapError> {
-        self.sync()?;
+    /// Sends the applier a request and waits for its answer: it answers after everything
+    /// handed to it before.
+    fn ask_applier<T>(
+        &self,
+        request: impl FnOnce(flume::Sender<T>) -> crate::applier::Work,
+    ) -> Result<T, DatatapError> {
         let (reply, answer) = flume::bounded(1);
         self.applier
             .as_ref()
             .ok_or_else(|| self.applier_gone())?
-            .send(crate::applier::Work::Drain(reply))
+            .send(request(reply))
             .map_err(|_| self.applier_gone())?;
-        let applied_seq = answer.recv().map_err(|_| self.applier_gone())?;
+        answer.recv().map_err(|_| self.applier_gone())
+    }
+
+    /// [`Committer::sync`], then waits until the applier has written everything to the LVs:
+    /// for what reads the LVs or writes them directly.
+    fn settle(&mut self) -> Result<(), DatatapError> {
+        self.sync()?;
+        let applied_seq = self.ask_applier(crate::applier::Work::Drain)?;
         if let Some(reason) = self.failure() {
             return Err(DatatapError::Failed {
                 group: self.shared.group.clone(),
@@ -1657,15 +1666,8 @@ impl<F: JournalFs> Committer<F> {
     /// and the state file records it; then the journal is pruned.
     fn checkpoint(&mut self) -> Result<(), DatatapError> {
         self.settle()?;
-        let (reply, answer) = flume::bounded(1);
-        self.applier
-            .as_ref()
-            .ok_or_else(|| self.applier_gone())?
-            .send(crate::applier::Work::Checkpoint(reply))
-            .map_err(|_| self.applier_gone())?;
-        let seq = answer
-            .recv()
-            .map_err(|_| self.applier_gone())?
+        let seq = self
+            .ask_applier(crate::applier::Work::Checkpoint)?
             .map_err(|reason| DatatapError::Failed {
                 group: self.shared.group.clone(),
                 reason,
