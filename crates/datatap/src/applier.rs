@@ -129,7 +129,7 @@ impl Applier {
                     durable_seq,
                     payload_bytes,
                 }) => {
-                    if self.shared.failed() {
+                    if self.shared.failure().is_some() {
                         self.backlog.release(payload_bytes);
                         continue;
                     }
@@ -175,8 +175,8 @@ impl Applier {
 
     /// Syncs the LVs; returns the seq they now hold durably.
     fn checkpoint(&mut self) -> Result<u64, String> {
-        if self.shared.failed() {
-            return Err(self.shared.failure_reason());
+        if let Some(reason) = self.shared.failure() {
+            return Err(reason);
         }
         for volume in self.volumes.values() {
             volume

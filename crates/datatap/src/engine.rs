@@ -224,18 +224,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn failed(&self) -> bool {
-        self.failure
-            .lock()
-            .map_or(true, |failure| failure.is_some())
-    }
-
-    pub(crate) fn failure_reason(&self) -> String {
-        self.failure
-            .lock()
-            .ok()
-            .and_then(|failure| failure.clone())
-            .unwrap_or_else(|| "stopped".into())
+    /// Why the data path stopped, if it did.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|failure| failure.clone())
     }
 
     /// Stops the group's data path for good; the first reason wins. Logged once, here.
@@ -543,11 +534,7 @@ impl Engine {
 
     /// Why the engine stopped, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.shared
-            .failure
-            .lock()
-            .ok()
-            .and_then(|failure| failure.clone())
+        self.shared.failure()
     }
 
     /// Whether a read of `[offset, offset + length)` of `lv_id` overlaps an acknowledged write
@@ -935,11 +922,7 @@ impl<F: JournalFs> Committer<F> {
     }
 
     fn failure(&self) -> Option<String> {
-        self.shared
-            .failure
-            .lock()
-            .ok()
-            .and_then(|failure| failure.clone())
+        self.shared.failure()
     }
 
     fn fail(&self, reason: String) {
