@@ -2,7 +2,55 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+/// Subcommands that never talk to a console: the daemons, the local tools and the lab (which
+/// starts its own console). The console-client options stay accepted there, for scripts that
+/// pass them everywhere, but their help does not list them: `redoubt console --help` offering
+/// "the console's URL" misled users into thinking the daemon connects to another console.
+const SUBCOMMANDS_WITHOUT_CONSOLE_CLIENT: &[&str] = &[
+    "agent",
+    "console",
+    "datatap",
+    "apply",
+    "lab",
+    "ca",
+    "completion",
+    "man",
+];
+const CONSOLE_CLIENT_ARGS: &[&str] = &["console", "token_file", "ca_file"];
+
+/// The grammar as clap builds it, with the console-client options hidden from the help of
+/// the subcommands that do not use them. Help, completion and man pages all come from here.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| CONSOLE_CLIENT_ARGS.contains(&arg.get_id().as_str()))
+        .map(|arg| arg.clone().hide(true))
+        .collect();
+    // clap copies a global option into each subcommand when it builds the command, unless the
+    // subcommand already has one of that id: a hidden copy put there first is what it keeps,
+    // and passes on to nested subcommands (`lab up`, `ca init`).
+    for name in SUBCOMMANDS_WITHOUT_CONSOLE_CLIENT {
+        command = command.mut_subcommand(*name, |mut sub| {
+            for arg in &hidden {
+                sub = sub.arg(arg.clone());
+            }
+            sub
+        });
+    }
+    command
+}
+
+/// Parse the process's arguments with [`command`]'s help.
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -376,4 +424,62 @@ pub struct AttachArgs {
     pub server: Option<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help_of(path: &[&str]) -> String {
+        let mut command = command();
+        command.build();
+        let mut sub = &mut command;
+        for name in path {
+            sub = sub
+                .find_subcommand_mut(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"));
+        }
+        sub.render_long_help().to_string()
+    }
+
+    fn parse_from(args: &[&str]) -> Cli {
+        let matches = command()
+            .try_get_matches_from(args)
+            .unwrap_or_else(|e| panic!("parse {args:?}: {e}"));
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn daemons_and_local_tools_do_not_offer_the_console_client_options() {
+        for path in [
+            &["console"][..],
+            &["agent"],
+            &["datatap"],
+            &["apply"],
+            &["lab", "up"],
+            &["ca", "init"],
+        ] {
+            let help = help_of(path);
+            assert!(!help.contains("--console"), "{path:?}: {help}");
+            assert!(!help.contains("--token-file"), "{path:?}: {help}");
+        }
+        for path in [
+            &["status"][..],
+            &["config", "plan"],
+            &["snapshot", "create"],
+        ] {
+            assert!(help_of(path).contains("--console"), "{path:?}");
+        }
+    }
+
+    #[test]
+    fn console_url_is_accepted_before_and_after_the_subcommand() {
+        let before = parse_from(&["redoubt", "--console", "http://a:1", "status"]);
+        assert_eq!(before.console.as_deref(), Some("http://a:1"));
+        let after = parse_from(&["redoubt", "status", "--console", "http://b:1"]);
+        assert_eq!(after.console.as_deref(), Some("http://b:1"));
+        // Scripts that pass it everywhere keep working where it is hidden.
+        let hidden = parse_from(&["redoubt", "lab", "down", "--console", "http://c:1"]);
+        assert_eq!(hidden.console.as_deref(), Some("http://c:1"));
+    }
 }

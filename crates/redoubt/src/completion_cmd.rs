@@ -9,12 +9,8 @@
 
 use std::io::Write;
 
-use clap::CommandFactory;
-
-use crate::cli::Cli;
-
 pub fn run(shell: clap_complete::Shell) {
-    let mut command = Cli::command();
+    let mut command = crate::cli::command();
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut command, "redoubt", &mut script);
     // A reader that stops early (`| head`) is no failure: the rest is not wanted.

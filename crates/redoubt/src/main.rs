@@ -24,13 +24,11 @@ mod verify_cmd;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 use crate::exit::Failure;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let daemon = matches!(
         cli.command,
         Command::Agent(_) | Command::Console(_) | Command::Datatap(_) | Command::Apply(_)

@@ -4,9 +4,6 @@
 
 use std::path::Path;
 
-use clap::CommandFactory;
-
-use crate::cli::Cli;
 use crate::exit::{ExitCodeKind, Failure};
 
 pub fn run(out: &Path) -> Result<(), Failure> {
@@ -16,7 +13,7 @@ pub fn run(out: &Path) -> Result<(), Failure> {
             format!("create {}: {error}", out.display()),
         )
     })?;
-    let command = Cli::command();
+    let command = crate::cli::command();
     let mut written = 0usize;
     write_pages(&command, "redoubt", out, &mut written)?;
     println!("wrote {written} manual pages to {}", out.display());
