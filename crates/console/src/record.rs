@@ -306,7 +306,7 @@ pub fn build_record(
         }
         steps.push(StepRecord {
             number: step.number,
-            title: step.title.to_string(),
+            title: step.title.clone(),
             deletes: step
                 .deletes
                 .iter()

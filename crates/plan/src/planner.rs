@@ -66,7 +66,11 @@ impl Deleted {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedStep {
     pub number: u8,
-    pub title: &'static str,
+    /// The catalog's title with its placeholders filled in from the rows: "Copy configuration
+    /// to prod-a, dr-b", "Set new logical volume lv_data02 as requiring replication".
+    pub title: String,
+    /// The title as the catalog (`config-initialization.md`) words it, with S and X.
+    pub catalog_title: &'static str,
     /// Empty for steps that run once for the group.
     pub rows: Vec<Row>,
     pub deletes: Vec<Deletion>,
@@ -139,6 +143,39 @@ struct Builder<'a> {
     options: PlanOptions,
     steps: BTreeMap<u8, StepRows>,
     warnings: Vec<String>,
+}
+
+/// The catalog writes "S" for the servers a step runs on and "X" for the new volume of step
+/// 13; a user reads the names instead.
+fn filled_title(catalog_title: &str, rows: &[Row]) -> String {
+    let servers: Vec<&str> = rows
+        .iter()
+        .filter_map(|row| match row {
+            Row::Server { server, .. } => Some(server.as_str()),
+            Row::Volume { .. } => None,
+        })
+        .collect();
+    let volumes: Vec<&str> = rows
+        .iter()
+        .filter_map(|row| match row {
+            Row::Volume { volume } => Some(volume.as_str()),
+            Row::Server { .. } => None,
+        })
+        .collect();
+    let words: Vec<String> = catalog_title
+        .split(' ')
+        .map(|word| match word {
+            "S" if !servers.is_empty() => servers.join(", "),
+            "X" if !volumes.is_empty() => volumes.join(", "),
+            other => other.to_owned(),
+        })
+        .collect();
+    let title = words.join(" ");
+    if volumes.len() > 1 {
+        title.replacen("logical volume ", "logical volumes ", 1)
+    } else {
+        title
+    }
 }
 
 impl<'a> Builder<'a> {
@@ -690,7 +727,8 @@ impl<'a> Builder<'a> {
             });
             steps.push(PlannedStep {
                 number,
-                title: catalog.title,
+                title: filled_title(catalog.title, &step.rows),
+                catalog_title: catalog.title,
                 rows: step.rows,
                 deletes: step.deletes,
             });

@@ -19,6 +19,8 @@ pub struct PlanJson {
 pub struct StepJson {
     pub number: u8,
     pub title: String,
+    /// The catalog's wording of the step (with S and X), for scripts that match on it.
+    pub catalog_title: &'static str,
     pub rows: Vec<RowJson>,
     pub deletes: Vec<DeleteJson>,
 }
@@ -48,7 +50,8 @@ pub fn to_json(plans: &[GroupPlan]) -> Vec<PlanJson> {
                 .iter()
                 .map(|step| StepJson {
                     number: step.number,
-                    title: step.title.to_string(),
+                    title: step.title.clone(),
+                    catalog_title: step.catalog_title,
                     rows: step
                         .rows
                         .iter()

@@ -77,6 +77,27 @@ fn volume_added() {
     assert_eq!(numbers(&plan), [1, 2, 11, 13, 14, 15, 16, 20]);
     assert_eq!(rows_of(&plan, 13), ["volume:lv_index"]);
     assert_eq!(rows_of(&plan, 15), RECOVERY2);
+    // Titles name what the step works on; the catalog's placeholders stay for scripts.
+    let title = |number: u8| {
+        let step = plan.steps.iter().find(|s| s.number == number).unwrap();
+        (step.title.as_str(), step.catalog_title)
+    };
+    assert_eq!(
+        title(13),
+        (
+            "Set new logical volume lv_index as requiring replication",
+            "Set new logical volume X as requiring replication"
+        )
+    );
+    assert_eq!(
+        title(2),
+        (
+            "Copy configuration to prod-a, dr-b, dr-c",
+            "Copy configuration to S"
+        )
+    );
+    assert_eq!(title(15).0, "Reset apply process (ABA) on dr-b, dr-c");
+    assert_eq!(title(14).0, "Reset send process (LCA)");
 }
 
 #[test]

@@ -75,7 +75,7 @@ fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
         "the stop hint names a command the shell cannot run: {stop}"
     );
     assert!(
-        up.contains("\u{2713} 20. Verify configuration on S"),
+        up.contains("\u{2713} 20. Verify configuration on prod-a, dr-b, dr-c"),
         "every step checked off:\n{up}"
     );
     let export = up
@@ -210,7 +210,7 @@ fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
         "{applied}"
     );
     assert!(
-        applied.contains("13. Set new logical volume X as requiring replication"),
+        applied.contains("13. Set new logical volume lv_index as requiring replication"),
         "{applied}"
     );
     for server in ["prod-a", "dr-b", "dr-c"] {
