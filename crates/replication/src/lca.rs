@@ -70,10 +70,13 @@ pub struct TargetStatus {
     pub acked: Notify,
     /// Batches sent and not yet applied by the target, oldest first (for lag and backlog).
     pub unapplied: Mutex<std::collections::VecDeque<SentBatch>>,
-    /// Bytes per second the target applies, smoothed over recent acknowledgements.
+    /// Bytes per second the target applies, smoothed over time (`SPEED_SMOOTHING_MS`).
     pub applied_bytes_per_second: AtomicU64,
     /// When the last acknowledgement arrived (unix ms; 0 = never).
     pub last_ack_unix_ms: AtomicU64,
+    /// When the last acknowledgement that applied bytes arrived (unix ms; 0 = never). An idle
+    /// target keeps acknowledging, so the speed's staleness is judged by this one.
+    pub last_applied_unix_ms: AtomicU64,
 }
 
 /// A batch on its way: what lag and backlog are computed from.
@@ -117,10 +120,14 @@ impl TargetStatus {
             .unwrap_or(0)
     }
 
-    /// Applied MB/s, falling to 0 when no acknowledgement came for a while.
+    /// Applied MB/s; 0 when the target applied nothing for `SPEED_STALE_MS`, so an idle group
+    /// never shows the rate of its last burst.
     pub fn speed_mb_s(&self) -> f64 {
-        let last = self.last_ack_unix_ms.load(Ordering::Relaxed);
-        let now_ms = unix_ns() / 1_000_000;
+        self.speed_mb_s_at(unix_ns() / 1_000_000)
+    }
+
+    fn speed_mb_s_at(&self, now_ms: u64) -> f64 {
+        let last = self.last_applied_unix_ms.load(Ordering::Relaxed);
         if last == 0 || now_ms.saturating_sub(last) > SPEED_STALE_MS {
             return 0.0;
         }
@@ -128,7 +135,10 @@ impl TargetStatus {
     }
 
     fn on_applied(&self, applied_seq: u64) {
-        let now_ms = unix_ns() / 1_000_000;
+        self.on_applied_at(applied_seq, unix_ns() / 1_000_000);
+    }
+
+    fn on_applied_at(&self, applied_seq: u64, now_ms: u64) {
         let mut bytes = 0;
         if let Ok(mut queue) = self.unapplied.lock() {
             while queue
@@ -139,18 +149,27 @@ impl TargetStatus {
             }
         }
         let previous_ms = self.last_ack_unix_ms.swap(now_ms, Ordering::Relaxed);
+        if bytes > 0 {
+            self.last_applied_unix_ms.store(now_ms, Ordering::Relaxed);
+        }
         if previous_ms > 0 && now_ms > previous_ms {
-            let rate = bytes.saturating_mul(1000) / (now_ms - previous_ms);
+            let elapsed_ms = now_ms - previous_ms;
+            let rate = bytes.saturating_mul(1000) / elapsed_ms;
             let old = self.applied_bytes_per_second.load(Ordering::Relaxed);
-            // Exponential smoothing, weight 1/4 for the newest sample.
+            // Smoothing by time, not by acknowledgement: acks come every batch under load and
+            // every ACK_INTERVAL_MS when idle, so a per-ack weight would mean different windows.
+            let weight = (elapsed_ms as f64 / SPEED_SMOOTHING_MS as f64).min(1.0);
+            let smoothed = old as f64 * (1.0 - weight) + rate as f64 * weight;
             self.applied_bytes_per_second
-                .store((old * 3 + rate) / 4, Ordering::Relaxed);
+                .store(smoothed as u64, Ordering::Relaxed);
         }
     }
 }
 
-/// Without an acknowledgement for this long the applied speed reads 0.
+/// Without an applied byte for this long the applied speed reads 0.
 pub const SPEED_STALE_MS: u64 = 2_000;
+/// The applied speed averages roughly this last stretch of time.
+pub const SPEED_SMOOTHING_MS: u64 = 1_000;
 
 /// The targets of one group, for the shipped watermark: the journal may be pruned only up to
 /// what every one of them holds durably.
@@ -595,5 +614,32 @@ mod tests {
         assert_eq!(status.backlog_bytes(), 0);
         assert_eq!(status.lag_seconds(), 0.0, "caught up: no lag");
         assert!(status.last_ack_unix_ms.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn idle_acknowledgements_do_not_keep_a_burst_rate_alive() {
+        let status = TargetStatus::default();
+        let batch = |first_seq, last_seq| SentBatch {
+            first_seq,
+            last_seq,
+            first_timestamp_ns: unix_ns(),
+            bytes: 100_000_000,
+        };
+        let start_ms = 1_000_000;
+        status.on_applied_at(0, start_ms);
+        status.unapplied.lock().unwrap().push_back(batch(1, 10));
+        status.on_applied_at(10, start_ms + 1_000);
+        let burst = status.speed_mb_s_at(start_ms + 1_000);
+        assert!((99.0..=101.0).contains(&burst), "100 MB in 1 s: {burst}");
+        // Idle: the target acknowledges every ACK_INTERVAL_MS, applying nothing.
+        let mut now_ms = start_ms + 1_000;
+        while now_ms < start_ms + 1_000 + SPEED_STALE_MS {
+            now_ms += crate::aba::ACK_INTERVAL_MS;
+            status.on_applied_at(10, now_ms);
+        }
+        now_ms += crate::aba::ACK_INTERVAL_MS;
+        status.on_applied_at(10, now_ms);
+        assert_eq!(status.speed_mb_s_at(now_ms), 0.0, "idle reads 0");
+        assert!(status.last_ack_unix_ms.load(Ordering::Relaxed) == now_ms);
     }
 }
