@@ -350,12 +350,25 @@ impl DataPath {
                 } else {
                     100.0 - (remaining.min(total_bytes) as f64 * 100.0 / total_bytes as f64)
                 };
+                let resync_targets = watermarks
+                    .resync_targets
+                    .lock()
+                    .map(|targets| targets.clone())
+                    .unwrap_or_default();
                 let targets: Vec<Value> = production
                     .lcas
                     .names
                     .iter()
                     .zip(production.lcas.targets.statuses.iter())
-                    .map(|(name, status)| target_json(name, status, super_transaction_pct))
+                    .map(|(name, status)| {
+                        // A server the super transaction is not for holds the data already.
+                        let pct = if resync_targets.includes(name) {
+                            super_transaction_pct
+                        } else {
+                            100.0
+                        };
+                        target_json(name, status, pct)
+                    })
                     .collect();
                 fields.insert("targets".into(), Value::Array(targets));
             }

@@ -804,6 +804,10 @@ async fn resync(
         if let Err(reason) = engine
             .submit(Op::ResyncRegions {
                 regions: lv_regions,
+                // The returning server needs them; whoever followed this production holds
+                // them already, but which servers those are is the failover context's
+                // business: every one, to stay on the safe side.
+                targets: redoubt_journal::ResyncTargets::Every,
             })
             .await
         {

@@ -52,6 +52,9 @@ pub struct GroupRecord {
     /// LVs marked for a full sync by steps 12 and 13.
     #[serde(default)]
     pub full_sync_requested: BTreeSet<String>,
+    /// The recovery servers that full sync is for; absent: every one.
+    #[serde(default)]
+    pub full_sync_targets: Option<BTreeSet<String>>,
 }
 
 pub fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), AgentError> {
@@ -217,6 +220,7 @@ mod tests {
                 data_path_loaded: true,
                 data_path_version: 3,
                 full_sync_requested: ["lv0".to_string()].into(),
+                full_sync_targets: Some(["dr-c".to_string()].into()),
             },
         );
         save_state(dir.path(), &state).unwrap();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use redoubt_config::{Config, Role};
+use redoubt_journal::ResyncTargets;
 use redoubt_volume::{
     verify_group, Container, CreateLvOptions, GroupLayout, GroupStore, IoMode, LOCK_FILE_NAME,
     MANIFEST_FILE_NAME, MANIFEST_TEMPORARY_FILE_NAME,
@@ -554,14 +555,33 @@ impl Context<'_> {
             }
             vec![volume.clone()]
         };
+        let targets = if self.request.step == 12 {
+            self.servers_without_the_data()
+        } else {
+            // A new LV: no recovery server has it yet.
+            ResyncTargets::Every
+        };
         update_state(self.agent, |state| {
             let record = state.groups.entry(self.group().to_string()).or_default();
+            let joined = if record.full_sync_requested.is_empty() {
+                targets.clone()
+            } else {
+                redoubt_datatap::state::targets_from(&record.full_sync_targets).widened(&targets)
+            };
+            record.full_sync_targets = redoubt_datatap::state::targets_field(&joined);
             record.full_sync_requested.extend(names.iter().cloned());
         })
         .map_err(failed)?;
         let started = self.start_pending_full_sync().await?;
+        let for_whom = match &targets {
+            ResyncTargets::Every => String::new(),
+            ResyncTargets::Only(servers) => format!(
+                " for {} (the other recovery servers hold the data already)",
+                servers.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        };
         Ok(format!(
-            "marked {} LV(s) for a full sync: {}{}",
+            "marked {} LV(s) for a full sync{for_whom}: {}{}",
             names.len(),
             names.join(", "),
             if started {
@@ -572,20 +592,47 @@ impl Context<'_> {
         ))
     }
 
+    /// The recovery servers step 12 sends every LV to: those that were not recovery servers
+    /// of this group with this production before the change. A new group, or a new
+    /// production, needs every one.
+    fn servers_without_the_data(&self) -> ResyncTargets {
+        let Some(new_group) = self.new.group(self.group()) else {
+            return ResyncTargets::Every;
+        };
+        let Some(old_group) = self.old.and_then(|old| old.group(self.group())) else {
+            return ResyncTargets::Every;
+        };
+        if old_group.production != new_group.production {
+            return ResyncTargets::Every;
+        }
+        let newcomers: BTreeSet<String> = new_group
+            .recovery
+            .iter()
+            .filter(|server| !old_group.recovery.contains(server))
+            .cloned()
+            .collect();
+        if newcomers.is_empty() {
+            ResyncTargets::Every
+        } else {
+            ResyncTargets::Only(newcomers)
+        }
+    }
+
     /// Hands the LVs marked by steps 12 and 13 to the running datatap as a super transaction
     /// (all their regions resent in order); they stay marked until the datatap has recorded
     /// them durably, so a crash in between only repeats the request.
     async fn start_pending_full_sync(&self) -> Result<bool, (StatusCode, String)> {
-        let (engine, names) = {
+        let (engine, names, targets) = {
             let inner = self.agent.lock();
             let engine = inner.paths.get(self.group()).and_then(|path| path.engine());
-            let names: Vec<String> = inner
-                .state
-                .groups
-                .get(self.group())
+            let record = inner.state.groups.get(self.group());
+            let names: Vec<String> = record
                 .map(|record| record.full_sync_requested.iter().cloned().collect())
                 .unwrap_or_default();
-            (engine, names)
+            let targets = record.map_or(ResyncTargets::Every, |record| {
+                redoubt_datatap::state::targets_from(&record.full_sync_targets)
+            });
+            (engine, names, targets)
         };
         let Some(engine) = engine else {
             return Ok(false);
@@ -598,12 +645,13 @@ impl Context<'_> {
             .map(|name| redoubt_journal::lv_id_for_name(name))
             .collect();
         engine
-            .submit(redoubt_datatap::Op::FullSync { lv_ids })
+            .submit(redoubt_datatap::Op::FullSync { lv_ids, targets })
             .await
             .map_err(|error| failed(format!("start the full sync: {error}")))?;
         update_state(self.agent, |state| {
             if let Some(record) = state.groups.get_mut(self.group()) {
                 record.full_sync_requested.clear();
+                record.full_sync_targets = None;
             }
         })
         .map_err(failed)?;

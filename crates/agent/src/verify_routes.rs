@@ -5,7 +5,7 @@
 //! | `POST /v1/groups/{g}/verify/hashes` | `{"seq"?, "region_size_bytes"?, "wait_for_seq_ms"?}` | 202 `{"id","seq","regions_total"}` |
 //! | `GET /v1/groups/{g}/verify/hashes` | `?volume=V&from=N&count=M` | progress, and a page of hashes once done |
 //! | `DELETE /v1/groups/{g}/verify/hashes` | | `{"cleared": true}` |
-//! | `POST /v1/groups/{g}/resync/regions` | `{"regions":[{"volume","region"}]}` | `{"marked","seq"}` (production only) |
+//! | `POST /v1/groups/{g}/resync/regions` | `{"regions":[{"volume","region"}],"targets":[server]}` (`[]`: every recovery server) | `{"marked","seq"}` (production only) |
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -294,6 +294,9 @@ struct RegionRef {
 #[serde(deny_unknown_fields)]
 struct ResyncBody {
     regions: Vec<RegionRef>,
+    /// The recovery servers whose replicas differ: the others stay consistent while the
+    /// regions are resent.
+    targets: Vec<String>,
 }
 
 /// Checksum resync on production: the named regions (of `DIRTY_REGION_BYTES`) go to the
@@ -378,8 +381,13 @@ async fn resync_regions(
         regions.push((*lv_id, reference.region));
     }
     let marked = regions.len();
+    let targets = if request.targets.is_empty() {
+        redoubt_journal::ResyncTargets::Every
+    } else {
+        redoubt_journal::ResyncTargets::Only(request.targets.iter().cloned().collect())
+    };
     match engine
-        .submit(redoubt_datatap::Op::ResyncRegions { regions })
+        .submit(redoubt_datatap::Op::ResyncRegions { regions, targets })
         .await
     {
         Ok(seq) => Json(json!({"marked": marked, "seq": seq})).into_response(),

@@ -714,7 +714,7 @@ async fn run_resync(
             production,
             "POST",
             &format!("/v1/groups/{group}/resync/regions"),
-            Some(json!({"regions": regions_body})),
+            Some(json!({"regions": regions_body, "targets": [target.name]})),
         )
         .await
         .map_err(|error| {

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redoubt_journal::{
     Entry, GroupId, Journal, JournalConfig, JournalError, JournalFs, OwnedRecord, PreparedSync,
-    RecordKind, StdFs,
+    RecordKind, ResyncTargets, StdFs,
 };
 use redoubt_volume::{CreateLvOptions, GroupStore, IoMode, VolumeSpec};
 
@@ -147,12 +147,19 @@ pub enum Op {
     /// Syncs the LVs and records a checkpoint now.
     Checkpoint,
     /// Starts a super transaction: every region of these LVs (all LVs when empty) is sent to
-    /// the recovery servers again, in order with new writes (initialization steps 12 and 13).
-    FullSync { lv_ids: Vec<u32> },
+    /// the recovery servers again, in order with new writes (initialization steps 12 and 13),
+    /// for `targets` (the others stay consistent through it).
+    FullSync {
+        lv_ids: Vec<u32>,
+        targets: ResyncTargets,
+    },
     /// Checksum resync: these (lv_id, region of `DIRTY_REGION_BYTES`) regions are sent again,
     /// as a super transaction, through the same path as a full sync (`redoubt resync
     /// --checksum` marks the regions whose hashes differ on a replica).
-    ResyncRegions { regions: Vec<(u32, u64)> },
+    ResyncRegions {
+        regions: Vec<(u32, u64)>,
+        targets: ResyncTargets,
+    },
 }
 
 impl Op {
@@ -191,6 +198,9 @@ pub struct Watermarks {
     /// Bytes of the running super transaction (full, overflow or checksum resync): what
     /// `resync_remaining_bytes` counts down from; 0 when none runs.
     pub resync_total_bytes: AtomicU64,
+    /// Whom the running super transaction is for; the other recovery servers are not
+    /// syncing (their progress reads 100 %).
+    pub resync_targets: std::sync::Mutex<ResyncTargets>,
     /// The LCA raises this as targets acknowledge; the journal is pruned only up to it.
     /// `u64::MAX` while the group has no send process.
     pub shipped_seq: AtomicU64,
@@ -358,6 +368,9 @@ impl Engine {
             watermarks.resync_remaining_bytes.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+        if let Ok(mut targets) = watermarks.resync_targets.lock() {
+            *targets = state.resync_targets();
+        }
         watermarks.shipped_seq.store(u64::MAX, Ordering::Relaxed);
 
         let shared = Arc::new(Shared {
@@ -760,9 +773,9 @@ enum Event {
 /// A reply held until the journal is synced and the LVs are applied.
 enum Waiter {
     /// Marks the LVs' regions for the resync once what came before is settled.
-    FullSync(Vec<u32>),
+    FullSync(Vec<u32>, ResyncTargets),
     /// Marks these regions for the resync once what came before is settled.
-    ResyncRegions(Vec<(u32, u64)>),
+    ResyncRegions(Vec<(u32, u64)>, ResyncTargets),
     /// A FUA write, a marker or a FLUSH: answered once durable.
     Durable(DurableWaiter),
     Checkpoint,
@@ -967,8 +980,10 @@ impl<F: JournalFs> Committer<F> {
                 Ok(Logged::Nothing) => {
                     let waiter = match op {
                         Op::Checkpoint => Waiter::Checkpoint,
-                        Op::FullSync { lv_ids } => Waiter::FullSync(lv_ids),
-                        Op::ResyncRegions { regions } => Waiter::ResyncRegions(regions),
+                        Op::FullSync { lv_ids, targets } => Waiter::FullSync(lv_ids, targets),
+                        Op::ResyncRegions { regions, targets } => {
+                            Waiter::ResyncRegions(regions, targets)
+                        }
                         _ => Waiter::Durable(DurableWaiter::Flush),
                     };
                     waiting.push((reply, waiter));
@@ -1028,20 +1043,24 @@ impl<F: JournalFs> Committer<F> {
                 Err(self.stopped())
             } else {
                 match waiter {
-                    Waiter::FullSync(lv_ids) => match self.mark_full_sync(&lv_ids) {
-                        Ok(()) => Ok(self.applied_seq()),
-                        Err(error) => {
-                            self.fail(format!("start a full sync: {error}"));
-                            Err(self.stopped())
+                    Waiter::FullSync(lv_ids, targets) => {
+                        match self.mark_full_sync(&lv_ids, &targets) {
+                            Ok(()) => Ok(self.applied_seq()),
+                            Err(error) => {
+                                self.fail(format!("start a full sync: {error}"));
+                                Err(self.stopped())
+                            }
                         }
-                    },
-                    Waiter::ResyncRegions(regions) => match self.mark_regions(&regions) {
-                        Ok(()) => Ok(self.applied_seq()),
-                        Err(error) => {
-                            self.fail(format!("start a checksum resync: {error}"));
-                            Err(self.stopped())
+                    }
+                    Waiter::ResyncRegions(regions, targets) => {
+                        match self.mark_regions(&regions, &targets) {
+                            Ok(()) => Ok(self.applied_seq()),
+                            Err(error) => {
+                                self.fail(format!("start a checksum resync: {error}"));
+                                Err(self.stopped())
+                            }
                         }
-                    },
+                    }
                     Waiter::Checkpoint => match self.checkpoint() {
                         Ok(()) => Ok(self.state.checkpoint_seq),
                         Err(error) => {
@@ -1166,6 +1185,8 @@ impl<F: JournalFs> Committer<F> {
         };
         let first = offset_bytes / crate::state::DIRTY_REGION_BYTES;
         let last = (offset_bytes + length_bytes.max(1) - 1) / crate::state::DIRTY_REGION_BYTES;
+        // No recovery server received these writes: the resync is for every one.
+        self.join_resync(&ResyncTargets::Every);
         let regions = self.state.dirty_regions.entry(lv_id).or_default();
         let mut added = false;
         for region in first..=last {
@@ -1180,7 +1201,12 @@ impl<F: JournalFs> Committer<F> {
 
     /// Every region of the LVs becomes dirty: the resync passes send them all (a super
     /// transaction), in order with the writes that keep coming.
-    fn mark_full_sync(&mut self, lv_ids: &[u32]) -> Result<(), DatatapError> {
+    fn mark_full_sync(
+        &mut self,
+        lv_ids: &[u32],
+        targets: &ResyncTargets,
+    ) -> Result<(), DatatapError> {
+        self.join_resync(targets);
         let chosen: Vec<(u32, u64)> = self
             .volumes
             .iter()
@@ -1206,7 +1232,12 @@ impl<F: JournalFs> Committer<F> {
     }
 
     /// Checksum resync: the given regions (of existing LVs) become dirty.
-    fn mark_regions(&mut self, regions: &[(u32, u64)]) -> Result<(), DatatapError> {
+    fn mark_regions(
+        &mut self,
+        regions: &[(u32, u64)],
+        targets: &ResyncTargets,
+    ) -> Result<(), DatatapError> {
+        self.join_resync(targets);
         for (lv_id, region) in regions {
             let Some(volume) = self.volumes.get(lv_id) else {
                 continue;
@@ -1235,6 +1266,20 @@ impl<F: JournalFs> Committer<F> {
             .store(true, Ordering::Release);
         self.publish_resync_remaining();
         Ok(())
+    }
+
+    /// A request for `targets` joins the pending super transaction (or starts one): it is for
+    /// whoever needs either. Saved with the regions the caller marks next.
+    fn join_resync(&mut self, targets: &ResyncTargets) {
+        let joined = if self.resync_pending() {
+            self.state.resync_targets().widened(targets)
+        } else {
+            targets.clone()
+        };
+        self.state.resync_targets = crate::state::targets_field(&joined);
+        if let Ok(mut published) = self.shared.watermarks.resync_targets.lock() {
+            *published = joined;
+        }
     }
 
     fn publish_resync_remaining(&self) {
@@ -1292,15 +1337,24 @@ impl<F: JournalFs> Committer<F> {
         self.settle()?;
         // The replicas learn where the mix of two points in time starts: a resync target
         // keeps a snapshot of the seq before it (`replication::snapshot`).
-        if self.state.resync_begin_seq.is_none() && !self.state.dirty_regions.is_empty() {
-            let Some(seq) = self.journal_resync_marker(redoubt_journal::RESYNC_BEGIN_MARKER)?
-            else {
+        // A super transaction that a wider request joined (a second server added while the
+        // first one syncs) announces itself again, naming them all: the regions sent before
+        // were not for the newcomer, and they are all dirty again for it.
+        let targets = self.state.resync_targets();
+        let begun = self.state.resync_begin_seq.is_some();
+        if !self.state.dirty_regions.is_empty()
+            && (!begun || !self.state.resync_begun_for().covers(&targets))
+        {
+            let Some(seq) = self.journal_resync_marker(&targets.begin_marker())? else {
                 return Ok(());
             };
-            self.state.resync_begin_seq = Some(seq);
+            if !begun {
+                self.state.resync_begin_seq = Some(seq);
+            }
+            self.state.resync_begun_for = crate::state::targets_field(&targets);
             self.settle()?;
             self.state.save(&self.fs, &self.group_dir)?;
-            tracing::info!(group = %self.shared.group, seq, "super transaction begins");
+            tracing::info!(group = %self.shared.group, seq, ?targets, "super transaction begins");
         }
         let mut taken: Vec<(u32, u64)> = Vec::new();
         let mut bytes = 0;
@@ -1383,6 +1437,11 @@ impl<F: JournalFs> Committer<F> {
                 };
                 self.settle()?;
                 self.state.resync_begin_seq = None;
+                self.state.resync_begun_for = None;
+                self.state.resync_targets = None;
+                if let Ok(mut published) = self.shared.watermarks.resync_targets.lock() {
+                    *published = ResyncTargets::Every;
+                }
                 tracing::info!(group = %self.shared.group, begin_seq, end_seq, "super transaction complete");
             }
             self.state.needs_resync = false;

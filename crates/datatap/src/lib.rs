@@ -28,4 +28,6 @@ pub use engine::{Engine, EngineConfig, JournalLocation, Op, OpError, OpenedVolum
 pub use error::DatatapError;
 pub use listen::{bind, bind_tcp_waiting, serve, Bound, Listen, BIND_ADDRESS_IN_USE_WAIT_MS};
 pub use payload::Payload;
+/// Whom a super transaction is for (`Op::FullSync`, `Op::ResyncRegions`).
+pub use redoubt_journal::ResyncTargets;
 pub use server::{serve_connection, BackendExport, Export, ExportBackend, Exports};

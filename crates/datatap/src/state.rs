@@ -4,10 +4,10 @@
 //! Written atomically (temporary file, fsync, rename, fsync directory), so a crash leaves
 //! either the old or the new state, never a torn one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use redoubt_journal::{JournalFs, SegmentFile};
+use redoubt_journal::{JournalFs, ResyncTargets, SegmentFile};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,12 +35,36 @@ pub struct GroupState {
     /// The dirty-region bitmap of a journal overflow: lv_id → indexes of regions of
     /// [`DIRTY_REGION_BYTES`] written without the journal and not yet resynced.
     #[serde(default)]
-    pub dirty_regions: BTreeMap<u32, std::collections::BTreeSet<u64>>,
+    pub dirty_regions: BTreeMap<u32, BTreeSet<u64>>,
     /// The seq of the `resync:begin` marker of the super transaction under way, if one is:
     /// its `resync:end` is journaled once the last dirty region is, and only then is this
     /// cleared (so a restart never begins a second one or forgets to end it).
     #[serde(default)]
     pub resync_begin_seq: Option<u64>,
+    /// The recovery servers the pending super transaction is for; absent: every one (as in
+    /// state files written before targets existed).
+    #[serde(default)]
+    pub resync_targets: Option<BTreeSet<String>>,
+    /// The servers the last journaled `resync:begin` named (absent: every one); a wider
+    /// request while it runs journals a new begin that names the others too.
+    #[serde(default)]
+    pub resync_begun_for: Option<BTreeSet<String>>,
+}
+
+/// [`ResyncTargets`] from its state-file form (`None`: every server).
+pub fn targets_from(field: &Option<BTreeSet<String>>) -> ResyncTargets {
+    match field {
+        Some(servers) => ResyncTargets::Only(servers.clone()),
+        None => ResyncTargets::Every,
+    }
+}
+
+/// The state-file form of [`ResyncTargets`]: `None` is every server.
+pub fn targets_field(targets: &ResyncTargets) -> Option<BTreeSet<String>> {
+    match targets {
+        ResyncTargets::Every => None,
+        ResyncTargets::Only(servers) => Some(servers.clone()),
+    }
 }
 
 /// Granularity of the dirty-region bitmap.
@@ -56,7 +80,19 @@ impl GroupState {
             needs_resync: false,
             dirty_regions: BTreeMap::new(),
             resync_begin_seq: None,
+            resync_targets: None,
+            resync_begun_for: None,
         }
+    }
+
+    /// Whom the pending super transaction is for.
+    pub fn resync_targets(&self) -> ResyncTargets {
+        targets_from(&self.resync_targets)
+    }
+
+    /// Whom the journaled `resync:begin` of the running super transaction named.
+    pub fn resync_begun_for(&self) -> ResyncTargets {
+        targets_from(&self.resync_begun_for)
     }
 
     pub fn group_id_bytes(&self) -> Option<[u8; 16]> {

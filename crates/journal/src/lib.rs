@@ -59,10 +59,10 @@ pub use journal::{
 pub use reader::{read_directory, JournalReader, ReadPosition};
 pub use record::{
     decode, decode_header, encode, encode_header, encoded_size_bytes, lv_id_for_name, DecodeError,
-    InvalidRecord, OwnedRecord, Record, RecordHeader, RecordKind, MARKER_NAME_BYTES_MAX,
-    RECORD_FORMAT_VERSION_CURRENT, RECORD_FORMAT_VERSION_MIN, RECORD_HEADER_SIZE_BYTES,
-    RECORD_MAGIC, RECORD_PAYLOAD_BYTES_MAX, RECORD_SIZE_BYTES_MAX, RESYNC_BEGIN_MARKER,
-    RESYNC_END_MARKER,
+    InvalidRecord, OwnedRecord, Record, RecordHeader, RecordKind, ResyncTargets,
+    MARKER_NAME_BYTES_MAX, RECORD_FORMAT_VERSION_CURRENT, RECORD_FORMAT_VERSION_MIN,
+    RECORD_HEADER_SIZE_BYTES, RECORD_MAGIC, RECORD_PAYLOAD_BYTES_MAX, RECORD_SIZE_BYTES_MAX,
+    RESYNC_BEGIN_MARKER, RESYNC_END_MARKER,
 };
 pub use segment::{
     parse_segment_file_name, segment_file_name, GroupId, SegmentHeader, SegmentHeaderError,

@@ -23,6 +23,85 @@ pub const RESYNC_BEGIN_MARKER: &str = "resync:begin";
 /// The marker after the last region of a super transaction: from here on a replica that
 /// applied it equals production as of each seq again.
 pub const RESYNC_END_MARKER: &str = "resync:end";
+/// Which recovery servers a super transaction resends its regions for. The records go to every
+/// recovery server in journal order all the same; a server the super transaction is not for
+/// already holds the regions as of their seq (each region is read after everything before it
+/// is applied), so applying them changes nothing there and it stays consistent throughout.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ResyncTargets {
+    /// Every recovery server: a journal overflow, a new LV, a new group or production.
+    #[default]
+    Every,
+    /// Only these (a recovery server added, a checksum or failback resync of one server).
+    Only(std::collections::BTreeSet<String>),
+}
+
+impl ResyncTargets {
+    /// The targets of a super transaction under way joined by a new request: what both need.
+    pub fn widened(&self, other: &ResyncTargets) -> ResyncTargets {
+        match (self, other) {
+            (ResyncTargets::Only(ours), ResyncTargets::Only(theirs)) => {
+                ResyncTargets::Only(ours.union(theirs).cloned().collect())
+            }
+            _ => ResyncTargets::Every,
+        }
+    }
+
+    /// Whether `other`'s targets are all among ours.
+    pub fn covers(&self, other: &ResyncTargets) -> bool {
+        match (self, other) {
+            (ResyncTargets::Every, _) => true,
+            (ResyncTargets::Only(_), ResyncTargets::Every) => false,
+            (ResyncTargets::Only(ours), ResyncTargets::Only(theirs)) => theirs.is_subset(ours),
+        }
+    }
+
+    pub fn includes(&self, server: &str) -> bool {
+        match self {
+            ResyncTargets::Every => true,
+            ResyncTargets::Only(servers) => servers.contains(server),
+        }
+    }
+
+    /// The `resync:begin` marker that announces a super transaction for these targets:
+    /// `resync:begin` for every one, `resync:begin:dr-b,dr-c` for some. A list that would not
+    /// fit a marker names every server instead (safe: a bystander only loses restore points).
+    pub fn begin_marker(&self) -> String {
+        match self {
+            ResyncTargets::Only(servers) if !servers.is_empty() => {
+                let names: Vec<&str> = servers.iter().map(String::as_str).collect();
+                let marker = format!("{RESYNC_BEGIN_MARKER}:{}", names.join(","));
+                if marker.len() <= MARKER_NAME_BYTES_MAX as usize {
+                    marker
+                } else {
+                    RESYNC_BEGIN_MARKER.to_string()
+                }
+            }
+            _ => RESYNC_BEGIN_MARKER.to_string(),
+        }
+    }
+
+    /// The targets a `resync:begin` marker names; `None` for any other marker.
+    pub fn from_begin_marker(marker: &[u8]) -> Option<ResyncTargets> {
+        let rest = marker.strip_prefix(RESYNC_BEGIN_MARKER.as_bytes())?;
+        if rest.is_empty() {
+            return Some(ResyncTargets::Every);
+        }
+        let list = std::str::from_utf8(rest.strip_prefix(b":")?).ok()?;
+        let servers: std::collections::BTreeSet<String> = list
+            .split(',')
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect();
+        // An empty list would make every replica a bystander: treat it as every server.
+        Some(if servers.is_empty() {
+            ResyncTargets::Every
+        } else {
+            ResyncTargets::Only(servers)
+        })
+    }
+}
+
 /// Largest encoded record (header + payload).
 pub const RECORD_SIZE_BYTES_MAX: u64 =
     RECORD_HEADER_SIZE_BYTES as u64 + RECORD_PAYLOAD_BYTES_MAX as u64;
@@ -424,6 +503,49 @@ pub(crate) fn get_u64(bytes: &[u8], offset: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resync_begin_markers_name_their_targets() {
+        let only = |names: &[&str]| {
+            ResyncTargets::Only(names.iter().map(|name| name.to_string()).collect())
+        };
+        assert_eq!(ResyncTargets::Every.begin_marker(), "resync:begin");
+        assert_eq!(
+            only(&["dr-c", "dr-b"]).begin_marker(),
+            "resync:begin:dr-b,dr-c"
+        );
+        for targets in [
+            ResyncTargets::Every,
+            only(&["dr-c"]),
+            only(&["dr-b", "dr-c"]),
+        ] {
+            let marker = targets.begin_marker();
+            assert_eq!(
+                ResyncTargets::from_begin_marker(marker.as_bytes()),
+                Some(targets.clone())
+            );
+        }
+        assert_eq!(ResyncTargets::from_begin_marker(b"resync:end"), None);
+        assert_eq!(ResyncTargets::from_begin_marker(b"resync:beginning"), None);
+        assert_eq!(ResyncTargets::from_begin_marker(b"before-upgrade"), None);
+        assert_eq!(
+            ResyncTargets::from_begin_marker(b"resync:begin:"),
+            Some(ResyncTargets::Every)
+        );
+        let long = only(&[&"a".repeat(200), &"b".repeat(200)]);
+        assert_eq!(
+            long.begin_marker(),
+            "resync:begin",
+            "too long: every server"
+        );
+        assert!(only(&["dr-c"]).widened(&only(&["dr-b"])) == only(&["dr-b", "dr-c"]));
+        assert!(only(&["dr-c"]).widened(&ResyncTargets::Every) == ResyncTargets::Every);
+        assert!(only(&["dr-b", "dr-c"]).covers(&only(&["dr-c"])));
+        assert!(!only(&["dr-c"]).covers(&only(&["dr-b"])));
+        assert!(!only(&["dr-c"]).covers(&ResyncTargets::Every));
+        assert!(ResyncTargets::Every.covers(&only(&["dr-c"])));
+        assert!(!only(&["dr-c"]).includes("dr-b"));
+    }
     use proptest::prelude::*;
 
     fn write_header(seq: u64, length_bytes: u32) -> RecordHeader {

@@ -188,7 +188,10 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
         }
         if args.full_sync {
             engine
-                .submit(Op::FullSync { lv_ids: Vec::new() })
+                .submit(Op::FullSync {
+                    lv_ids: Vec::new(),
+                    targets: redoubt_datatap::ResyncTargets::Every,
+                })
                 .await
                 .map_err(|error| failed("start the full sync", &error))?;
         }

@@ -374,6 +374,7 @@ impl Aba {
             undo_index: None,
             resync,
             resync_events: Vec::new(),
+            server_name: config.server_name.clone(),
         };
         if let Some((from, to)) = paused.and_then(|paused| paused.rolling_back) {
             tracing::warn!(group = %config.group, from, to, "finishing a rollback a crash interrupted");
@@ -757,6 +758,8 @@ struct Applier {
     resync: crate::resync::ResyncState,
     /// Events of the run being applied, reported to the observer after it.
     resync_events: Vec<crate::resync::ResyncEvent>,
+    /// This recovery server: a super transaction for others leaves its replica consistent.
+    server_name: String,
 }
 
 fn publish_resync(status: &AbaStatus, resync: &crate::resync::ResyncState, applied_seq: u64) {
@@ -1120,7 +1123,10 @@ impl Applier {
             self.markers_dirty = true;
         }
         let marker = (header.kind == RecordKind::Marker).then_some(record.payload.as_slice());
-        if let Some(event) = self.resync.on_applied(header.seq, marker) {
+        if let Some(event) = self
+            .resync
+            .on_applied(header.seq, marker, &self.server_name)
+        {
             tracing::info!(?event, "super transaction marker applied");
             self.resync_events.push(event);
         }

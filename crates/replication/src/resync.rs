@@ -69,17 +69,27 @@ impl ResyncState {
             .map(|interval| interval.begin_seq)
     }
 
-    /// Record `seq` was applied; answers the event a product marker in it stands for. A
-    /// marker already known (a replay after a restart, a resume after a rollback, production
-    /// extending its super transaction) reports its event again but changes nothing.
-    pub fn on_applied(&mut self, seq: u64, marker: Option<&[u8]>) -> Option<ResyncEvent> {
+    /// Record `seq` was applied on the replica of recovery server `server`; answers the event
+    /// a product marker in it stands for. A marker already known (a replay after a restart, a
+    /// resume after a rollback, production extending its super transaction) reports its event
+    /// again but changes nothing. A super transaction for other servers (`resync:begin:dr-c`
+    /// seen on dr-b) leaves this replica consistent: it already holds the regions it resends.
+    pub fn on_applied(
+        &mut self,
+        seq: u64,
+        marker: Option<&[u8]>,
+        server: &str,
+    ) -> Option<ResyncEvent> {
         if seq == 1 && self.consistent_from_seq.is_none() {
             // A replica that receives production's very first record has everything, from
             // the empty image before it on.
             self.consistent_from_seq = Some(0);
         }
         let marker = marker?;
-        if marker == redoubt_journal::RESYNC_BEGIN_MARKER.as_bytes() {
+        if let Some(targets) = redoubt_journal::ResyncTargets::from_begin_marker(marker) {
+            if !targets.includes(server) && self.open_begin_seq().is_none() {
+                return None;
+            }
             let known = self.intervals.iter().any(|interval| {
                 interval.begin_seq == seq
                     || (interval.begin_seq < seq && interval.end_seq.is_none_or(|end| seq < end))
@@ -114,6 +124,8 @@ impl ResyncState {
                     interval.end_seq = Some(seq);
                     interval.begin_seq
                 }
+                // The end of a super transaction for other servers: nothing changes here.
+                _ if self.consistent_from_seq.is_some() => return None,
                 // The end of a super transaction whose begin came before this replica's
                 // first record: seqs before it were never consistent here anyway.
                 _ => seq,
@@ -180,9 +192,9 @@ mod tests {
     fn an_initial_sync_has_nothing_consistent_before_it() {
         let mut state = ResyncState::default();
         // First contact after seq 1: the replica holds nothing usable yet.
-        assert_eq!(state.on_applied(5, None), None);
+        assert_eq!(state.on_applied(5, None, "dr-b"), None);
         assert_eq!(
-            state.on_applied(6, Some(BEGIN)),
+            state.on_applied(6, Some(BEGIN), "dr-b"),
             Some(ResyncEvent::Began {
                 begin_seq: 6,
                 consistent_before: false
@@ -190,7 +202,7 @@ mod tests {
         );
         assert!(!state.consistent_at(7));
         assert_eq!(
-            state.on_applied(9, Some(END)),
+            state.on_applied(9, Some(END), "dr-b"),
             Some(ResyncEvent::Ended {
                 begin_seq: 6,
                 end_seq: 9
@@ -205,11 +217,11 @@ mod tests {
     #[test]
     fn a_resync_of_a_synced_replica_has_a_consistent_point_before_it() {
         let mut state = ResyncState::default();
-        state.on_applied(1, None);
+        state.on_applied(1, None, "dr-b");
         assert!(state.consistent_at(1));
         assert!(state.consistent_at(0));
         assert_eq!(
-            state.on_applied(10, Some(BEGIN)),
+            state.on_applied(10, Some(BEGIN), "dr-b"),
             Some(ResyncEvent::Began {
                 begin_seq: 10,
                 consistent_before: true
@@ -219,7 +231,7 @@ mod tests {
         // A replay of the begin: the same event, nothing new.
         let before = state.clone();
         assert_eq!(
-            state.on_applied(10, Some(BEGIN)),
+            state.on_applied(10, Some(BEGIN), "dr-b"),
             Some(ResyncEvent::Began {
                 begin_seq: 10,
                 consistent_before: true
@@ -231,8 +243,8 @@ mod tests {
         let reason = state.inconsistent_reason(12).unwrap();
         assert!(reason.contains("before seq 10"), "{reason}");
         // A user marker is not a product marker.
-        assert_eq!(state.on_applied(11, Some(b"before-upgrade")), None);
-        state.on_applied(20, Some(END));
+        assert_eq!(state.on_applied(11, Some(b"before-upgrade"), "dr-b"), None);
+        state.on_applied(20, Some(END), "dr-b");
         assert_eq!(state.open_begin_seq(), None);
         assert!(state.consistent_at(9));
         assert!(!state.consistent_at(19));
@@ -242,20 +254,20 @@ mod tests {
     #[test]
     fn replays_after_a_rollback_change_nothing() {
         let mut state = ResyncState::default();
-        state.on_applied(1, None);
-        state.on_applied(10, Some(BEGIN));
-        state.on_applied(20, Some(END));
-        state.on_applied(30, Some(BEGIN));
+        state.on_applied(1, None, "dr-b");
+        state.on_applied(10, Some(BEGIN), "dr-b");
+        state.on_applied(20, Some(END), "dr-b");
+        state.on_applied(30, Some(BEGIN), "dr-b");
         let known = state.clone();
         // Rolled back to 15 and resumed: 20, then 30 are applied again.
         assert_eq!(
-            state.on_applied(20, Some(END)),
+            state.on_applied(20, Some(END), "dr-b"),
             Some(ResyncEvent::Ended {
                 begin_seq: 10,
                 end_seq: 20
             })
         );
-        state.on_applied(30, Some(BEGIN));
+        state.on_applied(30, Some(BEGIN), "dr-b");
         assert_eq!(state, known);
         assert!(!state.consistent_at(15));
         assert!(state.consistent_at(25));
@@ -269,10 +281,48 @@ mod tests {
         assert!(!state.consistent_at(99));
         for index in 0..(RESYNC_INTERVALS_MAX as u64 + 10) {
             let begin = 200 + index * 10;
-            state.on_applied(begin, Some(BEGIN));
-            state.on_applied(begin + 5, Some(END));
+            state.on_applied(begin, Some(BEGIN), "dr-b");
+            state.on_applied(begin + 5, Some(END), "dr-b");
         }
         assert_eq!(state.intervals.len(), RESYNC_INTERVALS_MAX);
         assert!(!ResyncState::following_from(100, false).consistent_at(150));
+    }
+
+    #[test]
+    fn a_super_transaction_for_another_server_leaves_a_synced_replica_consistent() {
+        let mut state = ResyncState::default();
+        state.on_applied(1, None, "dr-b");
+        // dr-c was added: production resends every region for it alone.
+        assert_eq!(
+            state.on_applied(10, Some(b"resync:begin:dr-c"), "dr-b"),
+            None
+        );
+        assert_eq!(state.open_begin_seq(), None);
+        assert!(
+            state.consistent_at(15),
+            "{:?}",
+            state.inconsistent_reason(15)
+        );
+        assert_eq!(state.on_applied(20, Some(END), "dr-b"), None);
+        assert!(state.consistent_at(25));
+        // The same markers on dr-c: a super transaction from seq 10 to 20.
+        let mut added = ResyncState::default();
+        added.on_applied(5, None, "dr-c");
+        assert!(matches!(
+            added.on_applied(10, Some(b"resync:begin:dr-c"), "dr-c"),
+            Some(ResyncEvent::Began { begin_seq: 10, .. })
+        ));
+        assert!(!added.consistent_at(15));
+        added.on_applied(20, Some(END), "dr-c");
+        assert!(added.consistent_at(20));
+        // A wider begin inside it that names dr-b too makes dr-b inconsistent from there.
+        assert!(matches!(
+            state.on_applied(30, Some(b"resync:begin:dr-b,dr-c"), "dr-b"),
+            Some(ResyncEvent::Began {
+                begin_seq: 30,
+                consistent_before: true
+            })
+        ));
+        assert!(!state.consistent_at(31));
     }
 }

@@ -695,7 +695,10 @@ fn a_full_sync_brings_data_written_before_a_recovery_server_joined() {
     );
     let recovery = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0);
     runtime
-        .block_on(engine.submit(redoubt_datatap::Op::FullSync { lv_ids: Vec::new() }))
+        .block_on(engine.submit(redoubt_datatap::Op::FullSync {
+            lv_ids: Vec::new(),
+            targets: redoubt_datatap::ResyncTargets::Every,
+        }))
         .unwrap();
     assert!(
         watermarks.needs_resync.load(Ordering::Acquire),
@@ -1066,4 +1069,141 @@ fn a_replica_takes_records_only_from_the_production_it_follows() {
     recovery.stop();
     drop(production.engine);
     let _ = production.commit_thread.join();
+}
+
+/// Issue #23 item 7: a recovery server added to a group gets every region through a super
+/// transaction for it alone; the server that was in sync receives the same records in order
+/// and stays consistent at every seq (it could be failed over to throughout), while the new
+/// one is inconsistent until the end marker. Both end equal to production.
+#[test]
+fn a_full_sync_for_an_added_server_leaves_the_synced_one_consistent() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let Production {
+        engine,
+        watermarks,
+        nbd_address,
+        commit_thread,
+    } = start_production(
+        &runtime,
+        &root.path().join("prod-a"),
+        EngineConfig::new(GROUP, 64 << 20),
+        stopped.clone(),
+    );
+    watermarks.shipped_seq.store(0, Ordering::Release);
+    let start_lca =
+        |target: &str, port: u16, status: &Arc<TargetStatus>, targets: &Arc<Targets>| {
+            let config = LcaConfig {
+                group: GROUP.into(),
+                sender_name: "prod-a".into(),
+                target_name: target.into(),
+                target_address: format!("127.0.0.1:{port}"),
+                config_version: 0,
+                journal: engine.journal().clone(),
+                compression_level: Some(1),
+                throttle_bytes_per_second: 0,
+                batch_bytes: lca::BATCH_BYTES_DEFAULT,
+            };
+            runtime.spawn(lca::run(
+                config,
+                watermarks.clone(),
+                status.clone(),
+                targets.clone(),
+                stopped.clone(),
+            ));
+        };
+    // dr-b follows production from its first write.
+    let dr_b = Recovery::start(&runtime, &root.path().join("dr-b"), "dr-b", 0);
+    let status_b = Arc::new(TargetStatus::default());
+    start_lca(
+        "dr-b",
+        dr_b.port,
+        &status_b,
+        &Arc::new(Targets {
+            statuses: vec![status_b.clone()],
+        }),
+    );
+    let mut client = NbdClient::connect(&nbd_address, "lv0").unwrap();
+    let old: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8 + 1).collect();
+    assert_eq!(client.write(0, &old, false).unwrap(), 0);
+    assert_eq!(client.flush().unwrap(), 0);
+    wait_until("dr-b caught up", || {
+        dr_b.applied_seq() >= watermarks.durable_seq.load(Ordering::Acquire)
+    });
+
+    // dr-c is added: step 12 marks every LV for it alone.
+    let dr_c = Recovery::start(&runtime, &root.path().join("dr-c"), "dr-c", 0);
+    let status_c = Arc::new(TargetStatus::default());
+    start_lca(
+        "dr-c",
+        dr_c.port,
+        &status_c,
+        &Arc::new(Targets {
+            statuses: vec![status_b.clone(), status_c.clone()],
+        }),
+    );
+    runtime
+        .block_on(engine.submit(redoubt_datatap::Op::FullSync {
+            lv_ids: Vec::new(),
+            targets: redoubt_datatap::ResyncTargets::Only(["dr-c".to_string()].into()),
+        }))
+        .unwrap();
+    assert_eq!(
+        *watermarks.resync_targets.lock().unwrap(),
+        redoubt_datatap::ResyncTargets::Only(["dr-c".to_string()].into()),
+        "status reads the super transaction as dr-c's only"
+    );
+    let new: Vec<u8> = vec![0xcd; 1 << 20];
+    assert_eq!(client.write(1 << 20, &new, false).unwrap(), 0);
+    assert_eq!(client.flush().unwrap(), 0);
+    wait_until("the full sync completed and both caught up", || {
+        let durable = watermarks.durable_seq.load(Ordering::Acquire);
+        !watermarks.needs_resync.load(Ordering::Acquire)
+            && watermarks.applied_seq.load(Ordering::Acquire) == durable
+            && dr_b.applied_seq() >= durable
+            && dr_c.applied_seq() >= durable
+    });
+
+    let resync_of = |recovery: &Recovery| {
+        recovery
+            .aba
+            .as_ref()
+            .unwrap()
+            .status()
+            .resync
+            .lock()
+            .unwrap()
+            .clone()
+    };
+    let on_b = resync_of(&dr_b);
+    assert!(
+        on_b.intervals.is_empty(),
+        "dr-b saw no super transaction of its own: {on_b:?}"
+    );
+    let durable = watermarks.durable_seq.load(Ordering::Acquire);
+    for seq in 1..=durable {
+        assert!(on_b.consistent_at(seq), "dr-b at seq {seq}: {on_b:?}");
+    }
+    let on_c = resync_of(&dr_c);
+    assert_eq!(on_c.intervals.len(), 1, "{on_c:?}");
+    let end_seq = on_c.intervals[0]
+        .end_seq
+        .expect("dr-c's super transaction ended");
+    assert!(on_c.consistent_at(end_seq) && !on_c.consistent_at(end_seq - 1));
+    let mut production = Vec::new();
+    for offset in (0..LV_SIZES_BYTES[0]).step_by(1 << 20) {
+        production.extend(client.read(offset, 1 << 20).unwrap().unwrap());
+    }
+    assert!(dr_b.replica(0) == production, "dr-b equals production");
+    assert!(dr_c.replica(0) == production, "dr-c equals production");
+    let _ = stop.send(true);
+    drop(client);
+    drop(runtime);
+    drop(engine);
+    let _ = commit_thread.join();
 }

@@ -822,7 +822,10 @@ fn a_resync_target_keeps_a_snapshot_of_its_state_before_the_resync_until_it_comp
     // writing on during it.
     let engine = bed.engine.clone().unwrap();
     bed.runtime
-        .block_on(engine.submit(redoubt_datatap::Op::FullSync { lv_ids: Vec::new() }))
+        .block_on(engine.submit(redoubt_datatap::Op::FullSync {
+            lv_ids: Vec::new(),
+            targets: redoubt_datatap::ResyncTargets::Every,
+        }))
         .unwrap();
     bed.write(400);
     wait_until("the super transaction ended on production", || {
