@@ -94,6 +94,12 @@ pub enum JournalError {
     },
     #[error("sealed segment {} ends in an incomplete record at byte {offset_bytes}", path.display())]
     TruncatedSealed { path: PathBuf, offset_bytes: u64 },
+    #[error("cannot keep the records through seq {seq} of the journal in {}: its first record is seq {first_seq}", dir.display())]
+    TruncateBeforeFirst {
+        dir: PathBuf,
+        seq: u64,
+        first_seq: u64,
+    },
     /// `append_replicated` got a record that does not continue this journal's sequence.
     #[error("replicated record has seq {found}, expected {expected}")]
     SequenceMismatch { expected: u64, found: u64 },

@@ -871,6 +871,88 @@ impl<F: JournalFs> Journal<F> {
         Ok(())
     }
 
+    /// Drops every record after `seq`: a replica that follows a new production after a
+    /// failover keeps the undo of the history both share, not of what it applied beyond the
+    /// point. Consumes the journal; open it again afterwards. Crash-safe step by step:
+    /// segments go newest first, then the segment holding `seq` becomes the open one and is
+    /// cut after `seq`'s record, so every state in between is a journal that opens and holds
+    /// a prefix of the records. `seq` may be one before the first record (nothing is kept;
+    /// the journal continues at `seq + 1`), not earlier.
+    pub fn truncate_after(mut self, seq: u64) -> Result<(), JournalError> {
+        self.sync_everything()?;
+        if seq >= self.appended_seq {
+            return Ok(());
+        }
+        let first_seq = self.first_seq().unwrap_or(self.open.first_seq);
+        if seq + 1 < first_seq {
+            return Err(JournalError::TruncateBeforeFirst {
+                dir: self.dir.clone(),
+                seq,
+                first_seq,
+            });
+        }
+        let (fs, dir, group_id) = (self.fs.clone(), self.dir.clone(), self.config.group_id);
+        if self.open.first_seq <= seq {
+            let end_bytes = record_end_bytes(&self.open.file, &self.open.path, seq)?;
+            let path = self.open.path.clone();
+            self.open
+                .file
+                .set_len(end_bytes)
+                .map_err(JournalError::io("truncate journal segment", &path))?;
+            self.open
+                .file
+                .sync_data()
+                .map_err(JournalError::io("sync journal segment", &path))?;
+            return Ok(());
+        }
+        let open_path = self.open.path.clone();
+        drop(self.open);
+        fs.remove(&open_path)
+            .map_err(JournalError::io("remove journal segment", &open_path))?;
+        fs.sync_dir(&dir)
+            .map_err(JournalError::io("sync journal directory", &dir))?;
+        while let Some(last) = self.sealed.back().copied() {
+            if last.first_seq <= seq {
+                break;
+            }
+            let path = join(&dir, &segment_file_name(last.first_seq, false));
+            fs.remove(&path)
+                .map_err(JournalError::io("remove journal segment", &path))?;
+            fs.sync_dir(&dir)
+                .map_err(JournalError::io("sync journal directory", &dir))?;
+            self.sealed.pop_back();
+        }
+        match self.sealed.back().copied() {
+            Some(last) if last.last_seq > seq => {
+                let sealed_path = join(&dir, &segment_file_name(last.first_seq, false));
+                let partial_path = join(&dir, &segment_file_name(last.first_seq, true));
+                fs.rename(&sealed_path, &partial_path)
+                    .map_err(JournalError::io("reopen journal segment", &sealed_path))?;
+                fs.sync_dir(&dir)
+                    .map_err(JournalError::io("sync journal directory", &dir))?;
+                let mut file = fs
+                    .open(&partial_path)
+                    .map_err(JournalError::io("open journal segment", &partial_path))?;
+                let end_bytes = record_end_bytes(&file, &partial_path, seq)?;
+                file.set_len(end_bytes)
+                    .map_err(JournalError::io("truncate journal segment", &partial_path))?;
+                file.sync_data()
+                    .map_err(JournalError::io("sync journal segment", &partial_path))?;
+            }
+            Some(_) => {}
+            None => {
+                // Nothing kept: the journal goes on at seq + 1, not at its configured start.
+                let mut open = create_partial(&fs, &dir, group_id, seq + 1)?;
+                open.file
+                    .sync_data()
+                    .map_err(JournalError::io("sync journal segment", &open.path))?;
+                fs.sync_dir(&dir)
+                    .map_err(JournalError::io("sync journal directory", &dir))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Write, fdatasync, and fsync the directory if needed. Poisons the journal on failure:
     /// after a failed fsync the kernel may have dropped the dirty pages, so retrying the
     /// fsync could "succeed" without the data (the PostgreSQL fsync-gate lesson).
@@ -1177,6 +1259,37 @@ fn recover_partial<F: JournalFs>(
         written_bytes: offset_bytes,
     };
     Ok((open, seq_expected - 1))
+}
+
+/// The byte offset just after record `seq` in a segment file.
+fn record_end_bytes<File: SegmentFile>(
+    file: &File,
+    path: &Path,
+    seq: u64,
+) -> Result<u64, JournalError> {
+    let size_bytes = file
+        .len_bytes()
+        .map_err(JournalError::io("stat journal segment", path))?;
+    let mut scratch = Vec::new();
+    let mut offset_bytes = SEGMENT_HEADER_SIZE_BYTES as u64;
+    loop {
+        let at = read_record_at(file, offset_bytes, size_bytes, &mut scratch)
+            .map_err(JournalError::io("read journal segment", path))?;
+        match at {
+            RecordAt::Record { header, size_bytes } => {
+                offset_bytes += size_bytes;
+                if header.seq == seq {
+                    return Ok(offset_bytes);
+                }
+            }
+            RecordAt::End | RecordAt::Incomplete | RecordAt::Corrupt(_) => {
+                return Err(JournalError::TruncatedSealed {
+                    path: path.to_path_buf(),
+                    offset_bytes,
+                })
+            }
+        }
+    }
 }
 
 fn create_partial<F: JournalFs>(

@@ -661,3 +661,58 @@ fn spares_give_their_space_back_before_the_journal_is_full() {
         journal.last_seq().unwrap(),
     );
 }
+
+/// A follower keeps the undo of the history it shares with a new production: the records
+/// after the failover point go, wherever the point falls (a sealed segment, the open one,
+/// a segment boundary, before everything), and the journal goes on from the point + 1.
+#[test]
+fn truncate_after_keeps_exactly_a_prefix_and_continues_from_it() {
+    let open_with_records = |fs: &SimFs| {
+        let mut journal = Journal::open(fs.clone(), dir(), small_config()).unwrap();
+        append_writes(&mut journal, 200);
+        journal.sync().unwrap();
+        journal
+    };
+    let boundaries: Vec<u64> = {
+        let journal = open_with_records(&SimFs::new());
+        journal.sealed_segments().map(|s| s.last_seq).collect()
+    };
+    let open_first = boundaries.last().unwrap() + 1;
+    for keep in [
+        150,
+        boundaries[1],
+        boundaries[1] + 1,
+        open_first + 1,
+        199,
+        200,
+        1,
+        0,
+    ] {
+        let fs = SimFs::new();
+        let journal = open_with_records(&fs);
+        journal.truncate_after(keep).unwrap();
+        // A power cut right after: everything it did is durable.
+        fs.power_cut(PowerCut::DropUnsynced);
+        let mut journal = Journal::open(fs.clone(), dir(), small_config()).unwrap();
+        assert_eq!(journal.durable_seq(), keep, "kept through {keep}");
+        if keep > 0 {
+            assert_records(&read_all(&journal, 1), 1, keep);
+        } else {
+            assert_eq!(journal.first_seq(), None, "nothing kept");
+        }
+        append_writes(&mut journal, 3);
+        journal.sync().unwrap();
+        drop(journal);
+        let journal = Journal::open(fs.clone(), dir(), small_config()).unwrap();
+        assert_records(&read_all(&journal, keep.max(1)), keep.max(1), keep + 3);
+    }
+    // Not before the first record: that history is gone already.
+    let fs = SimFs::new();
+    let mut journal = open_with_records(&fs);
+    journal.prune_through(boundaries[1]).unwrap();
+    let first = journal.first_seq().unwrap();
+    assert!(matches!(
+        journal.truncate_after(first - 2),
+        Err(JournalError::TruncateBeforeFirst { .. })
+    ));
+}
