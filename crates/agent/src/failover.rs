@@ -524,19 +524,16 @@ async fn promote(
                 "promote: this replica never received anything from production (no journal id)",
             );
         };
-        // The records after the point are what a failover to this point leaves behind; the
-        // undo journal belongs to the replica role.
-        for dir in [layout.journal_dir(), group_dir.join("undo")] {
-            if let Err(reason) = remove_dir_if_exists(&dir) {
-                return failed(format!("promote: {reason}"));
-            }
+        // The records after the point are what a failover to this point leaves behind. The
+        // undo journal, markers and replica state stay as they are: if this server follows
+        // again without having written (an abort), its restore window before the point is
+        // still good (`redoubt_replication::aba::start_following` decides).
+        if let Err(reason) = remove_dir_if_exists(&layout.journal_dir()) {
+            return failed(format!("promote: {reason}"));
         }
-        for file in [
-            redoubt_replication::rollback::ROLLFORWARD_FILE_NAME,
-            "aba.json",
-        ] {
-            let _ = redoubt_durable::remove(&group_dir.join(file));
-        }
+        let _ = redoubt_durable::remove(
+            &group_dir.join(redoubt_replication::rollback::ROLLFORWARD_FILE_NAME),
+        );
         let mut state = redoubt_datatap::state::GroupState::new(group_id);
         state.checkpoint_seq = point_seq;
         if let Err(reason) = state.save(&StdFs, &group_dir) {
@@ -804,10 +801,11 @@ async fn resync(
         if let Err(reason) = engine
             .submit(Op::ResyncRegions {
                 regions: lv_regions,
-                // The returning server needs them; whoever followed this production holds
-                // them already, but which servers those are is the failover context's
-                // business: every one, to stay on the safe side.
-                targets: redoubt_journal::ResyncTargets::Every,
+                // Only the returning server lacks them: whoever followed this production
+                // holds them already and stays consistent (and restorable) through it.
+                targets: redoubt_journal::ResyncTargets::Only(
+                    [request.context.old_production.clone()].into(),
+                ),
             })
             .await
         {
@@ -920,11 +918,9 @@ async fn follow(
         return failed(format!("follow: stop the data path: {reason}"));
     }
     // What was journaled here after the point is either applied (a replica) or covered by
-    // the delta resync (an old production): the follower starts clean after the point.
-    for dir in [layout.journal_dir(), group_dir.join("undo")] {
-        if let Err(reason) = remove_dir_if_exists(&dir) {
-            return failed(format!("follow: {reason}"));
-        }
+    // the delta resync (an old production): the journal copy starts clean after the point.
+    if let Err(reason) = remove_dir_if_exists(&layout.journal_dir()) {
+        return failed(format!("follow: {reason}"));
     }
     for file in [
         redoubt_replication::rollback::ROLLFORWARD_FILE_NAME,
@@ -932,14 +928,24 @@ async fn follow(
     ] {
         let _ = redoubt_durable::remove(&group_dir.join(file));
     }
-    if let Err(reason) = redoubt_replication::aba::write_follower_state(
+    // The restore window survives the switch when the undo journal covers the shared history.
+    let history = match redoubt_replication::aba::start_following(
         &group_dir,
         group_id,
         request.checkpoint_seq,
         replica_synced,
+        crate::http::now_unix_ms(),
     ) {
-        return failed(format!("follow: {reason}"));
-    }
+        Ok(history) => history,
+        Err(reason) => return failed(format!("follow: {reason}")),
+    };
+    let history_json = match &history {
+        redoubt_replication::aba::FollowerHistory::Kept => json!({"kept": true}),
+        redoubt_replication::aba::FollowerHistory::Reset(reset) => {
+            tracing::warn!(group = %group, seq = reset.seq, reason = %reset.reason, "the restore window starts afresh");
+            json!({"kept": false, "from_seq": reset.seq, "reason": reset.reason})
+        }
+    };
     if let Err(reason) = save(&data_dir, &group, request.context.as_ref()) {
         return failed(reason);
     }
@@ -948,6 +954,7 @@ async fn follow(
             "server": agent.name,
             "checkpoint_seq": request.checkpoint_seq,
             "role": role,
+            "history": history_json,
         }))
         .into_response(),
         Err(reason) => failed(format!("follow: start the apply process: {reason}")),

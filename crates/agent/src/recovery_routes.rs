@@ -156,7 +156,13 @@ async fn points(State(agent): State<Arc<Agent>>, Path(group): Path<String>) -> R
                     .lock()
                     .map(|resync| resync.clone())
                     .unwrap_or_default();
-                window_json(&agent.name, &window, &resync).into_response()
+                let history_reset = aba
+                    .status()
+                    .history_reset
+                    .lock()
+                    .map(|reset| reset.clone())
+                    .unwrap_or_default();
+                window_json(&agent.name, &window, &resync, history_reset.as_ref()).into_response()
             }
             Err(reason) => error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -171,6 +177,7 @@ fn window_json(
     server: &str,
     window: &redoubt_replication::RestoreWindow,
     resync: &redoubt_replication::resync::ResyncState,
+    history_reset: Option<&redoubt_replication::aba::HistoryReset>,
 ) -> Json<Value> {
     // Seqs of the window where the replica was a mix of two points in time: no restore point.
     let unrestorable: Vec<Value> = resync
@@ -206,6 +213,12 @@ fn window_json(
         "paused": window.paused,
         "consistent_from_seq": resync.consistent_from_seq,
         "unrestorable": unrestorable,
+        // Why the window starts where it does, when a failover or failback cut it short.
+        "history_reset": history_reset.map(|reset| json!({
+            "seq": reset.seq,
+            "since": format_time(reset.since_unix_ms.saturating_mul(1_000_000)),
+            "reason": reset.reason,
+        })),
         "markers": window.markers.iter().map(|marker| json!({
             "name": marker.name,
             "seq": marker.seq,

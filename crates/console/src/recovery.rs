@@ -144,9 +144,16 @@ async fn points(State(shared): State<Arc<Shared>>, Path(group): Path<String>) ->
                 if let Some(list) = value.get("markers").and_then(Value::as_array) {
                     for marker in list {
                         if let Some(seq) = marker.get("seq").and_then(Value::as_u64) {
-                            markers.entry(seq).or_insert_with(|| {
-                                json!({"name": marker["name"], "seq": seq, "time": marker["time"]})
+                            let entry = markers.entry(seq).or_insert_with(|| {
+                                json!({"name": marker["name"], "seq": seq, "time": marker["time"],
+                                       "restorable_on": []})
                             });
+                            // Where a snapshot, rollback or failover can reach it.
+                            if marker.get("in_window").and_then(Value::as_bool) == Some(true) {
+                                if let Some(list) = entry["restorable_on"].as_array_mut() {
+                                    list.push(json!(member.name));
+                                }
+                            }
                         }
                     }
                 }

@@ -167,6 +167,15 @@ fn print_points(points: &Value) {
                 ""
             );
         }
+        if let Some(reset) = server["history_reset"].as_object() {
+            println!(
+                "  {:<24} window starts at seq {} since {}: {}",
+                "",
+                reset.get("seq").unwrap_or(&Value::Null),
+                reset.get("since").and_then(Value::as_str).unwrap_or("-"),
+                reset.get("reason").and_then(Value::as_str).unwrap_or("-")
+            );
+        }
         for interval in server["unrestorable"].as_array().into_iter().flatten() {
             let end = interval["end_seq"].as_u64().map_or_else(
                 || "now (under way)".to_string(),
@@ -184,8 +193,19 @@ fn print_points(points: &Value) {
     } else {
         println!("markers:");
         for marker in markers {
+            let on: Vec<&str> = marker["restorable_on"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let where_ = if on.is_empty() {
+                "restorable nowhere (before every restore window)".to_string()
+            } else {
+                format!("restorable on {}", on.join(", "))
+            };
             println!(
-                "  {:<24} seq {:<10} {}",
+                "  {:<24} seq {:<10} {}  {where_}",
                 marker["name"].as_str().unwrap_or("?"),
                 marker["seq"],
                 marker["time"].as_str().unwrap_or("-")

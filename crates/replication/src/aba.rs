@@ -97,6 +97,8 @@ pub struct AbaStatus {
     pub resync_begin_seq: AtomicU64,
     /// The apply thread's view of which seqs are consistent, as of its last run.
     pub resync: Mutex<crate::resync::ResyncState>,
+    /// Set when this replica's restore history was cut short by a failover or failback.
+    pub history_reset: Mutex<Option<HistoryReset>>,
 }
 
 impl AbaStatus {
@@ -170,6 +172,19 @@ struct AbaState {
     /// As of `checkpoint_seq`; a restart replays the records after it.
     #[serde(default)]
     resync: crate::resync::ResyncState,
+    /// Why this replica's restore history starts later than its markers and the group's
+    /// retention would say (it followed a new production without the undo of the history
+    /// before), for `points`.
+    #[serde(default)]
+    history_reset: Option<HistoryReset>,
+}
+
+/// A replica's restore window was cut short: from `seq` on only, since `since_unix_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryReset {
+    pub seq: u64,
+    pub since_unix_ms: u64,
+    pub reason: String,
 }
 
 fn hex(bytes: &[u8; 16]) -> String {
@@ -347,6 +362,9 @@ impl Aba {
         status.paused.store(paused.is_some(), Ordering::Relaxed);
         let resync = store.state.resync.clone();
         publish_resync(&status, &resync, store.state.checkpoint_seq);
+        if let Ok(mut reset) = status.history_reset.lock() {
+            reset.clone_from(&store.state.history_reset);
+        }
         let markers = crate::recovery::load_markers(&group_dir)?;
         let store = Arc::new(Mutex::new(store));
         let (apply, queue) = flume::bounded(APPLY_QUEUE_BATCHES_MAX);
@@ -1606,24 +1624,111 @@ pub fn read_group_id(group_dir: &Path) -> Option<[u8; 16]> {
         .and_then(|state| state.group_id.as_deref().and_then(unhex))
 }
 
+/// How a follower's restore history came through the switch to a new production.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FollowerHistory {
+    /// Its undo journal, markers and super transactions through the checkpoint stay: every
+    /// restore point it had before the switch is still one.
+    Kept,
+    /// Its restore window starts at the checkpoint, for this reason (also kept for `points`).
+    Reset(HistoryReset),
+}
+
 /// Makes `group_dir` the state of a replica that holds production's history through
 /// `checkpoint_seq` and resumes after it (a server that follows a new production after a
 /// failover or a failback; its journal copy must be empty). `replica_synced`: its LVs equal
 /// production as of `checkpoint_seq` (not so for an old production that wrote after it).
-pub fn write_follower_state(
+///
+/// The undo of the history before the switch stays when it is the undo of the new
+/// production's history too: the LVs equal that history at `checkpoint_seq` and the undo
+/// journal reaches it. Records after `checkpoint_seq` (what this server applied of a history
+/// the failover left behind) go, and so do markers after it. Otherwise the window starts
+/// afresh at `checkpoint_seq`, every marker goes (none is restorable here any more), and the
+/// reason is kept for `points`.
+pub fn start_following(
     group_dir: &Path,
     group_id: [u8; 16],
     checkpoint_seq: u64,
     replica_synced: bool,
-) -> Result<(), ReplicationError> {
+    now_unix_ms: u64,
+) -> Result<FollowerHistory, ReplicationError> {
     std::fs::create_dir_all(group_dir)?;
+    let previous = load_state(group_dir).unwrap_or_default();
+    let undo_dir = group_dir.join("undo");
+    let same_group = previous.group_id.as_deref().and_then(unhex) == Some(group_id);
+    let undo = if undo_dir.exists() && same_group {
+        let mut config = JournalConfig::new(GroupId(group_id), UNDO_REOPEN_CAPACITY_BYTES);
+        config.seq_first_new = checkpoint_seq + 1;
+        Some(Journal::open(StdFs, &undo_dir, config)?)
+    } else {
+        None
+    };
+    let reaches = undo.as_ref().is_some_and(|undo| {
+        undo.durable_seq() >= checkpoint_seq
+            && undo
+                .first_seq()
+                .is_some_and(|first| first <= checkpoint_seq + 1)
+    });
+    let why_not = if !replica_synced {
+        Some(format!(
+            "its volumes did not equal the new production's history at seq {checkpoint_seq} (it wrote after the failover point, or a super transaction was under way)"
+        ))
+    } else if !reaches {
+        Some(format!(
+            "it holds no undo of the history through seq {checkpoint_seq} (it was production meanwhile, or its undo journal did not reach that far)"
+        ))
+    } else {
+        None
+    };
+    let (history, resync, history_reset) = match (why_not, undo) {
+        (None, Some(undo)) => {
+            undo.truncate_after(checkpoint_seq)?;
+            let mut markers = crate::recovery::load_markers(group_dir)?;
+            markers.retain(|marker| marker.seq <= checkpoint_seq);
+            crate::recovery::save_markers(group_dir, &markers)?;
+            let mut resync = previous.resync.clone();
+            resync
+                .intervals
+                .retain(|interval| interval.begin_seq <= checkpoint_seq);
+            (
+                FollowerHistory::Kept,
+                resync,
+                previous.history_reset.clone(),
+            )
+        }
+        (why_not, undo) => {
+            drop(undo);
+            match std::fs::remove_dir_all(&undo_dir) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+            crate::recovery::save_markers(group_dir, &[])?;
+            let reset = HistoryReset {
+                seq: checkpoint_seq,
+                since_unix_ms: now_unix_ms,
+                reason: why_not.unwrap_or_else(|| "it kept no undo journal".to_string()),
+            };
+            (
+                FollowerHistory::Reset(reset.clone()),
+                crate::resync::ResyncState::following_from(checkpoint_seq, replica_synced),
+                Some(reset),
+            )
+        }
+    };
     save_state(
         group_dir,
         &AbaState {
             group_id: Some(hex(&group_id)),
             checkpoint_seq,
             paused: None,
-            resync: crate::resync::ResyncState::following_from(checkpoint_seq, replica_synced),
+            resync,
+            history_reset,
         },
-    )
+    )?;
+    Ok(history)
 }
+
+/// Reopening an undo journal only to cut it: the container's cap is checked by the apply
+/// thread when it appends, so any cap above what the directory holds will do.
+const UNDO_REOPEN_CAPACITY_BYTES: u64 = 1 << 50;
