@@ -134,7 +134,7 @@ test('web console: login, wizard adds an LV with live checkmarks, summary return
   }
   await page.waitForSelector('#plan li[data-step="13"]');
   const plan = await page.textContent('#plan');
-  assert.match(plan, /Set new logical volume X as requiring replication/);
+  assert.match(plan, /Set new logical volume lv_web as requiring replication/);
   assert.match(plan, /volume lv_web/);
   assert.match(plan, /20\.\s*Verify configuration/);
   assert.ok(await page.isEnabled('#finish'));

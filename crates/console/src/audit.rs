@@ -26,6 +26,98 @@ pub const AUDIT_TEXT_BYTES_MAX: usize = 1024;
 /// Most entries one `GET /v1/audit` returns.
 pub const AUDIT_PAGE_ENTRIES_MAX: usize = 1000;
 
+/// Anonymous refusals written one by one per minute; the others of that minute are counted
+/// into one summary entry, so that nobody without a token can push the real entries out of
+/// the log (at most `AUDIT_ENTRIES_MAX` are kept): a flood adds at most this many + 1
+/// entries a minute.
+pub const ANONYMOUS_ENTRIES_PER_MINUTE_MAX: u64 = 20;
+const MINUTE_MS: u64 = 60_000;
+
+/// The count of anonymous refusals of the current minute (pure; the middleware holds it).
+#[derive(Debug, Default)]
+pub struct AnonymousRefusals {
+    minute: u64,
+    recorded: u64,
+    suppressed: u64,
+}
+
+/// Anonymous refusals of one minute that were counted, not written one by one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Suppressed {
+    pub minute_start_unix_ms: u64,
+    pub count: u64,
+}
+
+impl AnonymousRefusals {
+    /// An anonymous request was refused at `now_ms`: whether to write its own entry, and
+    /// the summary of an earlier minute to write first.
+    pub fn on_refusal(&mut self, now_ms: u64) -> (bool, Option<Suppressed>) {
+        let summary = self.due(now_ms);
+        if self.recorded < ANONYMOUS_ENTRIES_PER_MINUTE_MAX {
+            self.recorded += 1;
+            (true, summary)
+        } else {
+            self.suppressed += 1;
+            (false, summary)
+        }
+    }
+
+    /// The summary of a minute that has passed, if refusals were counted in it.
+    pub fn due(&mut self, now_ms: u64) -> Option<Suppressed> {
+        let minute = now_ms / MINUTE_MS;
+        if minute == self.minute {
+            return None;
+        }
+        let summary = (self.suppressed > 0).then(|| Suppressed {
+            minute_start_unix_ms: self.minute * MINUTE_MS,
+            count: self.suppressed,
+        });
+        *self = AnonymousRefusals {
+            minute,
+            recorded: 0,
+            suppressed: 0,
+        };
+        summary
+    }
+
+    /// The count of the minute under way (for a reader of the log before it ends).
+    pub fn pending(&self) -> u64 {
+        self.suppressed
+    }
+}
+
+fn write_suppressed(shared: &Shared, suppressed: Suppressed) {
+    record(
+        shared,
+        AuditEntry {
+            id: 0,
+            unix_ms: suppressed.minute_start_unix_ms + MINUTE_MS,
+            who: "anonymous".into(),
+            method: "*".into(),
+            path: "*".into(),
+            group: None,
+            summary: Some(format!(
+                "{} more requests without a valid token were refused in the minute from unix ms {} (only the first {ANONYMOUS_ENTRIES_PER_MINUTE_MAX} of a minute are written one by one)",
+                suppressed.count, suppressed.minute_start_unix_ms
+            )),
+            status: StatusCode::UNAUTHORIZED.as_u16(),
+            outcome: "refused".into(),
+        },
+    );
+}
+
+/// Writes the summary of a minute of anonymous refusals that has passed.
+pub fn flush_anonymous(shared: &Shared, now_ms: u64) {
+    let due = shared
+        .anonymous_refusals
+        .lock()
+        .ok()
+        .and_then(|mut refusals| refusals.due(now_ms));
+    if let Some(suppressed) = due {
+        write_suppressed(shared, suppressed);
+    }
+}
+
 /// One audit entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
@@ -103,6 +195,21 @@ pub fn record_response(
     response: &Response,
 ) {
     let status = response.status();
+    let now_ms = now_unix_ms();
+    if who == "anonymous" {
+        let (write, due) = match shared.anonymous_refusals.lock() {
+            Ok(mut refusals) => refusals.on_refusal(now_ms),
+            Err(_) => (true, None),
+        };
+        if let Some(suppressed) = due {
+            write_suppressed(shared, suppressed);
+        }
+        if !write {
+            return;
+        }
+    } else {
+        flush_anonymous(shared, now_ms);
+    }
     let summary = response
         .extensions()
         .get::<AuditNote>()
@@ -111,7 +218,7 @@ pub fn record_response(
         shared,
         AuditEntry {
             id: 0,
-            unix_ms: now_unix_ms(),
+            unix_ms: now_ms,
             who: who.to_string(),
             method: method.to_string(),
             path: path.to_string(),
@@ -133,6 +240,8 @@ struct ListQuery {
 
 /// `GET /v1/audit?after=ID&limit=N`: entries after `after`, oldest first.
 async fn list(State(shared): State<Arc<Shared>>, Query(query): Query<ListQuery>) -> Response {
+    // A reader sees the summary of a flood as soon as its minute is over.
+    flush_anonymous(&shared, now_unix_ms());
     let limit = query
         .limit
         .unwrap_or(AUDIT_PAGE_ENTRIES_MAX)
@@ -175,4 +284,39 @@ pub fn destructive(plans: &serde_json::Value, deleted_groups: &[String]) -> Opti
                 .is_some_and(|deletes| deletes.iter().any(|d| d["data"] == true))
         });
     deletes_data.then(|| "this initialization deletes data".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_refusals_beyond_the_minute_share_are_counted_not_written() {
+        let mut refusals = AnonymousRefusals::default();
+        let start = 10 * MINUTE_MS;
+        let mut written = 0;
+        for index in 0..2_000 {
+            let (write, due) = refusals.on_refusal(start + index);
+            assert_eq!(due, None, "nothing due within the minute");
+            written += u64::from(write);
+        }
+        assert_eq!(written, ANONYMOUS_ENTRIES_PER_MINUTE_MAX);
+        assert_eq!(refusals.pending(), 2_000 - ANONYMOUS_ENTRIES_PER_MINUTE_MAX);
+        assert_eq!(refusals.due(start + 59_999), None);
+        // The next minute: the summary is due once, and counting starts again.
+        let (write, due) = refusals.on_refusal(start + MINUTE_MS);
+        assert!(write);
+        assert_eq!(
+            due,
+            Some(Suppressed {
+                minute_start_unix_ms: start,
+                count: 2_000 - ANONYMOUS_ENTRIES_PER_MINUTE_MAX
+            })
+        );
+        assert_eq!(
+            refusals.due(start + 5 * MINUTE_MS),
+            None,
+            "nothing was counted"
+        );
+    }
 }

@@ -56,6 +56,8 @@ pub struct Shared {
     pub leadership: crate::leader::Leadership,
     /// Long-running operations (verify, resync, …) and their progress.
     pub operations: crate::operations::Operations,
+    /// Anonymous refusals of the current minute, beyond what the audit log takes one by one.
+    pub anonymous_refusals: Mutex<crate::audit::AnonymousRefusals>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -79,6 +81,7 @@ impl Shared {
             closing: tokio::sync::watch::Sender::new(false),
             leadership: crate::leader::Leadership::solo(),
             operations: crate::operations::Operations::default(),
+            anonymous_refusals: Mutex::new(crate::audit::AnonymousRefusals::default()),
         }
     }
 

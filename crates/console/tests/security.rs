@@ -310,3 +310,54 @@ async fn roles_rotation_confirmation_and_audit() {
     stop.send(true).expect("stop");
     task.await.expect("console task").expect("console");
 }
+
+/// Issue #18 finding 6: a caller without a token cannot flush the audit log. 2,000
+/// anonymous POSTs (2.4 s) used to write 2,000 entries; now each minute takes at most
+/// `ANONYMOUS_ENTRIES_PER_MINUTE_MAX` of them one by one (the rest become one summary entry),
+/// and an operator's entry written after the flood is there.
+#[tokio::test]
+async fn an_anonymous_flood_cannot_push_entries_out_of_the_audit_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let console = Console::bind_with_agent(
+        ConsoleConfig {
+            listen: "127.0.0.1:0".into(),
+            state_dir: dir.path().to_path_buf(),
+        },
+        Arc::new(Agents),
+    )
+    .await
+    .expect("bind the console");
+    let api = Api {
+        url: console.url().expect("url"),
+        http: reqwest::Client::new(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(console.serve(stopped));
+    let operator = read_token(&dir.path().join("token"));
+    let flood = 2_000;
+    for _ in 0..flood {
+        assert_eq!(api.post("/v1/config", None, json!({})).await.0, 401);
+    }
+    let (status, _) = api
+        .post("/v1/config/plan", Some(&operator), json!({"toml": CONFIG}))
+        .await;
+    assert_eq!(status, 200);
+    let (status, audit) = api.get("/v1/audit", Some(&operator)).await;
+    assert_eq!(status, 200, "{audit}");
+    let entries = audit["entries"].as_array().expect("entries");
+    let anonymous = entries.iter().filter(|e| e["who"] == "anonymous").count() as u64;
+    // The flood may straddle a minute boundary or two.
+    let most = 3 * (redoubt_console::audit::ANONYMOUS_ENTRIES_PER_MINUTE_MAX + 1);
+    assert!(
+        anonymous <= most,
+        "{anonymous} anonymous entries for {flood} refusals (at most {most})"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["who"] == "operator" && e["path"] == "/v1/config/plan"),
+        "the operator's entry is in the log: {audit:#}"
+    );
+    let _ = stop.send(true);
+    let _ = task.await;
+}

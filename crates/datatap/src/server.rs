@@ -30,18 +30,28 @@ use crate::payload::Payload;
 
 /// Requests of one connection being served at once.
 pub const IN_FLIGHT_REQUESTS_MAX: u32 = 128;
-/// Payload and read-buffer bytes of one connection in flight, in MiB.
+/// Payload, read-buffer and queued reply bytes of one connection in flight, in MiB: a reply
+/// holds its share until it is written to the socket, so a client that never reads its
+/// replies stops being served instead of filling memory.
 pub const IN_FLIGHT_MIB_MAX: u32 = 256;
+/// The same bound over every connection of one server (there may be `CONNECTIONS_MAX`).
+pub const SERVER_IN_FLIGHT_MIB_MAX: u32 = 1024;
+/// A client that takes no reply bytes for this long is disconnected, and what its requests
+/// held is released.
+pub const REPLY_STALL_TIMEOUT_MS_DEFAULT: u64 = 60_000;
 /// Options one client may send before it must start transmission.
 pub const OPTIONS_PER_HANDSHAKE_MAX: usize = 256;
 /// The handshake must finish within this time, so idle sockets do not pile up.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 30_000;
+/// Room for the header of a read reply (simple or structured offset-data), in bytes.
+const REPLY_HEADER_BYTES_MAX: usize = 64;
 /// Bytes of replies gathered into one socket write.
 const REPLY_COALESCE_BYTES_MAX: usize = 4 << 20;
 
 const _: () = assert!(
     IN_FLIGHT_MIB_MAX as u64 * 1024 * 1024 >= nbd::limits::REQUEST_PAYLOAD_BYTES_MAX as u64
 );
+const _: () = assert!(SERVER_IN_FLIGHT_MIB_MAX >= IN_FLIGHT_MIB_MAX);
 
 /// One LV served under its name.
 pub struct Export {
@@ -150,10 +160,18 @@ impl Served {
 }
 
 /// The exports a server offers, by exact name, and the TLS identity they require, if any.
-#[derive(Default)]
 pub struct Exports {
     by_name: BTreeMap<String, Served>,
     tls: Option<Arc<TlsContext>>,
+    /// `SERVER_IN_FLIGHT_MIB_MAX` shared by every connection to these exports.
+    in_flight_mib: Arc<Semaphore>,
+    reply_stall_timeout_ms: u64,
+}
+
+impl Default for Exports {
+    fn default() -> Exports {
+        Exports::new(Vec::new())
+    }
 }
 
 impl Exports {
@@ -164,6 +182,8 @@ impl Exports {
                 .map(|e| (e.name.clone(), Served::Engine(Arc::new(e))))
                 .collect(),
             tls: None,
+            in_flight_mib: Arc::new(Semaphore::new(SERVER_IN_FLIGHT_MIB_MAX as usize)),
+            reply_stall_timeout_ms: REPLY_STALL_TIMEOUT_MS_DEFAULT,
         }
     }
 
@@ -171,6 +191,12 @@ impl Exports {
     /// connection: before TLS only `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` are served.
     pub fn with_tls(mut self, tls: Arc<TlsContext>) -> Exports {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Disconnects a client that takes no reply bytes for this long (tests use a short one).
+    pub fn with_reply_stall_timeout_ms(mut self, timeout_ms: u64) -> Exports {
+        self.reply_stall_timeout_ms = timeout_ms;
         self
     }
 
@@ -187,6 +213,8 @@ impl Exports {
                 .map(|e| (e.name.clone(), Served::Backend(Arc::new(e))))
                 .collect(),
             tls: None,
+            in_flight_mib: Arc::new(Semaphore::new(SERVER_IN_FLIGHT_MIB_MAX as usize)),
+            reply_stall_timeout_ms: REPLY_STALL_TIMEOUT_MS_DEFAULT,
         }
     }
 
@@ -236,6 +264,8 @@ enum Haggled {
 struct Negotiated {
     export: Served,
     structured_replies: bool,
+    server_in_flight_mib: Arc<Semaphore>,
+    reply_stall_timeout_ms: u64,
 }
 
 /// Serves one client connection until it disconnects. Errors end only this connection.
@@ -397,6 +427,8 @@ where
                     Haggled::Go(Negotiated {
                         export: export.clone(),
                         structured_replies,
+                        server_in_flight_mib: exports.in_flight_mib.clone(),
+                        reply_stall_timeout_ms: exports.reply_stall_timeout_ms,
                     }),
                 ));
             }
@@ -463,6 +495,8 @@ where
                                 Haggled::Go(Negotiated {
                                     export: export.clone(),
                                     structured_replies,
+                                    server_in_flight_mib: exports.in_flight_mib.clone(),
+                                    reply_stall_timeout_ms: exports.reply_stall_timeout_ms,
                                 }),
                             ));
                         }
@@ -499,15 +533,27 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, writer) = tokio::io::split(stream);
-    let (replies, reply_queue) = mpsc::channel::<Vec<u8>>(IN_FLIGHT_REQUESTS_MAX as usize);
-    let writer_task = tokio::spawn(write_replies(writer, reply_queue));
+    let (replies, reply_queue) = mpsc::channel::<Reply>(IN_FLIGHT_REQUESTS_MAX as usize);
+    let (stalled, mut writer_gone) = tokio::sync::oneshot::channel::<()>();
+    let writer_task = tokio::spawn(write_replies(
+        writer,
+        reply_queue,
+        negotiated.reply_stall_timeout_ms,
+        stalled,
+    ));
     let requests = Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX as usize));
     let mebibytes = Arc::new(Semaphore::new(IN_FLIGHT_MIB_MAX as usize));
+    let server_mebibytes = negotiated.server_in_flight_mib;
     let export = negotiated.export;
     let flags = export.transmission_flags();
     let mut header_bytes = [0u8; nbd::REQUEST_HEADER_BYTES];
     let outcome = loop {
-        if let Err(error) = reader.read_exact(&mut header_bytes).await {
+        // The writer gives up on a client that takes no replies: stop reading its requests.
+        let read = tokio::select! {
+            read = reader.read_exact(&mut header_bytes) => read,
+            _ = &mut writer_gone => break Ok(()),
+        };
+        if let Err(error) = read {
             // A client that closes without NBD_CMD_DISC is common (kill, crash): not an error.
             break if error.kind() == io::ErrorKind::UnexpectedEof {
                 Ok(())
@@ -527,12 +573,21 @@ where
             .length_bytes
             .div_ceil(1 << 20)
             .clamp(1, IN_FLIGHT_MIB_MAX);
-        let (Ok(request_permit), Ok(byte_permit)) = (
-            requests.clone().acquire_owned().await,
-            mebibytes.clone().acquire_many_owned(mebibytes_needed).await,
-        ) else {
+        // Waiting for permits ends too when the writer gives up (nothing would free them).
+        let permits = tokio::select! {
+            permits = async {
+                (
+                    requests.clone().acquire_owned().await,
+                    mebibytes.clone().acquire_many_owned(mebibytes_needed).await,
+                    server_mebibytes.clone().acquire_many_owned(mebibytes_needed).await,
+                )
+            } => permits,
+            _ = &mut writer_gone => break Ok(()),
+        };
+        let (Ok(request_permit), Ok(byte_permit), Ok(server_byte_permit)) = permits else {
             break Ok(());
         };
+        let held = Held(request_permit, byte_permit, server_byte_permit);
         let mut payload = Payload::for_filling(header.payload_length_bytes());
         if let Err(error) = reader.read_exact(payload.as_mut_slice()).await {
             break Err(error.into());
@@ -551,7 +606,14 @@ where
                 "invalid request",
                 negotiated.structured_replies,
             );
-            if replies.send(reply).await.is_err() {
+            if replies
+                .send(Reply {
+                    bytes: reply,
+                    held: Some(held),
+                })
+                .await
+                .is_err()
+            {
                 break Ok(());
             }
             continue;
@@ -566,8 +628,13 @@ where
                     execute_backend(export, header, payload, structured).await
                 }
             };
-            let _ = replies.send(reply).await;
-            drop((request_permit, byte_permit));
+            // The permits travel with the reply and are released once it is on the socket.
+            let _ = replies
+                .send(Reply {
+                    bytes: reply,
+                    held: Some(held),
+                })
+                .await;
         });
     };
     // Answer every request already taken before closing (NBD_CMD_DISC semantics).
@@ -579,18 +646,56 @@ where
     outcome.and(written.map_err(ConnectionError::from))
 }
 
+/// What one request holds until its reply is written: its slot, its bytes on this connection
+/// and its bytes on the server. Never read: dropping it is what releases them.
+#[allow(dead_code)]
+struct Held(
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+struct Reply {
+    bytes: Vec<u8>,
+    held: Option<Held>,
+}
+
 async fn write_replies<W: AsyncWrite + Unpin>(
     mut writer: W,
-    mut queue: mpsc::Receiver<Vec<u8>>,
+    mut queue: mpsc::Receiver<Reply>,
+    stall_timeout_ms: u64,
+    stalled: tokio::sync::oneshot::Sender<()>,
 ) -> io::Result<()> {
-    while let Some(mut buffer) = queue.recv().await {
+    let stall = Duration::from_millis(stall_timeout_ms);
+    let mut held: Vec<Held> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        let mut buffer = first.bytes;
+        held.extend(first.held);
         while buffer.len() < REPLY_COALESCE_BYTES_MAX {
             match queue.try_recv() {
-                Ok(more) => buffer.extend_from_slice(&more),
+                Ok(more) => {
+                    buffer.extend_from_slice(&more.bytes);
+                    held.extend(more.held);
+                }
                 Err(_) => break,
             }
         }
-        writer.write_all(&buffer).await?;
+        let mut written = 0;
+        while written < buffer.len() {
+            match tokio::time::timeout(stall, writer.write(&buffer[written..])).await {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(count)) => written += count,
+                Ok(Err(error)) => return Err(error),
+                Err(_) => {
+                    let _ = stalled.send(());
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the client took no reply bytes for {stall_timeout_ms} ms"),
+                    ));
+                }
+            }
+        }
+        held.clear();
     }
     writer.flush().await?;
     writer.shutdown().await
@@ -673,27 +778,30 @@ async fn execute(
             let volume = export.volume.clone();
             let length = header.length_bytes as usize;
             let offset = header.offset_bytes;
+            // The data is read straight behind the reply header: one buffer per read, which
+            // is what the connection's memory bound counts, and no copy.
             let read = tokio::task::spawn_blocking(move || {
-                let mut data = Payload::for_filling(length);
-                volume.read_at(data.as_mut_slice(), offset).map(|()| data)
+                let mut reply = Vec::with_capacity(REPLY_HEADER_BYTES_MAX + length);
+                if structured {
+                    nbd::encode_offset_data_header(
+                        &mut reply,
+                        header.handle,
+                        true,
+                        offset,
+                        header.length_bytes,
+                    );
+                } else {
+                    nbd::encode_simple_reply(&mut reply, header.handle, None);
+                }
+                let header_bytes = reply.len();
+                reply.resize(header_bytes + length, 0);
+                volume
+                    .read_at(&mut reply[header_bytes..], offset)
+                    .map(|()| reply)
             })
             .await;
             match read {
-                Ok(Ok(data)) => {
-                    if structured {
-                        nbd::encode_offset_data_header(
-                            &mut reply,
-                            header.handle,
-                            true,
-                            offset,
-                            header.length_bytes,
-                        );
-                    } else {
-                        nbd::encode_simple_reply(&mut reply, header.handle, None);
-                    }
-                    reply.extend_from_slice(data.as_slice());
-                    return reply;
-                }
+                Ok(Ok(read_reply)) => return read_reply,
                 Ok(Err(error)) => Err((volume_errno(&error), error.to_string())),
                 Err(error) => Err((NbdErrno::EIO, error.to_string())),
             }

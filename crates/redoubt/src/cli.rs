@@ -312,6 +312,10 @@ pub struct DatatapArgs {
     /// The certificate (DIR/NAME.pem, DIR/NAME.key) the exports present to clients.
     #[arg(long, requires = "tls_dir")]
     pub tls_name: Option<String>,
+    /// Disconnect a client that takes no reply bytes for this long (what its requests hold
+    /// is released); replies queued for a client count against its memory bound.
+    #[arg(long, default_value_t = redoubt_datatap::server::REPLY_STALL_TIMEOUT_MS_DEFAULT)]
+    pub reply_stall_timeout_ms: u64,
 }
 
 #[derive(clap::Args, Debug)]

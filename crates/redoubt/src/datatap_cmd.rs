@@ -138,7 +138,8 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
         })
         .collect();
     let names: Vec<String> = exports.iter().map(|e| e.name.clone()).collect();
-    let mut exports = Exports::new(exports);
+    let mut exports =
+        Exports::new(exports).with_reply_stall_timeout_ms(args.reply_stall_timeout_ms);
     if let (Some(dir), Some(name)) = (&args.tls_dir, &args.tls_name) {
         redoubt_tls::install_provider();
         let tls = redoubt_tls::TlsContext::load(dir, name).map_err(|error| {

@@ -245,3 +245,80 @@ fn trim_write_zeroes_and_pipelined_overlapping_writes_keep_their_order() {
     let mut client = NbdClient::connect(&datatap.address(), "lv0").unwrap();
     assert_eq!(client.read(0, 65536).unwrap().unwrap(), expected);
 }
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+fn socket_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// Issue #18 finding 3: a client that asks for large reads and never reads the replies
+/// cannot make production buffer them all (24 x 32 MiB took the agent to 930 MB before):
+/// queued replies count against the connection's bound, and a client that takes no reply
+/// bytes is disconnected after the stall timeout, which releases what its requests held.
+#[test]
+fn a_client_that_never_reads_its_replies_is_bounded_then_disconnected() {
+    const READ_BYTES: u32 = 32 << 20;
+    const READS: u64 = 24;
+    let dir = tempfile::tempdir().unwrap();
+    let datatap = DatatapProcess::start(
+        binary(),
+        dir.path(),
+        &["lv0:1GiB"],
+        &["--reply-stall-timeout-ms", "2000"],
+    );
+    let pid = datatap.pid();
+    let address = datatap.address();
+    let sockets_before = socket_count(pid);
+    let mut hostile = NbdClient::connect(&address, "lv0").unwrap();
+    for index in 0..READS {
+        hostile
+            .send(
+                Command::Read,
+                CommandFlags::default(),
+                index * READ_BYTES as u64,
+                READ_BYTES,
+                &[],
+            )
+            .unwrap();
+    }
+    // The server gives up on the connection: its socket goes (the event waited for).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while socket_count(pid) > sockets_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server kept the connection of a client that reads nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let peak_mib = proc_status_kib(pid, "VmHWM:") / 1024;
+    let bound_mib = redoubt_datatap::server::IN_FLIGHT_MIB_MAX as u64;
+    eprintln!(
+        "datatap peak RSS {peak_mib} MiB with {} MiB of replies asked for",
+        READS * 32
+    );
+    assert!(
+        peak_mib < bound_mib + 160,
+        "peak RSS {peak_mib} MiB: more than the {bound_mib} MiB per-connection bound allows"
+    );
+    drop(hostile);
+    // Everything it held is free: another client is served at once.
+    let mut good = NbdClient::connect(&address, "lv0").unwrap();
+    assert_eq!(good.write(0, &[7u8; 4096], false).unwrap(), 0);
+    let read = good.read(0, 4096).unwrap().unwrap();
+    assert!(read.iter().all(|b| *b == 7));
+}
