@@ -121,6 +121,9 @@ struct TableReader<'a, 'i> {
     known: &'static [&'static str],
 }
 
+/// Names a server may not have: they are identities of the certificate layout (`tls`).
+pub const RESERVED_SERVER_NAMES: [&str; 2] = ["console", "ca"];
+
 const SERVER_FIELDS: &[&str] = &["name", "address", "data_dir", "nbd_listen", "nbd_tls"];
 const GROUP_FIELDS: &[&str] = &[
     "name",
@@ -381,6 +384,19 @@ impl<'s> Checker<'s> {
             known: SERVER_FIELDS,
         };
         let name = self.name(&reader, "server");
+        // Kept as the server's name after the error, so its references do not fail as well.
+        let name = name.map(|(name, span)| {
+            if RESERVED_SERVER_NAMES.contains(&name.as_str()) {
+                self.error(
+                    span.clone(),
+                    join(&reader.path, "name"),
+                    format!(
+                        "server name `{name}` is reserved: `console` is the console's certificate identity (a server named so could act as the console towards every agent) and `ca` the cluster CA's; choose another name"
+                    ),
+                );
+            }
+            (name, span)
+        });
         if let Some((name, _)) = &name {
             reader.path = format!("server[{name}]");
             *raw_name = Some(name.clone());

@@ -244,3 +244,19 @@ fn shipped_examples_validate() {
     let invalid = load(&root.join("invalid/many-errors.toml")).unwrap_err();
     assert!(invalid.len() >= 10, "{invalid:#?}");
 }
+
+/// Issue #18 finding 9: `console` is the console's certificate name; a server called so would
+/// be the console towards every agent. `ca` is the CA's.
+#[test]
+fn reserved_server_names_are_refused() {
+    for reserved in ["console", "ca"] {
+        let text = VALID.replace("name = \"dr-b\"", &format!("name = \"{reserved}\""));
+        let text = text.replace(
+            "recovery = [\"dr-b\"]",
+            &format!("recovery = [\"{reserved}\"]"),
+        );
+        let found = errors(&text);
+        has(&found, 9, "server[1].name", "reserved");
+        assert_eq!(found.len(), 1, "one error, not a cascade: {found:?}");
+    }
+}

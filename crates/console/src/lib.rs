@@ -225,7 +225,7 @@ impl Console {
         if resumed > 0 {
             tracing::info!(resumed, "resumed running initializations");
         }
-        let web = web::Web::new(Arc::clone(&self.shared));
+        let web = web::Web::new(Arc::clone(&self.shared), self.https.is_some());
         web.start_sampler();
         let app = web::wrap(api::router(Arc::clone(&self.shared)), web);
         let shared = Arc::clone(&self.shared);

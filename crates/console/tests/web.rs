@@ -155,6 +155,8 @@ impl Browser {
         for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
             assert!(set_cookie.contains(flag), "{flag} in {set_cookie}");
         }
+        // This console serves plain HTTP: a Secure cookie would never come back.
+        assert!(!set_cookie.contains("Secure"), "{set_cookie}");
         let cookie = set_cookie
             .split(';')
             .next()
@@ -287,6 +289,37 @@ async fn sessions_csrf_roles_wizard_and_metrics() {
             .contains("may only read"),
         "the API's role check applies to the session: {}",
         by_role.text
+    );
+
+    // Issue #18 finding 9: the wrong login and the CSRF refusals are in the audit log.
+    let audit = browser
+        .http
+        .get(format!("{}/v1/audit", browser.url))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("audit")
+        .json::<Value>()
+        .await
+        .expect("audit JSON");
+    let entries = audit["entries"].as_array().expect("entries");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["path"] == "/ui/login" && e["status"] == 401 && e["who"] == "anonymous"),
+        "the refused login is audited: {audit:#}"
+    );
+    let csrf_refusals = entries
+        .iter()
+        .filter(|e| {
+            e["status"] == 403
+                && e["who"] == "read-only"
+                && e["summary"].as_str().is_some_and(|s| s.contains("CSRF"))
+        })
+        .count();
+    assert_eq!(
+        csrf_refusals, 2,
+        "both CSRF refusals are audited: {audit:#}"
     );
 
     // An operator session: the wizard's plan is exactly the API's plan; Finish saves.

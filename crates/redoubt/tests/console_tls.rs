@@ -98,6 +98,23 @@ fn lab_console_is_https_only_and_the_cli_trusts_only_the_cluster_ca() {
 
     // Plain HTTP, even with the right token, gets no API answer: a 400 that says to use HTTPS.
     let token = std::fs::read_to_string(lab.path().join("console/token")).unwrap();
+
+    // The web console's session cookie over HTTPS is Secure (never sent over plain HTTP).
+    let login = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert", &ca_file])
+        .args(["--data-urlencode", &format!("token={}", token.trim())])
+        .arg(format!("{console}/ui/login"))
+        .output()
+        .expect("curl (scripts/deps.sh installs it)");
+    let headers = String::from_utf8_lossy(&login.stdout).to_string();
+    let cookie = headers
+        .lines()
+        .find(|line| line.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_else(|| panic!("a session cookie: {headers}"));
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     let answer = plain_http(&address, token.trim());
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(

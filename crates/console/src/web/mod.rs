@@ -69,6 +69,9 @@ pub struct SessionInfo {
 /// The web console's state: sessions and the dashboard's sample history.
 pub struct Web {
     shared: Arc<Shared>,
+    /// The console serves HTTPS: session cookies get `Secure`, so a browser never sends
+    /// them over plain HTTP.
+    secure_cookies: bool,
     sessions: Mutex<HashMap<String, Session>>,
     history: Mutex<samples::History>,
 }
@@ -84,9 +87,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Web {
-    pub fn new(shared: Arc<Shared>) -> Arc<Web> {
+    pub fn new(shared: Arc<Shared>, secure_cookies: bool) -> Arc<Web> {
         Arc::new(Web {
             shared,
+            secure_cookies,
             sessions: Mutex::new(HashMap::new()),
             history: Mutex::new(samples::History::default()),
         })
@@ -218,11 +222,26 @@ async fn session_layer(State(web): State<Arc<Web>>, mut request: Request, next: 
             .and_then(|value| value.to_str().ok())
             .unwrap_or("");
         if !constant_time_eq(presented.as_bytes(), session.csrf.as_bytes()) {
-            return (
+            let response = (
                 StatusCode::FORBIDDEN,
+                crate::audit::note("refused: the session's CSRF token was missing or wrong"),
                 Json(json!({"error": "missing or wrong CSRF token (X-CSRF-Token) for this session; reload the page"})),
             )
                 .into_response();
+            // A forged cross-site request is an attack on a logged-in operator: on record.
+            let role = web
+                .shared
+                .auth
+                .role_of(&session.token)
+                .map_or("anonymous", |role| role.name());
+            crate::audit::record_response(
+                &web.shared,
+                role,
+                request.method(),
+                request.uri().path(),
+                &response,
+            );
+            return response;
         }
     }
     if let Ok(value) = HeaderValue::from_str(&format!("Bearer {}", session.token)) {
@@ -307,6 +326,18 @@ async fn login(State(web): State<Arc<Web>>, Form(form): Form<LoginForm>) -> Resp
     let token = form.token.trim().to_string();
     if !web.token_valid(&token) {
         tracing::warn!("web console: a login with a wrong token was refused");
+        // Counted like any anonymous refusal: on record, and unable to flood the log.
+        crate::audit::record_response(
+            &web.shared,
+            "anonymous",
+            &Method::POST,
+            "/ui/login",
+            &(
+                StatusCode::UNAUTHORIZED,
+                crate::audit::note("web console login refused: wrong token"),
+            )
+                .into_response(),
+        );
         // The form again with the reason, as a page (200): no session, nothing else changed.
         return html(pages::login_page(Some(
             "That token is not valid for this console.",
@@ -314,8 +345,9 @@ async fn login(State(web): State<Arc<Web>>, Form(form): Form<LoginForm>) -> Resp
     }
     let (id, _) = web.create_session(token, now_unix_ms());
     let cookie = format!(
-        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
-        SESSION_TTL_MS / 1000
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        SESSION_TTL_MS / 1000,
+        if web.secure_cookies { "; Secure" } else { "" }
     );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
@@ -338,7 +370,27 @@ async fn logout(
 ) -> Response {
     if let Some(Extension(session)) = session {
         if !constant_time_eq(form.csrf.as_bytes(), session.csrf.as_bytes()) {
-            return (StatusCode::FORBIDDEN, "wrong CSRF token; reload the page").into_response();
+            let response = (
+                StatusCode::FORBIDDEN,
+                crate::audit::note("refused: the session's CSRF token was missing or wrong"),
+                "wrong CSRF token; reload the page",
+            )
+                .into_response();
+            // The session layer put the session's token in front of this handler.
+            let role = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("Bearer "))
+                .and_then(|token| web.shared.auth.role_of(token))
+                .map_or("anonymous", |role| role.name());
+            crate::audit::record_response(
+                &web.shared,
+                role,
+                &Method::POST,
+                "/ui/logout",
+                &response,
+            );
+            return response;
         }
         let id = cookie(&headers, SESSION_COOKIE).map(str::to_string);
         if let Some(id) = id {
@@ -346,10 +398,14 @@ async fn logout(
         }
     }
     let mut response = Redirect::to("/ui/login").into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("redoubt_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    let expired = if web.secure_cookies {
+        "redoubt_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure"
+    } else {
+        "redoubt_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+    };
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, HeaderValue::from_static(expired));
     response
 }
 
