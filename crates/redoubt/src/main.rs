@@ -33,6 +33,15 @@ fn main() -> ExitCode {
         cli.command,
         Command::Agent(_) | Command::Console(_) | Command::Datatap(_) | Command::Apply(_)
     );
+    if daemon || matches!(cli.command, Command::Lab(_) | Command::Ca(_)) {
+        // What these create (volumes, journals, state, keys, logs, sockets) is this user's
+        // only: files 0600, directories 0700, whatever umask the caller had. The children the
+        // lab starts inherit it.
+        // SAFETY: umask(2) only sets this process's file mode creation mask; it cannot fail.
+        unsafe {
+            libc::umask(0o077);
+        }
+    }
     if !daemon {
         // A command whose output goes to a reader that stops early (`| head`) ends quietly, as
         // Unix tools do, instead of panicking on the broken pipe. Daemons keep Rust's default

@@ -96,6 +96,21 @@ fn lab_up_initializes_replicates_applies_a_change_and_goes_down() {
     let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
     assert_eq!(client.write(1 << 20, &data, false).unwrap(), 0);
     assert_eq!(client.flush().unwrap(), 0);
+    // Issue #18 finding 9: what the lab creates is its user's only, whatever the umask.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        for server in ["prod-a", "dr-b", "dr-c"] {
+            let group_dir = dir.join(format!("data/{server}/groups/erp"));
+            let volume = group_dir.join("replication/lv_data01");
+            assert_eq!(mode(&volume), 0o600, "{}", volume.display());
+            assert_eq!(mode(&group_dir), 0o700, "{}", group_dir.display());
+        }
+        let journal = dir.join("data/prod-a/groups/erp/journal");
+        for entry in std::fs::read_dir(&journal).unwrap().flatten() {
+            assert_eq!(mode(&entry.path()), 0o600, "{}", entry.path().display());
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     for server in ["dr-b", "dr-c"] {
         let replica = dir.join(format!("data/{server}/groups/erp/replication/lv_data01"));
