@@ -43,9 +43,23 @@ pub fn run(args: ApplyArgs) -> Result<(), Failure> {
         capacities,
         config_version: 0,
         retention_seconds: 24 * 3600,
-        production: None,
+        production: args.production.clone(),
     })
     .map_err(|error| failed("open the apply process", &error))?;
+    let tls = match &args.tls_dir {
+        Some(dir) => {
+            redoubt_tls::install_provider();
+            let context = redoubt_tls::TlsContext::load(dir, &args.name).map_err(|error| {
+                invalid(format!(
+                    "--tls-dir {}: load the TLS identity of {}: {error}",
+                    dir.display(),
+                    args.name
+                ))
+            })?;
+            Some(std::sync::Arc::new(context))
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,8 +72,18 @@ pub fn run(args: ApplyArgs) -> Result<(), Failure> {
             .local_addr()
             .map_err(|error| failed("read the listening address", &error))?;
         println!("ready {address}");
+        warn_if_open(&args, &address);
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(aba.clone().serve(listener, stopped.clone()));
+        let server = match (&tls, &args.production) {
+            (Some(tls), Some(production)) => tokio::spawn(serve_tls(
+                aba.clone(),
+                listener,
+                tls.clone(),
+                production.clone(),
+                stopped.clone(),
+            )),
+            _ => tokio::spawn(aba.clone().serve(listener, stopped.clone())),
+        };
         if let Some(path) = args.status_file.clone() {
             let status = aba.status().clone();
             tokio::spawn(crate::status_file::keep_writing(path, stopped, move || {
@@ -80,4 +104,66 @@ pub fn run(args: ApplyArgs) -> Result<(), Failure> {
     drop(aba);
     let _ = apply_thread.join();
     result
+}
+
+/// Says loudly what an unprotected apply process lets anyone do.
+fn warn_if_open(args: &ApplyArgs, address: &std::net::SocketAddr) {
+    if args.tls_dir.is_none() {
+        eprintln!(
+            "redoubt apply: WARNING: replication on {address} is plain text and unauthenticated: anyone who can reach it {}; give --tls-dir DIR --production NAME",
+            match &args.production {
+                Some(production) => format!("and calls itself {production} can write into these replicas"),
+                None => "can write into these replicas".to_string(),
+            }
+        );
+    }
+}
+
+/// Accepts replication connections over mutual TLS: a sender whose certificate (of the
+/// cluster CA) does not name `production` is dropped before it can send a Hello.
+async fn serve_tls(
+    aba: std::sync::Arc<redoubt_replication::Aba>,
+    listener: tokio::net::TcpListener,
+    tls: std::sync::Arc<redoubt_tls::TlsContext>,
+    production: String,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (aba, tls, production, shutdown) = (
+            aba.clone(),
+            tls.clone(),
+            production.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            // Refusals (no certificate, another CA) are logged and counted by the context.
+            let Some((stream, identity)) = tls.accept(stream, "replication sender").await else {
+                return;
+            };
+            if !identity.is(&production) {
+                eprintln!(
+                    "redoubt apply: refused a replication connection from {peer}: its certificate does not name {production}"
+                );
+                return;
+            }
+            if let Err(error) = aba
+                .serve_stream(Box::new(stream), Some(production), shutdown)
+                .await
+            {
+                tracing::info!(%peer, %error, "replication connection ended");
+            }
+        });
+    }
 }

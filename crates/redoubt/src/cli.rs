@@ -340,6 +340,15 @@ pub struct ApplyArgs {
     /// Write a JSON status document here, refreshed every 200 ms.
     #[arg(long)]
     pub status_file: Option<PathBuf>,
+    /// The production server whose send process may feed these replicas; a Hello from any
+    /// other sender is refused before anything is stored. Without it, any sender is taken.
+    #[arg(long)]
+    pub production: Option<String>,
+    /// Mutual TLS on the replication port: DIR holds ca.pem and this server's NAME.pem and
+    /// NAME.key (`redoubt ca issue`); the sender must present a certificate of the CA that
+    /// names --production. Without it replication is plain text, unauthenticated.
+    #[arg(long, requires = "production")]
+    pub tls_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

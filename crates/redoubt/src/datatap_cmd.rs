@@ -148,7 +148,26 @@ pub fn run(args: DatatapArgs) -> Result<(), Failure> {
                 dir.display()
             ))
         })?;
-        exports = exports.with_tls(Arc::new(tls));
+        let tls = Arc::new(tls);
+        if !args.targets.is_empty() {
+            // The send processes present this identity; a recovery server checks it names
+            // the sender it follows.
+            if name != &args.name {
+                return Err(invalid(format!(
+                    "--tls-name {name} with --target: replication presents this certificate, so it must be this server's --name ({})",
+                    args.name
+                )));
+            }
+            redoubt_tls::registry::register(tls.clone());
+        }
+        exports = exports.with_tls(tls);
+    } else if !args.targets.is_empty() {
+        eprintln!(
+            "redoubt datatap: WARNING: replication to {} is plain text and unauthenticated; give --tls-dir DIR --tls-name {} (the recovery servers: redoubt apply --tls-dir … --production {})",
+            args.targets.join(", "),
+            args.name,
+            args.name
+        );
     }
     let exports = Arc::new(exports);
 
