@@ -470,7 +470,10 @@ async fn events(
     });
     let stream: ReceiverStream<Result<Event, Infallible>> = ReceiverStream::new(receiver);
     Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+        // More often than the connection idle timeout (`limits.rs`).
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_millis(
+            crate::limits::SSE_KEEP_ALIVE_MS,
+        )))
         .into_response())
 }
 

@@ -145,6 +145,7 @@ pub async fn into_etcd(
         shared,
         token_path,
         https,
+        limits,
     } = console;
     let candidate = shared.token.clone();
     let agent: Arc<dyn AgentClient> = Arc::clone(&shared.agent);
@@ -212,6 +213,7 @@ pub async fn into_etcd(
         shared,
         token_path,
         https,
+        limits,
     })
 }
 

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod auth;
 pub mod failover;
 pub mod leader;
+pub mod limits;
 pub mod metrics;
 pub mod operations;
 pub mod record;
@@ -134,6 +135,8 @@ pub struct Console {
     token_path: PathBuf,
     /// Serve the API over HTTPS with this identity's certificate ([`Console::with_https`]).
     https: Option<Arc<redoubt_tls::TlsContext>>,
+    /// Caps and idle timeout of the API's connections (`limits.rs`).
+    limits: limits::ConnectionLimits,
 }
 
 impl Console {
@@ -182,6 +185,7 @@ impl Console {
             shared,
             token_path: config.state_dir.join(TOKEN_FILE),
             https: None,
+            limits: limits::ConnectionLimits::default(),
         })
     }
 
@@ -191,6 +195,12 @@ impl Console {
     pub fn with_https(mut self, tls: Arc<redoubt_tls::TlsContext>) -> Console {
         self.shared.leadership.use_tls(tls.client_config());
         self.https = Some(tls);
+        self
+    }
+
+    /// Other bounds on the API's connections than `limits::ConnectionLimits::default()`.
+    pub fn with_connection_limits(mut self, limits: limits::ConnectionLimits) -> Console {
+        self.limits = limits;
         self
     }
 
@@ -239,12 +249,12 @@ impl Console {
             Some(tls) => {
                 let listener =
                     tls::HttpsListener::new(self.listener, tls).map_err(ConsoleError::Serve)?;
-                axum::serve(listener, app)
+                axum::serve(limits::Limited::new(listener, self.limits), app)
                     .with_graceful_shutdown(stopped)
                     .await
             }
             None => {
-                axum::serve(self.listener, app)
+                axum::serve(limits::Limited::new(self.listener, self.limits), app)
                     .with_graceful_shutdown(stopped)
                     .await
             }

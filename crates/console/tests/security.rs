@@ -361,3 +361,116 @@ async fn an_anonymous_flood_cannot_push_entries_out_of_the_audit_log() {
     let _ = stop.send(true);
     let _ = task.await;
 }
+
+/// Connections the console holds on its side: ESTABLISHED sockets whose local port is its
+/// port (the kernel's table, so other tests of this process do not count).
+fn held_by_console(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+/// Issue #18 finding 7: idle and half-sent connections cannot exhaust the console. From one
+/// peer at most `connections_per_peer_max` are served (the rest are closed at once), another
+/// peer is still answered, and a half-sent request is closed after the idle timeout instead
+/// of staying open for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_sent_connections_are_capped_and_closed() {
+    use redoubt_console::limits::ConnectionLimits;
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = ConnectionLimits {
+        connections_max: 40,
+        connections_per_peer_max: 10,
+        idle_timeout_ms: 1_000,
+    };
+    let console = Console::bind_with_agent(
+        ConsoleConfig {
+            listen: "127.0.0.1:0".into(),
+            state_dir: dir.path().to_path_buf(),
+        },
+        Arc::new(Agents),
+    )
+    .await
+    .expect("bind the console")
+    .with_connection_limits(limits);
+    let address = console.local_addr().expect("address");
+    let url = console.url().expect("url");
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(console.serve(stopped));
+    let operator = read_token(&dir.path().join("token"));
+
+    let attackers = 100;
+    let hostile: Vec<std::net::TcpStream> = (0..attackers)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(address).expect("connect");
+            // Half a request head, never finished.
+            stream
+                .write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n")
+                .expect("write");
+            stream
+        })
+        .collect();
+    // Another peer (127.0.0.2, loopback too) is answered meanwhile.
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().expect("address")))
+        .build()
+        .expect("client");
+    let answer = other
+        .get(format!("{url}/v1/config/history"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("the console answers another peer");
+    assert_eq!(answer.status().as_u16(), 200);
+    // The other peer's request was accepted after every hostile one: the console holds at
+    // most the per-peer cap of them (and the other peer's kept-alive connection).
+    let held = held_by_console(address.port());
+    assert!(
+        held <= limits.connections_per_peer_max + 1,
+        "the console holds {held} connections for one peer's {attackers} idle ones"
+    );
+    // Every hostile connection ends: at once beyond the cap, after the idle timeout within.
+    let closed = tokio::task::spawn_blocking(move || {
+        hostile
+            .into_iter()
+            .filter(|stream| {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("timeout");
+                let mut buffer = [0u8; 256];
+                let mut stream = stream;
+                loop {
+                    match stream.read(&mut buffer) {
+                        Ok(0) => return true,
+                        Ok(_) => continue,
+                        Err(error) => {
+                            return !matches!(
+                                error.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            )
+                        }
+                    }
+                }
+            })
+            .count()
+    })
+    .await
+    .expect("join");
+    assert_eq!(
+        closed, attackers,
+        "every idle or half-sent connection was closed"
+    );
+    let _ = stop.send(true);
+    let _ = task.await;
+}
