@@ -701,6 +701,7 @@ async fn serve_nbd(bound: Bound, exports: Arc<Exports>, mut stop: watch::Receive
     }
     connections.shutdown().await;
     if let Bound::Unix(_, path) = &bound {
+        // durable: a socket, not state; a stale one is replaced at the next bind.
         let _ = std::fs::remove_file(path);
     }
 }

@@ -551,12 +551,11 @@ async fn promote(
     }
 }
 
+/// Durably: a journal copy that came back after a power cut would resume the wrong history.
 fn remove_dir_if_exists(dir: &Path) -> Result<(), String> {
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("remove {}: {e}", dir.display())),
-    }
+    redoubt_durable::remove_dir_all(dir)
+        .map(|_| ())
+        .map_err(|e| format!("remove {}: {e}", dir.display()))
 }
 
 #[derive(Deserialize)]

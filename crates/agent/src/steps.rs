@@ -451,9 +451,9 @@ impl Context<'_> {
         let stopped = self.stop().await?;
         let mut deleted = Vec::new();
         for layout in self.group_dirs() {
-            match fs::remove_dir_all(layout.group_dir()) {
-                Ok(()) => deleted.push(layout.group_dir().display().to_string()),
-                Err(error) if error.kind() == ErrorKind::NotFound => {}
+            match redoubt_durable::remove_dir_all(layout.group_dir()) {
+                Ok(true) => deleted.push(layout.group_dir().display().to_string()),
+                Ok(false) => {}
                 Err(error) => {
                     return Err(failed(format!(
                         "delete {}: {error}",
@@ -484,9 +484,9 @@ impl Context<'_> {
         for layout in self.group_dirs() {
             let directory = layout.snapshot_dir();
             if container_too {
-                match fs::remove_dir_all(&directory) {
-                    Ok(()) => deleted += 1,
-                    Err(error) if error.kind() == ErrorKind::NotFound => {}
+                match redoubt_durable::remove_dir_all(&directory) {
+                    Ok(true) => deleted += 1,
+                    Ok(false) => {}
                     Err(error) => {
                         return Err(failed(format!("delete {}: {error}", directory.display())))
                     }
@@ -1192,12 +1192,9 @@ fn join_sentences(sentences: Vec<String>) -> String {
         .join("; ")
 }
 
+/// Durably: a state file that came back after a power cut would undo the step.
 fn remove_file_if_exists(path: &Path) -> Result<bool, String> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(error) if error.kind() == ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(format!("delete {}: {error}", path.display())),
-    }
+    redoubt_durable::remove(path).map_err(|error| format!("delete {}: {error}", path.display()))
 }
 
 /// Deletes everything in a container directory except its manifest and lock. Returns how
@@ -1220,16 +1217,22 @@ fn clear_directory(directory: &Path) -> Result<usize, String> {
             continue;
         }
         let path = entry.path();
+        // durable: the directory is synced once after the loop.
         let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            fs::remove_dir_all(&path)
+            fs::remove_dir_all(&path) // durable: synced after the loop
         } else {
-            fs::remove_file(&path)
+            fs::remove_file(&path) // durable: synced after the loop
         };
         match removed {
             Ok(()) => deleted += 1,
             Err(error) if error.kind() == ErrorKind::NotFound => {}
             Err(error) => return Err(format!("delete {}: {error}", path.display())),
         }
+    }
+    if deleted > 0 {
+        // Durably: entries that came back after a power cut would undo the step.
+        redoubt_durable::sync_directory(directory)
+            .map_err(|error| format!("sync {}: {error}", directory.display()))?;
     }
     Ok(deleted)
 }

@@ -83,6 +83,7 @@ pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
             if let Ok(metadata) = std::fs::symlink_metadata(path) {
                 use std::os::unix::fs::FileTypeExt;
                 if metadata.file_type().is_socket() {
+                    // durable: a stale socket, not state.
                     std::fs::remove_file(path)?;
                 }
             }

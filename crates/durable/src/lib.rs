@@ -68,6 +68,19 @@ pub fn remove(path: &Path) -> io::Result<bool> {
     }
 }
 
+/// Removes the directory tree `path` durably (its parent fsynced); `Ok(false)` when there
+/// was nothing to remove.
+pub fn remove_dir_all(path: &Path) -> io::Result<bool> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => {
+            sync_directory(&parent(path)?)?;
+            Ok(true)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 /// Renames `from` to `to` durably: both directories fsynced (once when they are the same).
 pub fn rename(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to)?;

@@ -1698,11 +1698,7 @@ pub fn start_following(
         }
         (why_not, undo) => {
             drop(undo);
-            match std::fs::remove_dir_all(&undo_dir) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error.into()),
-            }
+            redoubt_durable::remove_dir_all(&undo_dir)?;
             crate::recovery::save_markers(group_dir, &[])?;
             let reset = HistoryReset {
                 seq: checkpoint_seq,

@@ -696,7 +696,7 @@ impl SnapshotSet {
                 Ok(meta) if meta.ready => meta,
                 outcome => {
                     tracing::warn!(dir = %dir.display(), ready = outcome.is_ok(), "removing a snapshot whose creation did not finish");
-                    std::fs::remove_dir_all(&dir)
+                    redoubt_durable::remove_dir_all(&dir)
                         .map_err(SnapshotError::io("remove an unfinished snapshot"))?;
                     continue;
                 }
@@ -892,7 +892,7 @@ impl SnapshotSet {
         }
         let dir = self.views_dir.join(name);
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)
+            redoubt_durable::remove_dir_all(&dir)
                 .map_err(SnapshotError::io("remove a stale snapshot directory"))?;
         }
         std::fs::create_dir_all(&dir)
@@ -925,7 +925,7 @@ impl SnapshotSet {
                 if let Some(snapshot) = lock(&self.registry).snapshots.remove(name) {
                     self.usage.release(snapshot.usage_bytes());
                 }
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = redoubt_durable::remove_dir_all(&dir);
                 Err(error)
             }
         }
@@ -1198,7 +1198,7 @@ impl SnapshotSet {
         };
         snapshot.deleted.store(true, Ordering::Release);
         self.usage.release(snapshot.usage_bytes());
-        std::fs::remove_dir_all(&snapshot.dir)
+        redoubt_durable::remove_dir_all(&snapshot.dir)
             .map_err(SnapshotError::io("remove the snapshot's files"))?;
         tracing::info!(group = %self.group, snapshot = %name, "snapshot deleted");
         Ok(())

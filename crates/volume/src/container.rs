@@ -285,7 +285,8 @@ impl Container {
         if let Err(error) = create_lv_file(&path, size_bytes, options.preallocate) {
             // Undo the reservation; if even that fails, the manifest over-reserves, which is
             // the safe direction and `verify` reports the missing file.
-            let _ = fs::remove_file(&path);
+            // The manifest is rewritten (and its directory synced) right after.
+            let _ = fs::remove_file(&path); // durable: synced by write_manifest
             let _ = write_manifest(&self.path, &self.manifest);
             return Err(error);
         }
@@ -356,6 +357,7 @@ impl Container {
     pub fn delete_lv(&mut self, name: &str) -> Result<()> {
         let path = self.lv_path(name)?;
         self.record(name)?;
+        // durable: the container directory is synced right after.
         match fs::remove_file(&path) {
             Ok(()) => {}
             // Already gone (a crash after the unlink): finish by releasing the reservation.
@@ -532,6 +534,7 @@ fn write_manifest(container_path: &Path, manifest: &Manifest) -> Result<()> {
         .map_err(|e| VolumeError::io("write temporary manifest", &temporary, e))?;
     file.sync_all()
         .map_err(|e| VolumeError::io("sync temporary manifest", &temporary, e))?;
+    // durable: the container directory is synced right after.
     fs::rename(&temporary, &target).map_err(|e| VolumeError::io("publish manifest", &target, e))?;
     sys::sync_directory(container_path)
         .map_err(|e| VolumeError::io("sync container directory", container_path, e))
