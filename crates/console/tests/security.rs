@@ -127,10 +127,18 @@ fn read_token(path: &std::path::Path) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn roles_rotation_confirmation_and_audit() {
+/// A console on loopback with `limits` (the defaults when `None`), serving until `stop`.
+struct Running {
+    dir: tempfile::TempDir,
+    api: Api,
+    address: std::net::SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), redoubt_console::ConsoleError>>,
+}
+
+async fn start_console(limits: Option<redoubt_console::limits::ConnectionLimits>) -> Running {
     let dir = tempfile::tempdir().expect("tempdir");
-    let console = Console::bind_with_agent(
+    let mut console = Console::bind_with_agent(
         ConsoleConfig {
             listen: "127.0.0.1:0".into(),
             state_dir: dir.path().to_path_buf(),
@@ -139,12 +147,41 @@ async fn roles_rotation_confirmation_and_audit() {
     )
     .await
     .expect("bind the console");
+    if let Some(limits) = limits {
+        console = console.with_connection_limits(limits);
+    }
     let api = Api {
         url: console.url().expect("url"),
         http: reqwest::Client::new(),
     };
+    let address = console.local_addr().expect("address");
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(console.serve(stopped));
+    Running {
+        dir,
+        api,
+        address,
+        stop,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        self.stop.send(true).expect("stop");
+        self.task.await.expect("console task").expect("console");
+    }
+}
+
+#[tokio::test]
+async fn roles_rotation_confirmation_and_audit() {
+    let Running {
+        dir,
+        api,
+        stop,
+        task,
+        ..
+    } = start_console(None).await;
 
     let operator_path = dir.path().join("token");
     let read_only_path = dir.path().join("token.readonly");
@@ -317,23 +354,9 @@ async fn roles_rotation_confirmation_and_audit() {
 /// and an operator's entry written after the flood is there.
 #[tokio::test]
 async fn an_anonymous_flood_cannot_push_entries_out_of_the_audit_log() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let console = Console::bind_with_agent(
-        ConsoleConfig {
-            listen: "127.0.0.1:0".into(),
-            state_dir: dir.path().to_path_buf(),
-        },
-        Arc::new(Agents),
-    )
-    .await
-    .expect("bind the console");
-    let api = Api {
-        url: console.url().expect("url"),
-        http: reqwest::Client::new(),
-    };
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(console.serve(stopped));
-    let operator = read_token(&dir.path().join("token"));
+    let console = start_console(None).await;
+    let api = &console.api;
+    let operator = read_token(&console.dir.path().join("token"));
     let flood = 2_000;
     for _ in 0..flood {
         assert_eq!(api.post("/v1/config", None, json!({})).await.0, 401);
@@ -358,8 +381,7 @@ async fn an_anonymous_flood_cannot_push_entries_out_of_the_audit_log() {
             .any(|e| e["who"] == "operator" && e["path"] == "/v1/config/plan"),
         "the operator's entry is in the log: {audit:#}"
     );
-    let _ = stop.send(true);
-    let _ = task.await;
+    console.stop().await;
 }
 
 /// Connections the console holds on its side: ESTABLISHED sockets whose local port is its
@@ -388,27 +410,15 @@ fn held_by_console(port: u16) -> usize {
 async fn idle_and_half_sent_connections_are_capped_and_closed() {
     use redoubt_console::limits::ConnectionLimits;
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().expect("tempdir");
     let limits = ConnectionLimits {
         connections_max: 40,
         connections_per_peer_max: 10,
         idle_timeout_ms: 1_000,
     };
-    let console = Console::bind_with_agent(
-        ConsoleConfig {
-            listen: "127.0.0.1:0".into(),
-            state_dir: dir.path().to_path_buf(),
-        },
-        Arc::new(Agents),
-    )
-    .await
-    .expect("bind the console")
-    .with_connection_limits(limits);
-    let address = console.local_addr().expect("address");
-    let url = console.url().expect("url");
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(console.serve(stopped));
-    let operator = read_token(&dir.path().join("token"));
+    let console = start_console(Some(limits)).await;
+    let address = console.address;
+    let url = console.api.url.clone();
+    let operator = read_token(&console.dir.path().join("token"));
 
     let attackers = 100;
     let hostile: Vec<std::net::TcpStream> = (0..attackers)
@@ -471,6 +481,5 @@ async fn idle_and_half_sent_connections_are_capped_and_closed() {
         closed, attackers,
         "every idle or half-sent connection was closed"
     );
-    let _ = stop.send(true);
-    let _ = task.await;
+    console.stop().await;
 }

@@ -144,6 +144,7 @@ fn attach_fuse_loop(
         source,
     })?;
     let pid_file = work.join("nbdfuse.pid");
+    // Not state: the helper's pid file, written again by the helper it starts.
     let _ = std::fs::remove_file(&pid_file);
     let log_path = work.join("nbdfuse.log");
     let log = File::create(&log_path).map_err(|source| HostError::Io {
@@ -448,6 +449,7 @@ pub fn undo(attachment: &Attachment, helpers: &mut Helpers) -> Result<(), HostEr
             if let Some(mount_point) = attachment.fuse_file.as_ref().and_then(|f| f.parent()) {
                 stop_fuse(mount_point, attachment.helper_pid, helpers);
                 if let Some(work) = mount_point.parent() {
+                    // Not state: the helper's scratch directory.
                     let _ = std::fs::remove_dir_all(work);
                 }
             }

@@ -479,6 +479,7 @@ fn make_link(link: &Path, device: &Path) -> Result<(), HostError> {
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temporary = parent.join(format!(".{file_name}.new"));
+    // Not state: links under /dev (a tmpfs) are made again after every start.
     let _ = std::fs::remove_file(&temporary);
     std::os::unix::fs::symlink(device, &temporary).map_err(io("create link", &temporary))?;
     // Not state: /dev is a tmpfs, and the agent makes its links again after every start.
@@ -489,6 +490,7 @@ fn make_link(link: &Path, device: &Path) -> Result<(), HostError> {
 fn remove_link(link: &Path, device: &str) -> Result<(), HostError> {
     match std::fs::read_link(link) {
         Ok(target) if target == Path::new(device) => {
+            // Not state: links under /dev (a tmpfs) are made again after every start.
             std::fs::remove_file(link).map_err(|source| HostError::Io {
                 action: "remove link",
                 path: link.to_path_buf(),
@@ -496,7 +498,7 @@ fn remove_link(link: &Path, device: &str) -> Result<(), HostError> {
             })?;
             // The group's directory goes with its last link.
             if let Some(parent) = link.parent() {
-                let _ = std::fs::remove_dir(parent);
+                let _ = std::fs::remove_dir(parent); // Not state: /dev
             }
             Ok(())
         }

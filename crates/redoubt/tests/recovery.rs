@@ -109,6 +109,21 @@ fn read(address: &str, offset: usize) -> Vec<u8> {
     client.read(offset as u64, MIB as u32).unwrap().unwrap()
 }
 
+/// Connects to the NBD export of `volume` that a snapshot or test failover answer lists.
+fn connect_export(answer: &Value, volume: &str) -> NbdClient {
+    let export = answer["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|export| export["volume"] == volume)
+        .unwrap_or_else(|| panic!("no export of {volume}: {answer}"))["export"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (address, name) = export.trim_start_matches("nbd://").split_once('/').unwrap();
+    NbdClient::connect(address, name).unwrap()
+}
+
 fn server_points<'a>(points: &'a Value, server: &str) -> &'a Value {
     points["servers"]
         .as_array()
@@ -329,17 +344,7 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
         "a test failover moves nothing: {status}"
     );
     assert_eq!(status["failover"], Value::Null, "{status}");
-    let export = test["exports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|export| export["volume"] == "lv_data01")
-        .unwrap()["export"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (address, export_name) = export.trim_start_matches("nbd://").split_once('/').unwrap();
-    let mut snapshot = NbdClient::connect(address, export_name).unwrap();
+    let mut snapshot = connect_export(&test, "lv_data01");
     assert!(snapshot
         .read(0, MIB as u32)
         .unwrap()
@@ -528,17 +533,7 @@ fn markers_rollback_failover_and_failback_through_the_cli() {
         ],
     ));
     assert_eq!(snapshot["point"]["seq"], marker_seq, "{snapshot}");
-    let export = snapshot["exports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|export| export["volume"] == "lv_data01")
-        .unwrap()["export"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let (address, export_name) = export.trim_start_matches("nbd://").split_once('/').unwrap();
-    let mut at_marker = NbdClient::connect(address, export_name).unwrap();
+    let mut at_marker = connect_export(&snapshot, "lv_data01");
     // The whole LV (256 MiB in the lab), not a sample: equal to production as of the marker.
     for index in 0..256u64 {
         let data = at_marker
