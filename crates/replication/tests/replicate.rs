@@ -100,6 +100,27 @@ impl Recovery {
     }
 }
 
+/// The send process's configuration for `target` at `address`, shipping `engine`'s journal.
+fn lca_config(
+    sender: impl Into<String>,
+    target: impl Into<String>,
+    address: String,
+    engine: &Engine,
+    compression_level: Option<i32>,
+) -> LcaConfig {
+    LcaConfig {
+        group: GROUP.into(),
+        sender_name: sender.into(),
+        target_name: target.into(),
+        target_address: address,
+        config_version: 0,
+        journal: engine.journal().clone(),
+        compression_level,
+        throttle_bytes_per_second: 0,
+        batch_bytes: lca::BATCH_BYTES_DEFAULT,
+    }
+}
+
 fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !condition() {
@@ -194,17 +215,13 @@ fn two_recovery_servers_converge_to_production_and_resume_after_an_outage() {
     });
     let (stop_lca, lca_stopped) = watch::channel(false);
     for (recovery, status) in recoveries.iter().zip(&statuses) {
-        let config = LcaConfig {
-            group: GROUP.into(),
-            sender_name: "prod-a".into(),
-            target_name: recovery.name.clone(),
-            target_address: format!("127.0.0.1:{}", recovery.port),
-            config_version: 0,
-            journal: engine.journal().clone(),
-            compression_level: Some(1),
-            throttle_bytes_per_second: 0,
-            batch_bytes: lca::BATCH_BYTES_DEFAULT,
-        };
+        let config = lca_config(
+            "prod-a",
+            recovery.name.clone(),
+            format!("127.0.0.1:{}", recovery.port),
+            &engine,
+            Some(1),
+        );
         runtime.spawn(lca::run(
             config,
             watermarks.clone(),
@@ -406,17 +423,13 @@ fn sync_mode_acknowledges_only_what_the_target_holds_and_degrades_instead_of_han
     let targets = Arc::new(Targets {
         statuses: vec![status.clone()],
     });
-    let config = LcaConfig {
-        group: GROUP.into(),
-        sender_name: "prod-a".into(),
-        target_name: "dr-b".into(),
-        target_address: format!("127.0.0.1:{}", recovery.port),
-        config_version: 0,
-        journal: engine.journal().clone(),
-        compression_level: None,
-        throttle_bytes_per_second: 0,
-        batch_bytes: lca::BATCH_BYTES_DEFAULT,
-    };
+    let config = lca_config(
+        "prod-a",
+        "dr-b",
+        format!("127.0.0.1:{}", recovery.port),
+        &engine,
+        None,
+    );
     runtime.spawn(lca::run(
         config,
         watermarks.clone(),
@@ -554,17 +567,13 @@ fn a_journal_overflow_falls_back_to_the_dirty_bitmap_and_the_resync_converges() 
     let targets = Arc::new(Targets {
         statuses: vec![status.clone()],
     });
-    let config = LcaConfig {
-        group: GROUP.into(),
-        sender_name: "prod-a".into(),
-        target_name: "dr-b".into(),
-        target_address: format!("127.0.0.1:{port}"),
-        config_version: 0,
-        journal: engine.journal().clone(),
-        compression_level: Some(1),
-        throttle_bytes_per_second: 0,
-        batch_bytes: lca::BATCH_BYTES_DEFAULT,
-    };
+    let config = lca_config(
+        "prod-a",
+        "dr-b",
+        format!("127.0.0.1:{port}"),
+        &engine,
+        Some(1),
+    );
     runtime.spawn(lca::run(
         config,
         watermarks.clone(),
@@ -708,17 +717,13 @@ fn a_full_sync_brings_data_written_before_a_recovery_server_joined() {
     let targets = Arc::new(Targets {
         statuses: vec![status.clone()],
     });
-    let config = LcaConfig {
-        group: GROUP.into(),
-        sender_name: "prod-a".into(),
-        target_name: "dr-b".into(),
-        target_address: format!("127.0.0.1:{}", recovery.port),
-        config_version: 0,
-        journal: engine.journal().clone(),
-        compression_level: Some(1),
-        throttle_bytes_per_second: 0,
-        batch_bytes: lca::BATCH_BYTES_DEFAULT,
-    };
+    let config = lca_config(
+        "prod-a",
+        "dr-b",
+        format!("127.0.0.1:{}", recovery.port),
+        &engine,
+        Some(1),
+    );
     runtime.spawn(lca::run(
         config,
         watermarks.clone(),
@@ -792,17 +797,13 @@ fn rollback_reaches_ten_points_by_seq_time_and_marker_then_resumes() {
     let targets = Arc::new(Targets {
         statuses: vec![status.clone()],
     });
-    let lca_config = LcaConfig {
-        group: GROUP.into(),
-        sender_name: "prod-a".into(),
-        target_name: "dr-b".into(),
-        target_address: format!("127.0.0.1:{}", recovery.port),
-        config_version: 0,
-        journal: engine.journal().clone(),
-        compression_level: None,
-        throttle_bytes_per_second: 0,
-        batch_bytes: lca::BATCH_BYTES_DEFAULT,
-    };
+    let lca_config = lca_config(
+        "prod-a",
+        "dr-b",
+        format!("127.0.0.1:{}", recovery.port),
+        &engine,
+        None,
+    );
     runtime.spawn(lca::run(
         lca_config,
         watermarks.clone(),
@@ -1018,17 +1019,13 @@ fn a_replica_takes_records_only_from_the_production_it_follows() {
         let status = Arc::new(TargetStatus::default());
         let (stop_lca, lca_stopped) = watch::channel(false);
         runtime.spawn(lca::run(
-            LcaConfig {
-                group: GROUP.into(),
-                sender_name: sender.into(),
-                target_name: "dr-b".into(),
-                target_address: format!("127.0.0.1:{}", recovery.port),
-                config_version: 0,
-                journal: production.engine.journal().clone(),
-                compression_level: None,
-                throttle_bytes_per_second: 0,
-                batch_bytes: lca::BATCH_BYTES_DEFAULT,
-            },
+            lca_config(
+                sender,
+                "dr-b",
+                format!("127.0.0.1:{}", recovery.port),
+                &production.engine,
+                None,
+            ),
             production.watermarks.clone(),
             status.clone(),
             Arc::new(Targets {
@@ -1098,17 +1095,13 @@ fn a_full_sync_for_an_added_server_leaves_the_synced_one_consistent() {
     watermarks.shipped_seq.store(0, Ordering::Release);
     let start_lca =
         |target: &str, port: u16, status: &Arc<TargetStatus>, targets: &Arc<Targets>| {
-            let config = LcaConfig {
-                group: GROUP.into(),
-                sender_name: "prod-a".into(),
-                target_name: target.into(),
-                target_address: format!("127.0.0.1:{port}"),
-                config_version: 0,
-                journal: engine.journal().clone(),
-                compression_level: Some(1),
-                throttle_bytes_per_second: 0,
-                batch_bytes: lca::BATCH_BYTES_DEFAULT,
-            };
+            let config = lca_config(
+                "prod-a",
+                target,
+                format!("127.0.0.1:{port}"),
+                &engine,
+                Some(1),
+            );
             runtime.spawn(lca::run(
                 config,
                 watermarks.clone(),
