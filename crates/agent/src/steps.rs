@@ -1217,7 +1217,6 @@ fn clear_directory(directory: &Path) -> Result<usize, String> {
             continue;
         }
         let path = entry.path();
-        // durable: the directory is synced once after the loop.
         let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
             fs::remove_dir_all(&path) // durable: synced after the loop
         } else {

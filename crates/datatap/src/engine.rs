@@ -1185,8 +1185,11 @@ impl<F: JournalFs> Committer<F> {
         };
         let first = offset_bytes / crate::state::DIRTY_REGION_BYTES;
         let last = (offset_bytes + length_bytes.max(1) - 1) / crate::state::DIRTY_REGION_BYTES;
-        // No recovery server received these writes: the resync is for every one.
-        self.join_resync(&ResyncTargets::Every);
+        // No recovery server received these writes: the resync is for every one. Only a
+        // narrower super transaction under way needs widening; this runs per direct write.
+        if self.state.resync_targets.is_some() {
+            self.join_resync(&ResyncTargets::Every);
+        }
         let regions = self.state.dirty_regions.entry(lv_id).or_default();
         let mut added = false;
         for region in first..=last {
@@ -1277,8 +1280,13 @@ impl<F: JournalFs> Committer<F> {
             targets.clone()
         };
         self.state.resync_targets = crate::state::targets_field(&joined);
+        self.publish_resync_targets(joined);
+    }
+
+    /// What status reads as the servers the super transaction is for.
+    fn publish_resync_targets(&self, targets: ResyncTargets) {
         if let Ok(mut published) = self.shared.watermarks.resync_targets.lock() {
-            *published = joined;
+            *published = targets;
         }
     }
 
@@ -1439,9 +1447,7 @@ impl<F: JournalFs> Committer<F> {
                 self.state.resync_begin_seq = None;
                 self.state.resync_begun_for = None;
                 self.state.resync_targets = None;
-                if let Ok(mut published) = self.shared.watermarks.resync_targets.lock() {
-                    *published = ResyncTargets::Every;
-                }
+                self.publish_resync_targets(ResyncTargets::Every);
                 tracing::info!(group = %self.shared.group, begin_seq, end_seq, "super transaction complete");
             }
             self.state.needs_resync = false;
